@@ -1,0 +1,234 @@
+//! The `EdgeDevice` custom resource (`aranya.arhat.dev/v1alpha1`), cluster-scoped
+//! like the Node it stands for.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::Taint,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+};
+use kube::{
+    Api, Client, CustomResource, CustomResourceExt, KubeSchema,
+    api::{Patch, PatchParams},
+};
+use serde::{Deserialize, Serialize};
+
+/// Finalizer that keeps an EdgeDevice until its Node and Lease are gone.
+pub const FINALIZER: &str = "aranya.arhat.dev/virtual-node";
+
+/// A device at the edge, represented in the cluster by a virtual Node of the same name.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aranya.arhat.dev",
+    version = "v1alpha1",
+    kind = "EdgeDevice",
+    plural = "edgedevices",
+    shortname = "ed",
+    status = "EdgeDeviceStatus",
+    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.conditions[?(@.type==\"Connected\")].status"}"#,
+    printcolumn = r#"{"name":"Via","type":"string","jsonPath":".status.connectedVia"}"#,
+    printcolumn = r#"{"name":"Node-Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"NodeReady\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeDeviceSpec {
+    /// How the device may reach aranya.
+    pub connectivity: Connectivity,
+    /// What the virtual Node carries.
+    #[serde(default)]
+    pub node: NodeSettings,
+    /// Pods on this device.
+    #[serde(default)]
+    pub pod: PodSettings,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Connectivity {
+    /// Transports the device may use; it tries them by priority (lowest first).
+    #[schemars(length(min = 1, max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub methods: Vec<ConnectivityMethod>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.name != 'mqtt' || has(self.mqtt)").message("an mqtt method needs its mqtt settings"))]
+#[x_kube(validation = Rule::new("self.name != 'grpc' || !has(self.mqtt)").message("a grpc method takes no mqtt settings"))]
+pub struct ConnectivityMethod {
+    pub name: MethodName,
+    /// Lower is preferred.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttSettings>,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodName {
+    Grpc,
+    Mqtt,
+}
+
+impl MethodName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// gRPC settings. Device authentication (client certificates) comes later.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcSettings {}
+
+/// MQTT settings (the transport arrives in a later release; validated now so
+/// objects written today stay valid).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttSettings {
+    /// Broker address, host:port.
+    #[schemars(length(min = 1))]
+    pub broker: String,
+    /// Topic prefix for this device's topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_namespace: Option<String>,
+    /// Largest MQTT payload the broker accepts, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 268435455))]
+    pub max_payload_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub keepalive_seconds: Option<u32>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSettings {
+    /// Extra labels on the Node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on the Node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Taints besides aranya's own NoSchedule edge taint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+    /// `topology.kubernetes.io/zone` of the Node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 63 && self.matches('^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$')").message("must be a valid label value"))]
+    pub zone: Option<String>,
+    /// Resources kept back from pods: allocatable = capacity - reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<Reserved>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reserved {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<Quantity>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// The Node's IPv4 pod CIDR.
+    #[serde(default, rename = "ipv4CIDR", skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 4").message("must be an IPv4 CIDR such as 10.0.1.0/24"))]
+    pub ipv4_cidr: Option<String>,
+    /// The Node's IPv6 pod CIDR.
+    #[serde(default, rename = "ipv6CIDR", skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 6").message("must be an IPv6 CIDR such as fd00:1::/64"))]
+    pub ipv6_cidr: Option<String>,
+    /// How many pods the device may run (the Node's `pods` capacity). Without
+    /// it nothing schedules.
+    #[serde(default = "default_allocatable")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub allocatable: u32,
+}
+
+impl Default for PodSettings {
+    fn default() -> Self {
+        Self {
+            ipv4_cidr: None,
+            ipv6_cidr: None,
+            allocatable: default_allocatable(),
+        }
+    }
+}
+
+fn default_allocatable() -> u32 {
+    10
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeDeviceStatus {
+    /// `Connected` and `NodeReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The transport the device is connected over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_via: Option<String>,
+    /// The virtual Node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+/// The CustomResourceDefinition, as aranya expects it.
+pub fn definition() -> CustomResourceDefinition {
+    EdgeDevice::crd()
+}
+
+/// YAML of the CRD, for `aranya crd` and the deploy manifests.
+pub fn definition_yaml() -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(&definition())
+}
+
+/// Applies the CRD and waits until the apiserver serves it.
+pub async fn install(client: Client) -> Result<(), kube::Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let crd = definition();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply("aranya").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    let established = kube::runtime::wait::conditions::is_crd_established();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        kube::runtime::wait::await_condition(api, &name, established),
+    )
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_is_cluster_scoped_with_status_and_rules() {
+        let crd = definition();
+        assert_eq!(crd.spec.scope, "Cluster");
+        let yaml = definition_yaml().expect("serializes");
+        assert!(yaml.contains("x-kubernetes-validations"), "{yaml}");
+        assert!(yaml.contains("x-kubernetes-list-map-keys"), "{yaml}");
+        let version = &crd.spec.versions[0];
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    }
+}

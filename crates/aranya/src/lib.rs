@@ -1,0 +1,133 @@
+//! aranya: for each `EdgeDevice`, a virtual Node kept alive for the device
+//! agent (arhat) that dials in.
+//!
+//! - [`crd`]: the EdgeDevice resource.
+//! - [`controller`]: EdgeDevice reconcile (finalizer, virtual node lifetime).
+//! - [`virtualnode`]: the Node object, its status and its Lease.
+//! - [`hub`]: devices arriving over any transport: handshake, sessions.
+//! - [`leader`]: one active replica at a time.
+
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod hub;
+pub mod leader;
+pub mod resources;
+pub mod virtualnode;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use connectivity::{SessionConfig, grpc};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::RunConfig;
+
+/// Builds the kube client from the kubeconfig flag, or the environment.
+pub async fn client(cfg: &RunConfig) -> anyhow::Result<kube::Client> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A kubelet version the apiserver accepts: its own minor, never newer.
+pub async fn kubelet_version(client: &kube::Client) -> anyhow::Result<String> {
+    let info = client.apiserver_version().await.context("reading the apiserver version")?;
+    let minor: String = info.minor.chars().take_while(char::is_ascii_digit).collect();
+    Ok(format!("v{}.{}.0-aranya.{}", info.major, minor, env!("CARGO_PKG_VERSION")))
+}
+
+/// Runs aranya until a signal, or until it loses leadership (an error).
+pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    let client = client(&cfg).await?;
+    if cfg.install_crd {
+        crd::install(client.clone()).await.context("installing the EdgeDevice CRD")?;
+    }
+    let (Some(cert), Some(key)) = (&cfg.grpc_tls_cert, &cfg.grpc_tls_key) else {
+        bail!("--grpc-tls-cert and --grpc-tls-key are required: devices only dial aranya over TLS");
+    };
+    let tls = grpc::ServerTls {
+        cert_pem: std::fs::read(cert).with_context(|| format!("--grpc-tls-cert {}", cert.display()))?,
+        key_pem: std::fs::read(key).with_context(|| format!("--grpc-tls-key {}", key.display()))?,
+    };
+    let identity = cfg.identity.clone().unwrap_or_else(|| {
+        let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        format!("{host}_{}", std::process::id())
+    });
+    let elector = leader::Elector::new(client.clone(), &cfg.namespace, &cfg.leader_election_id, &identity);
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = shutdown_signal() => return Ok(()),
+    }
+
+    let env = Arc::new(virtualnode::NodeEnv {
+        client: client.clone(),
+        node_address: cfg.node_address,
+        kubelet_port: cfg.kubelet_port,
+        kubelet_version: kubelet_version(&client).await?,
+        reconnect_grace: cfg.reconnect_grace,
+    });
+    let listener = bind(cfg.grpc_listen).await?;
+    info!(address = %listener.local_addr()?, "gRPC endpoint listening");
+    let hub = hub::Hub::new(SessionConfig {
+        resume_window: cfg.resume_window,
+        ..Default::default()
+    });
+    let (links_tx, links_rx) = mpsc::channel(64);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(grpc::serve(listener, tls, links_tx, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::spawn(hub.clone().serve(links_rx));
+    let controller = tokio::spawn(controller::run(client.clone(), hub.clone(), env, cfg.edge_device_selector.clone()));
+
+    let outcome = tokio::select! {
+        () = elector.hold() => Err(anyhow::anyhow!("lost the leader Lease")),
+        () = shutdown_signal() => Ok(()),
+        r = server => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(e.into()),
+        },
+        _ = controller => Ok(()),
+    };
+    let _ = stop_tx.send(());
+    hub.close_all("aranya stopping").await;
+    if outcome.is_ok() {
+        elector.release().await;
+    }
+    outcome
+}
+
+async fn bind(address: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    // A previous leader may still hold the port for a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                warn!(%address, error = %e, "gRPC port busy; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => bail!("binding gRPC endpoint {address}: {e}"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,24 @@
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = aranya::config::Cli::parse();
+    let result = match cli.command {
+        Some(aranya::config::Command::Crd) => aranya::crd::definition_yaml()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(anyhow::Error::from),
+        None => aranya::run(cli.run).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aranya: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! One virtual Node per EdgeDevice: its object (labels, taints, pod CIDRs),
+//! its status (capacity, nodeInfo, conditions) from what the device reports,
+//! and its heartbeat Lease.
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+
+use connectivity::{SessionHandle, Stream, session::LinkState};
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Node, Taint},
+    },
+    apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use proto::api::{GetNodeStatus, NodeStatus, Open, open::Kind};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::{
+    crd::{EdgeDevice, EdgeDeviceSpec},
+    hub::Connected,
+    resources,
+};
+
+pub const FIELD_MANAGER: &str = "aranya";
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// Status is re-sent this often even when nothing changed (heartbeat times).
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+pub const LABEL_ROLE: &str = "node-role.kubernetes.io/edge";
+pub const LABEL_DEVICE: &str = "aranya.arhat.dev/edge-device";
+pub const ANNOTATION_HOSTNAME: &str = "aranya.arhat.dev/device-hostname";
+/// Only pods that tolerate it land on an edge device.
+pub const TAINT_EDGE: &str = "aranya.arhat.dev/edge-device";
+pub const REASON_DISCONNECTED: &str = "EdgeDeviceDisconnected";
+pub const REASON_CONNECTED: &str = "EdgeDeviceConnected";
+
+/// What the controller and the hub tell a virtual node.
+#[derive(Debug)]
+pub enum NodeCmd {
+    /// The EdgeDevice (re)appeared or changed, or the Node must be re-applied.
+    Spec(Box<EdgeDevice>),
+    Connected(Connected),
+}
+
+/// Settings every virtual node shares.
+#[derive(Clone)]
+pub struct NodeEnv {
+    pub client: Client,
+    pub node_address: IpAddr,
+    pub kubelet_port: u16,
+    pub kubelet_version: String,
+    /// After aranya starts, a Ready Node keeps its status this long while its
+    /// device reconnects, so an aranya restart looks like nothing to the cluster.
+    pub reconnect_grace: Duration,
+}
+
+impl std::fmt::Debug for NodeEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEnv")
+            .field("node_address", &self.node_address)
+            .field("kubelet_port", &self.kubelet_port)
+            .field("kubelet_version", &self.kubelet_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running virtual node; dropping the handle stops it.
+#[derive(Debug)]
+pub struct Handle {
+    pub cmds: mpsc::Sender<NodeCmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
+    let (cmds, rx) = mpsc::channel(16);
+    let (report_tx, report_rx) = mpsc::channel(4);
+    let span = tracing::info_span!("node", node = %name);
+    let node = VirtualNode {
+        nodes: Api::all(env.client.clone()),
+        leases: Api::namespaced(env.client.clone(), LEASE_NAMESPACE),
+        devices: Api::all(env.client.clone()),
+        env,
+        name,
+        device: None,
+        session: None,
+        transport: None,
+        report: None,
+        report_tx,
+        node_uid: None,
+        known: Known::default(),
+        started: tokio::time::Instant::now(),
+        last_status: None,
+    };
+    let task = tokio::spawn(node.run(rx, report_rx).instrument(span));
+    Handle { cmds, task }
+}
+
+/// What the Node already carried when this aranya started: kept until the
+/// device reports again, so a restart does not strip arch/os labels.
+#[derive(Debug, Default)]
+struct Known {
+    arch: Option<String>,
+    os: Option<String>,
+    hostname: Option<String>,
+    was_ready: bool,
+}
+
+struct VirtualNode {
+    env: Arc<NodeEnv>,
+    nodes: Api<Node>,
+    leases: Api<Lease>,
+    devices: Api<EdgeDevice>,
+    name: String,
+    device: Option<Box<EdgeDevice>>,
+    session: Option<SessionHandle>,
+    transport: Option<&'static str>,
+    report: Option<NodeStatus>,
+    report_tx: mpsc::Sender<NodeStatus>,
+    node_uid: Option<String>,
+    known: Known,
+    started: tokio::time::Instant,
+    /// The last status written, so unchanged status is not re-sent on every event.
+    last_status: Option<Value>,
+}
+
+impl VirtualNode {
+    async fn run(mut self, mut cmds: mpsc::Receiver<NodeCmd>, mut reports: mpsc::Receiver<NodeStatus>) {
+        let mut lease_tick = tokio::time::interval(LEASE_RENEW_INTERVAL);
+        let mut refresh = tokio::time::interval(STATUS_REFRESH);
+        let mut state: watch::Receiver<LinkState> = watch::channel(LinkState::Closed {
+            reason: "never connected".into(),
+        })
+        .1;
+        let grace = tokio::time::sleep(self.env.reconnect_grace);
+        tokio::pin!(grace);
+        let mut grace_over = false;
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None => break,
+                    Some(NodeCmd::Spec(device)) => {
+                        self.device = Some(device);
+                        self.apply_node().await;
+                        self.last_status = None;
+                        self.write_status().await;
+                        self.renew_lease().await;
+                    }
+                    Some(NodeCmd::Connected(connected)) => {
+                        state = connected.session.state();
+                        self.transport = Some(connected.transport);
+                        self.accept_streams(connected.incoming);
+                        self.request_status(connected.session.clone());
+                        if let Some(old) = self.session.replace(connected.session) {
+                            old.close("replaced");
+                        }
+                        self.write_status().await;
+                    }
+                },
+                Some(report) = reports.recv() => {
+                    let newer = self.report.as_ref().is_none_or(|r| report.generation >= r.generation || report.system.as_ref().map(|s| &s.boot_id) != r.system.as_ref().map(|s| &s.boot_id));
+                    if newer {
+                        let labels_changed = self.report.as_ref().map(|r| (&r.system, &r.hostname)) != Some((&report.system, &report.hostname));
+                        self.report = Some(report);
+                        if labels_changed {
+                            self.apply_node().await;
+                        }
+                        self.write_status().await;
+                    }
+                }
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        // The session is gone: wait for the next Connected.
+                        state = watch::channel(LinkState::Closed { reason: "session ended".into() }).1;
+                    }
+                    self.write_status().await;
+                }
+                () = &mut grace, if !grace_over => {
+                    grace_over = true;
+                    self.write_status().await;
+                }
+                _ = lease_tick.tick() => self.renew_lease().await,
+                _ = refresh.tick() => {
+                    self.last_status = None;
+                    self.write_status().await;
+                }
+            }
+        }
+        if let Some(session) = self.session.take() {
+            session.close("virtual node stopped");
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            matches!(*s.state().borrow(), LinkState::Connected { .. })
+        })
+    }
+
+    fn accept_streams(&self, mut incoming: mpsc::UnboundedReceiver<Stream>) {
+        let reports = self.report_tx.clone();
+        tokio::spawn(
+            async move {
+                while let Some(mut stream) = incoming.recv().await {
+                    let reports = reports.clone();
+                    tokio::spawn(async move {
+                        match stream.open_header().map(|h| h.kind) {
+                            Ok(Some(Kind::ReportNodeStatus(_))) => match stream.recv_message::<NodeStatus>().await {
+                                Ok(Some(status)) => {
+                                    let _ = stream.expect_end().await;
+                                    let _ = reports.send(status).await;
+                                }
+                                Ok(None) => debug!("empty status report"),
+                                Err(e) => warn!(error = %e, "reading a status report"),
+                            },
+                            Ok(other) => {
+                                warn!(?other, "device opened a stream aranya does not serve");
+                                stream.reset(proto::session::ResetCode::Refused, "not served by aranya");
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "stream header");
+                                stream.reset(proto::session::ResetCode::ProtocolError, "malformed header");
+                            }
+                        }
+                    });
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn request_status(&self, session: SessionHandle) {
+        let reports = self.report_tx.clone();
+        tokio::spawn(
+            async move {
+                let header = Open {
+                    kind: Some(Kind::GetNodeStatus(GetNodeStatus {})),
+                };
+                let result = async {
+                    let mut stream = session.open(&header).await?;
+                    stream.call::<GetNodeStatus, NodeStatus>(&GetNodeStatus {}).await
+                }
+                .await;
+                match result {
+                    Ok(Some(status)) => {
+                        let _ = reports.send(status).await;
+                    }
+                    Ok(None) => warn!("device answered no node status"),
+                    Err(e) => warn!(error = %e, "requesting node status"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        let Some(device) = &self.device else {
+            return labels;
+        };
+        let spec: &EdgeDeviceSpec = &device.spec;
+        labels.extend(spec.node.labels.clone());
+        labels.insert(LABEL_ROLE.into(), String::new());
+        labels.insert(LABEL_DEVICE.into(), self.name.clone());
+        labels.insert("kubernetes.io/hostname".into(), self.name.clone());
+        let system = self.report.as_ref().and_then(|r| r.system.as_ref());
+        let arch = system.map(|s| s.architecture.clone()).or_else(|| self.known.arch.clone());
+        let os = system.map(|s| s.operating_system.clone()).or_else(|| self.known.os.clone());
+        if let Some(arch) = arch.filter(|a| !a.is_empty()) {
+            labels.insert("kubernetes.io/arch".into(), arch);
+        }
+        if let Some(os) = os.filter(|o| !o.is_empty()) {
+            labels.insert("kubernetes.io/os".into(), os);
+        }
+        if let Some(zone) = &spec.node.zone {
+            labels.insert("topology.kubernetes.io/zone".into(), zone.clone());
+        }
+        labels
+    }
+
+    fn required_taints(&self) -> Vec<Taint> {
+        let mut taints = vec![Taint {
+            key: TAINT_EDGE.into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }];
+        if let Some(device) = &self.device {
+            taints.extend(device.spec.node.taints.iter().cloned());
+        }
+        taints
+    }
+
+    /// Labels, annotations, owner and pod CIDRs by server-side apply under
+    /// aranya's field manager; taints merged into whatever others put there.
+    async fn apply_node(&mut self) {
+        let Some(device) = self.device.clone() else {
+            return;
+        };
+        if self.node_uid.is_none()
+            && let Ok(Some(existing)) = self.nodes.get_opt(&self.name).await
+        {
+            self.remember(&existing);
+        }
+        let mut annotations = device.spec.node.annotations.clone();
+        let hostname = self.report.as_ref().map(|r| r.hostname.clone()).or_else(|| self.known.hostname.clone());
+        if let Some(hostname) = hostname.filter(|h| !h.is_empty()) {
+            annotations.insert(ANNOTATION_HOSTNAME.into(), hostname);
+        }
+        let owner = device.controller_owner_ref(&()).map(|mut o| {
+            o.block_owner_deletion = None;
+            o
+        });
+        let cidrs: Vec<String> = [&device.spec.pod.ipv4_cidr, &device.spec.pod.ipv6_cidr]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut spec = json!({});
+        if !cidrs.is_empty() {
+            spec = json!({ "podCIDR": cidrs[0], "podCIDRs": cidrs });
+        }
+        let node = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": self.labels(),
+                "annotations": annotations,
+                "ownerReferences": owner.into_iter().collect::<Vec<OwnerReference>>(),
+            },
+            "spec": spec,
+        });
+        match self
+            .nodes
+            .patch(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
+            .await
+        {
+            Ok(applied) => {
+                if self.node_uid.as_deref() != applied.metadata.uid.as_deref() {
+                    info!("node applied");
+                }
+                self.node_uid = applied.metadata.uid.clone();
+                self.ensure_taints(&applied).await;
+            }
+            Err(e) => warn!(error = %e, "applying node"),
+        }
+    }
+
+    fn remember(&mut self, node: &Node) {
+        let labels = node.labels();
+        self.known.arch = labels.get("kubernetes.io/arch").cloned();
+        self.known.os = labels.get("kubernetes.io/os").cloned();
+        self.known.hostname = node.annotations().get(ANNOTATION_HOSTNAME).cloned();
+        self.known.was_ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    }
+
+    /// `spec.taints` is an atomic list that the node-lifecycle controller also
+    /// writes: add ours to what is there, guarded by the resourceVersion so a
+    /// concurrent writer's taint is never dropped.
+    async fn ensure_taints(&self, node: &Node) {
+        let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let missing: Vec<Taint> = self
+            .required_taints()
+            .into_iter()
+            .filter(|t| !current.iter().any(|c| c.key == t.key && c.effect == t.effect))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let mut taints = current;
+        taints.extend(missing);
+        let patch = json!({
+            "metadata": { "resourceVersion": node.resource_version() },
+            "spec": { "taints": taints },
+        });
+        if let Err(e) = self
+            .nodes
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            // A conflict means someone else wrote first: the next reconcile retries.
+            warn!(error = %e, "adding taints");
+        }
+    }
+
+    fn ready_condition(&self, now: &str) -> Option<Value> {
+        let connected = self.connected() && self.report.is_some();
+        let in_grace = self.known.was_ready && self.started.elapsed() < self.env.reconnect_grace && self.session.is_none();
+        if in_grace {
+            return None;
+        }
+        let (status, reason, message) = if connected {
+            let via = self.transport.unwrap_or("unknown");
+            ("True", REASON_CONNECTED, format!("arhat is connected over {via}"))
+        } else {
+            let why = match self.session.as_ref().map(|s| s.state().borrow().clone()) {
+                Some(LinkState::Disconnected { reason }) | Some(LinkState::Closed { reason }) => reason,
+                _ => "the device has not connected".to_string(),
+            };
+            ("False", REASON_DISCONNECTED, format!("edge device disconnected: {why}"))
+        };
+        Some(json!({
+            "type": "Ready",
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }))
+    }
+
+    async fn write_status(&mut self) {
+        if self.device.is_none() {
+            return;
+        }
+        let now = Timestamp::now().to_string();
+        let mut status = json!({
+            "addresses": [{ "type": "InternalIP", "address": self.env.node_address.to_string() }],
+            "daemonEndpoints": { "kubeletEndpoint": { "Port": self.env.kubelet_port } },
+        });
+        let ready = self.ready_condition(&now);
+        if let Some(ready) = &ready {
+            status["conditions"] = json!([ready]);
+        }
+        if let (Some(report), Some(device)) = (&self.report, &self.device) {
+            let capacity = resources::capacity(report, &device.spec);
+            status["allocatable"] = json!(resources::allocatable(&capacity, &device.spec));
+            status["capacity"] = json!(capacity);
+            if let Some(system) = &report.system {
+                status["nodeInfo"] = json!({
+                    "machineID": system.machine_id,
+                    "systemUUID": system.system_uuid,
+                    "bootID": system.boot_id,
+                    "kernelVersion": system.kernel_version,
+                    "osImage": system.os_image,
+                    "containerRuntimeVersion": system.container_runtime_version,
+                    "kubeletVersion": self.env.kubelet_version,
+                    "kubeProxyVersion": "",
+                    "operatingSystem": system.operating_system,
+                    "architecture": system.architecture,
+                });
+            }
+        }
+        // Compare without timestamps: only a change (or the refresh tick) writes.
+        let mut fingerprint = status.clone();
+        if let Some(conditions) = fingerprint.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+            for c in conditions {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("lastHeartbeatTime");
+                    o.remove("lastTransitionTime");
+                }
+            }
+        }
+        if self.last_status.as_ref() == Some(&fingerprint) {
+            return;
+        }
+        // Keep lastTransitionTime when the Ready status itself did not change.
+        if let Some(ready) = status.get_mut("conditions").and_then(|c| c.get_mut(0))
+            && let Ok(Some(node)) = self.nodes.get_opt(&self.name).await
+            && let Some(prev) = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            && prev.status == ready["status"]
+            && let Some(t) = &prev.last_transition_time
+        {
+            ready["lastTransitionTime"] = json!(t.0.to_string());
+        }
+        match self
+            .nodes
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(json!({ "status": status })))
+            .await
+        {
+            Ok(_) => {
+                debug!("node status written");
+                self.last_status = Some(fingerprint);
+                self.write_device_status(ready.as_ref()).await;
+            }
+            Err(e) => warn!(error = %e, "writing node status"),
+        }
+    }
+
+    async fn write_device_status(&self, ready: Option<&Value>) {
+        let now = Timestamp::now().to_string();
+        let connected = self.connected();
+        let condition = |type_: &str, ok: bool, reason: &str, message: &str| {
+            json!({
+                "type": type_,
+                "status": if ok { "True" } else { "False" },
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now,
+                "observedGeneration": self.device.as_ref().and_then(|d| d.metadata.generation).unwrap_or(0),
+            })
+        };
+        let mut conditions = vec![condition(
+            "Connected",
+            connected,
+            if connected { REASON_CONNECTED } else { REASON_DISCONNECTED },
+            if connected { "the device is connected" } else { "the device is not connected" },
+        )];
+        if let Some(ready) = ready {
+            let ok = ready["status"] == "True";
+            conditions.push(condition(
+                "NodeReady",
+                ok,
+                ready["reason"].as_str().unwrap_or(""),
+                ready["message"].as_str().unwrap_or(""),
+            ));
+        }
+        let patch = json!({
+            "status": {
+                "conditions": conditions,
+                "connectedVia": if connected { self.transport.map(Value::from).unwrap_or(Value::Null) } else { Value::Null },
+                "nodeName": self.name,
+            }
+        });
+        if let Err(e) = self
+            .devices
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            debug!(error = %e, "writing EdgeDevice status");
+        }
+    }
+
+    async fn renew_lease(&mut self) {
+        let Some(uid) = self.node_uid.clone() else {
+            return;
+        };
+        let now = MicroTime(Timestamp::now());
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.name.clone(),
+            uid: uid.clone(),
+            ..Default::default()
+        };
+        match self.leases.get_opt(&self.name).await {
+            Ok(Some(mut lease)) => {
+                let owned = lease.owner_references().iter().any(|o| o.uid == uid);
+                if !owned {
+                    lease.metadata.owner_references = Some(vec![owner]);
+                }
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                spec.holder_identity = Some(self.name.clone());
+                spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+                spec.renew_time = Some(now);
+                if let Err(e) = self.leases.replace(&self.name, &PostParams::default(), &lease).await {
+                    warn!(error = %e, "renewing lease");
+                }
+            }
+            Ok(None) => {
+                let lease = Lease {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(self.name.clone()),
+                        namespace: Some(LEASE_NAMESPACE.into()),
+                        owner_references: Some(vec![owner]),
+                        ..Default::default()
+                    },
+                    spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                        holder_identity: Some(self.name.clone()),
+                        lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                        renew_time: Some(now),
+                        ..Default::default()
+                    }),
+                };
+                if let Err(e) = self.leases.create(&PostParams::default(), &lease).await {
+                    warn!(error = %e, "creating lease");
+                }
+            }
+            Err(e) => warn!(error = %e, "reading lease"),
+        }
+    }
+}
+
+impl Drop for VirtualNode {
+    fn drop(&mut self) {
+        if let Some(session) = &self.session {
+            session.close("virtual node stopped");
+        }
+    }
+}
+

@@ -1,0 +1,343 @@
+//! arhat's YAML configuration. Every key is documented in `config.example.yaml`;
+//! an error names the key it is about.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The key at fault, if the problem is about one.
+    pub fn key_name(&self) -> Option<&str> {
+        match self {
+            Self::Key { key, .. } => Some(key),
+            Self::Read { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    pub device: Device,
+    pub connectivity: Connectivity,
+    #[serde(default)]
+    pub node: Node,
+    #[serde(default)]
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Device {
+    /// The EdgeDevice's name.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Connectivity {
+    #[serde(default)]
+    pub backoff: Backoff,
+    pub methods: Vec<Method>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backoff {
+    #[serde(default = "default_backoff_initial", with = "duration")]
+    pub initial: Duration,
+    #[serde(default = "default_backoff_max", with = "duration")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Method {
+    pub name: MethodName,
+    /// Lower is tried first.
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default)]
+    pub grpc: Option<Grpc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodName {
+    Grpc,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Grpc {
+    /// aranya's gRPC endpoint, `host:port`.
+    pub endpoint: String,
+    /// PEM CA bundle that signed aranya's certificate.
+    pub ca_file: PathBuf,
+    /// Name expected in aranya's certificate (default: the endpoint's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Node {
+    /// How often the device's status is sampled; a change is reported at once.
+    #[serde(default = "default_status_interval", with = "duration")]
+    pub status_interval: Duration,
+    /// Filesystem whose size is the node's ephemeral-storage capacity.
+    #[serde(default = "default_storage_path")]
+    pub storage_path: PathBuf,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            status_interval: default_status_interval(),
+            storage_path: default_storage_path(),
+        }
+    }
+}
+
+fn default_status_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_storage_path() -> PathBuf {
+    PathBuf::from("/var/lib")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Log {
+    /// A tracing filter: `info`, `debug`, `arhat=debug,info`, ...
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = serde_norway::Deserializer::from_str(text);
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_string() } else { key };
+            ConfigError::key(key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !is_dns_label_ish(&self.device.name) {
+            return Err(ConfigError::key(
+                "device.name",
+                format!("{:?} is not a valid Node name (lowercase letters, digits, '-' and '.')", self.device.name),
+            ));
+        }
+        if self.connectivity.methods.is_empty() {
+            return Err(ConfigError::key("connectivity.methods", "at least one method is required"));
+        }
+        for (i, m) in self.connectivity.methods.iter().enumerate() {
+            match m.name {
+                MethodName::Grpc => {
+                    let Some(grpc) = &m.grpc else {
+                        return Err(ConfigError::key(
+                            format!("connectivity.methods[{i}].grpc"),
+                            "required for a grpc method",
+                        ));
+                    };
+                    if !grpc.endpoint.contains(':') {
+                        return Err(ConfigError::key(
+                            format!("connectivity.methods[{i}].grpc.endpoint"),
+                            format!("{:?} is not host:port", grpc.endpoint),
+                        ));
+                    }
+                }
+            }
+        }
+        let b = &self.connectivity.backoff;
+        if b.initial.is_zero() || b.max < b.initial {
+            return Err(ConfigError::key(
+                "connectivity.backoff",
+                "initial must be above zero and max at least initial",
+            ));
+        }
+        if self.node.status_interval < Duration::from_secs(1) {
+            return Err(ConfigError::key("node.statusInterval", "must be at least 1s"));
+        }
+        Ok(())
+    }
+
+    /// Methods in the order to try them.
+    pub fn methods_by_priority(&self) -> Vec<&Method> {
+        let mut methods: Vec<_> = self.connectivity.methods.iter().collect();
+        methods.sort_by_key(|m| m.priority);
+        methods
+    }
+}
+
+fn is_dns_label_ish(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Durations as `500ms`, `10s`, `3m`, `1h`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).ok_or_else(|| D::Error::custom(format!("{s:?} is not a duration like 500ms, 10s, 3m or 1h")))
+    }
+
+    pub fn parse(s: &str) -> Option<Duration> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit())?;
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+            "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+device:
+  name: edge-1
+connectivity:
+  methods:
+    - name: grpc
+      grpc:
+        endpoint: 127.0.0.1:9443
+        caFile: /tmp/ca.crt
+"#;
+
+    #[test]
+    fn example_parses() {
+        let text = include_str!("../config.example.yaml");
+        let config = Config::parse(text).expect("the documented example is valid");
+        assert_eq!(config.device.name, "edge-1");
+        assert_eq!(config.connectivity.backoff.max, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn minimal_parses_with_defaults() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert_eq!(config.node.status_interval, Duration::from_secs(10));
+        assert_eq!(config.connectivity.backoff.max, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let bad = GOOD.replace("caFile", "caFiel");
+        let err = Config::parse(&bad).expect_err("unknown key");
+        assert_eq!(err.key_name(), Some("connectivity.methods[0].grpc.caFiel"), "{err}");
+        assert!(err.to_string().contains("caFile"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let bad = format!("{GOOD}node:\n  statusInterval: soon\n");
+        let err = Config::parse(&bad).expect_err("bad duration");
+        assert_eq!(err.key_name(), Some("node.statusInterval"), "{err}");
+    }
+
+    #[test]
+    fn bad_endpoint_is_named() {
+        let bad = GOOD.replace("127.0.0.1:9443", "localhost");
+        let err = Config::parse(&bad).expect_err("bad endpoint");
+        assert_eq!(err.key_name(), Some("connectivity.methods[0].grpc.endpoint"), "{err}");
+    }
+
+    #[test]
+    fn bad_name_is_named() {
+        let bad = GOOD.replace("edge-1", "Edge_1");
+        let err = Config::parse(&bad).expect_err("bad name");
+        assert_eq!(err.key_name(), Some("device.name"), "{err}");
+    }
+
+    #[test]
+    fn missing_method_settings_are_named() {
+        let bad = "device:\n  name: a\nconnectivity:\n  methods:\n    - name: grpc\n";
+        let err = Config::parse(bad).expect_err("no grpc block");
+        assert_eq!(err.key_name(), Some("connectivity.methods[0].grpc"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! arhat: the agent on an edge device. It dials out to aranya (nothing on the
+//! device listens), reports what the device is, and serves the cloud's requests.
+//!
+//! - [`config`]: the YAML configuration.
+//! - [`agent`]: the connection loop and the streams it serves.
+//! - [`nodeinfo`]: system identity and capacity from the host.
+//! - [`backoff`]: reconnect delays.
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod nodeinfo;

@@ -1,0 +1,55 @@
+//! The transport seam: a link moves bounded opaque messages in both directions.
+
+use std::{fmt, future::Future, pin::Pin};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+
+/// Failures of a transport, before any session exists.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The address or TLS material in the configuration is unusable.
+    #[error("invalid transport configuration: {0}")]
+    Config(String),
+    /// Could not reach the peer.
+    #[error("connect to {endpoint} failed: {reason}")]
+    Connect { endpoint: String, reason: String },
+    /// The link broke after it was established.
+    #[error("link closed: {0}")]
+    Closed(String),
+}
+
+/// One live connection of a transport. Dropping it closes the connection.
+pub struct Link {
+    /// Messages to the peer; bounded, so a slow transport pushes back.
+    pub tx: mpsc::Sender<Bytes>,
+    /// Messages from the peer, until the link breaks.
+    pub rx: BoxStream<'static, Result<Bytes, TransportError>>,
+    /// Largest message this transport carries.
+    pub max_payload: usize,
+    /// Who is on the other side, for logs (an address, a broker topic).
+    pub peer: String,
+    /// Transport name ("grpc", "mqtt"), for logs and node status.
+    pub transport: &'static str,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("transport", &self.transport)
+            .field("peer", &self.peer)
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A future a dialer returns; boxed so dialers can sit behind `dyn`.
+pub type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Link, TransportError>> + Send + 'a>>;
+
+/// The device side of a transport: makes a new link to the cloud.
+pub trait Dialer: Send + Sync + fmt::Debug {
+    /// Transport name, as in the EdgeDevice's `spec.connectivity.methods[].name`.
+    fn name(&self) -> &'static str;
+    fn dial(&self) -> DialFuture<'_>;
+}

@@ -1,0 +1,489 @@
+//! Runs a [`proto::session::Session`] on tokio: moves its frames over the
+//! current link, hands out [`Stream`]s, and survives the link being replaced.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream::BoxStream};
+use prost::Message;
+use proto::{
+    envelope::{Body, Envelope, FRAME_OVERHEAD},
+    session::{Config, Event, ResetCode, Role, Session, StreamId},
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::{
+    link::{Link, TransportError},
+    stream::{Stream, StreamError, StreamEvent},
+};
+
+/// Settings of one session driver.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Session-layer settings; `max_frame_size` is derived from the first link.
+    pub session: Config,
+    /// How long a session waits for a new link before ending every stream.
+    pub resume_window: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            session: Config::default(),
+            resume_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether the session currently has a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Connected { transport: &'static str, epoch: u64 },
+    /// Link lost; streams wait for a resume until the window ends.
+    Disconnected { reason: String },
+    /// The session is over; its streams have ended.
+    Closed { reason: String },
+}
+
+pub(crate) enum Cmd {
+    Open {
+        header: Bytes,
+        idle_timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<Stream, StreamError>>,
+    },
+    Send {
+        id: StreamId,
+        data: Bytes,
+        reply: oneshot::Sender<Result<(), StreamError>>,
+    },
+    Finish {
+        id: StreamId,
+    },
+    Reset {
+        id: StreamId,
+        code: ResetCode,
+        reason: String,
+    },
+    Consume {
+        id: StreamId,
+        n: usize,
+    },
+    Attach {
+        link: Link,
+        epoch: u64,
+    },
+    Close {
+        reason: String,
+    },
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Cmd::Open { .. } => "Open",
+            Cmd::Send { .. } => "Send",
+            Cmd::Finish { .. } => "Finish",
+            Cmd::Reset { .. } => "Reset",
+            Cmd::Consume { .. } => "Consume",
+            Cmd::Attach { .. } => "Attach",
+            Cmd::Close { .. } => "Close",
+        };
+        f.write_str(name)
+    }
+}
+
+/// The application's side of a session. Cloning shares the same session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    state: watch::Receiver<LinkState>,
+    session_id: u64,
+}
+
+impl SessionHandle {
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Opens a stream whose header is the API's `Open`.
+    pub async fn open(&self, header: &proto::api::Open) -> Result<Stream, StreamError> {
+        self.open_raw(header.encode_to_vec().into(), None).await
+    }
+
+    pub async fn open_raw(
+        &self,
+        header: Bytes,
+        idle_timeout: Option<Duration>,
+    ) -> Result<Stream, StreamError> {
+        let (reply, opened) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Open {
+                header,
+                idle_timeout,
+                reply,
+            })
+            .map_err(|_| self.closed_error())?;
+        opened.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Carries the session over a new link from now on (after a reconnect).
+    pub fn attach(&self, link: Link, epoch: u64) -> Result<(), Link> {
+        self.cmds.send(Cmd::Attach { link, epoch }).map_err(|e| match e.0 {
+            Cmd::Attach { link, .. } => link,
+            _ => unreachable!("sent an Attach"),
+        })
+    }
+
+    /// Ends the session and every stream in it.
+    pub fn close(&self, reason: &str) {
+        let _ = self.cmds.send(Cmd::Close {
+            reason: reason.to_string(),
+        });
+    }
+
+    pub fn state(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.cmds.is_closed() || matches!(*self.state.borrow(), LinkState::Closed { .. })
+    }
+
+    fn closed_error(&self) -> StreamError {
+        match &*self.state.borrow() {
+            LinkState::Closed { reason } => StreamError::SessionClosed(reason.clone()),
+            _ => StreamError::SessionClosed("session driver stopped".to_string()),
+        }
+    }
+}
+
+/// Starts a session over `link`. Streams the peer opens arrive on the returned receiver.
+pub fn spawn(
+    role: Role,
+    mut config: SessionConfig,
+    session_id: u64,
+    epoch: u64,
+    link: Link,
+    span: tracing::Span,
+) -> Result<(SessionHandle, mpsc::UnboundedReceiver<Stream>), proto::session::Error> {
+    config.session.max_frame_size = link.max_payload.saturating_sub(FRAME_OVERHEAD);
+    config.session.validate()?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(LinkState::Connected {
+        transport: link.transport,
+        epoch,
+    });
+    let driver = Driver {
+        session: Session::new(role, config.session.clone(), epoch, Instant::now()),
+        resume_window: config.resume_window,
+        cmds: cmd_rx,
+        cmd_tx: cmd_tx.clone(),
+        incoming: incoming_tx,
+        state: state_tx,
+        streams: HashMap::new(),
+        link_tx: Some(link.tx),
+        link_rx: Some(link.rx),
+        transport: link.transport,
+        outbound: None,
+        resume_deadline: None,
+        span: span.clone(),
+    };
+    tokio::spawn(driver.run().instrument(span));
+    Ok((
+        SessionHandle {
+            cmds: cmd_tx,
+            state: state_rx,
+            session_id,
+        },
+        incoming_rx,
+    ))
+}
+
+struct Slot {
+    events: mpsc::UnboundedSender<StreamEvent>,
+    /// At most one write waits per stream: the writer awaits its reply.
+    pending: Option<(Bytes, oneshot::Sender<Result<(), StreamError>>)>,
+}
+
+struct Driver {
+    session: Session,
+    resume_window: Duration,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    incoming: mpsc::UnboundedSender<Stream>,
+    state: watch::Sender<LinkState>,
+    streams: HashMap<StreamId, Slot>,
+    link_tx: Option<mpsc::Sender<Bytes>>,
+    link_rx: Option<BoxStream<'static, Result<Bytes, TransportError>>>,
+    transport: &'static str,
+    /// A frame pulled from the session, waiting for room on the link.
+    outbound: Option<Bytes>,
+    resume_deadline: Option<tokio::time::Instant>,
+    span: tracing::Span,
+}
+
+enum Step {
+    Cmd(Option<Cmd>),
+    Inbound(Option<Result<Bytes, TransportError>>),
+    Sent(Result<(), ()>),
+    Timer,
+    ResumeExpired,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let reason = loop {
+            self.pump_events();
+            if self.link_tx.is_some() && self.outbound.is_none() {
+                self.outbound = self
+                    .session
+                    .poll_transmit(Instant::now())
+                    .map(|f| Envelope::frame(f).to_bytes());
+            }
+            let timer = self.session.poll_timeout().map(tokio::time::Instant::from_std);
+            let step = tokio::select! {
+                biased;
+                cmd = self.cmds.recv() => Step::Cmd(cmd),
+                msg = next_inbound(&mut self.link_rx) => Step::Inbound(msg),
+                sent = reserve_send(&self.link_tx, &mut self.outbound) => Step::Sent(sent),
+                () = sleep_until(timer) => Step::Timer,
+                () = sleep_until(self.resume_deadline) => Step::ResumeExpired,
+            };
+            match step {
+                Step::Cmd(None) => break "every handle dropped".to_string(),
+                Step::Cmd(Some(Cmd::Close { reason })) => break reason,
+                Step::Cmd(Some(cmd)) => self.handle_cmd(cmd),
+                Step::Inbound(Some(Ok(bytes))) => {
+                    if let Err(reason) = self.handle_inbound(bytes) {
+                        break reason;
+                    }
+                }
+                Step::Inbound(Some(Err(e))) => self.link_lost(e.to_string()),
+                Step::Inbound(None) => self.link_lost("link closed by peer".to_string()),
+                Step::Sent(Ok(())) => {}
+                Step::Sent(Err(())) => self.link_lost("link closed".to_string()),
+                Step::Timer => self.session.handle_timeout(Instant::now()),
+                Step::ResumeExpired => {
+                    break format!(
+                        "no reconnect within {}s, session ended",
+                        self.resume_window.as_secs()
+                    );
+                }
+            }
+        };
+        info!(%reason, "session closed");
+        for (_, slot) in self.streams.drain() {
+            if let Some((_, reply)) = slot.pending {
+                let _ = reply.send(Err(StreamError::SessionClosed(reason.clone())));
+            }
+        }
+        let _ = self.state.send(LinkState::Closed { reason });
+    }
+
+    fn handle_inbound(&mut self, bytes: Bytes) -> Result<(), String> {
+        let envelope = Envelope::from_bytes(bytes).map_err(|e| format!("malformed envelope: {e}"))?;
+        match envelope.body {
+            Some(Body::Frame(frame)) => self
+                .session
+                .handle_frame(&frame, Instant::now())
+                .map_err(|e| format!("session protocol error: {e}")),
+            // A stray handshake message mid-session is a peer bug; the link goes.
+            _ => {
+                self.link_lost("unexpected handshake message mid-session".to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn link_lost(&mut self, reason: String) {
+        if self.link_tx.is_none() {
+            return;
+        }
+        warn!(%reason, transport = self.transport, "link lost, waiting for a resume");
+        self.link_tx = None;
+        self.link_rx = None;
+        self.outbound = None;
+        self.resume_deadline = Some(tokio::time::Instant::now() + self.resume_window);
+        let _ = self.state.send(LinkState::Disconnected { reason });
+    }
+
+    fn handle_cmd(&mut self, cmd: Cmd) {
+        let now = Instant::now();
+        match cmd {
+            Cmd::Open {
+                header,
+                idle_timeout,
+                reply,
+            } => {
+                let result = self
+                    .session
+                    .open(header.clone(), idle_timeout, now)
+                    .map(|id| self.new_stream(id, header))
+                    .map_err(|e| StreamError::SessionClosed(format!("cannot open stream: {e}")));
+                let _ = reply.send(result);
+            }
+            Cmd::Send { id, data, reply } => {
+                if let Some(slot) = self.streams.get_mut(&id) {
+                    slot.pending = Some((data, reply));
+                    self.flush_pending(id);
+                } else {
+                    let _ = reply.send(Err(StreamError::SessionClosed("stream is gone".into())));
+                }
+            }
+            Cmd::Finish { id } => {
+                if let Err(e) = self.session.finish(id, now) {
+                    debug!(stream = %id, error = %e, "finish on a stream that is gone");
+                }
+            }
+            Cmd::Reset { id, code, reason } => {
+                self.session.reset(id, code, &reason, now);
+                self.remove(id);
+            }
+            Cmd::Consume { id, n } => self.session.consume(id, n),
+            Cmd::Attach { link, epoch } => {
+                info!(transport = link.transport, peer = %link.peer, epoch, "session resumed on a new link");
+                self.session.resume(epoch, now);
+                self.transport = link.transport;
+                self.link_tx = Some(link.tx);
+                self.link_rx = Some(link.rx);
+                self.outbound = None;
+                self.resume_deadline = None;
+                let _ = self.state.send(LinkState::Connected {
+                    transport: link.transport,
+                    epoch,
+                });
+            }
+            Cmd::Close { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn new_stream(&mut self, id: StreamId, header: Bytes) -> Stream {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        self.streams.insert(
+            id,
+            Slot {
+                events: events_tx,
+                pending: None,
+            },
+        );
+        let span = tracing::debug_span!(parent: &self.span, "stream", stream = %id);
+        Stream::new(id, header, self.cmd_tx.clone(), events_rx, span)
+    }
+
+    /// Queues as much of the stream's waiting write as the peer has credit for;
+    /// the writer is released once all of it is queued.
+    fn flush_pending(&mut self, id: StreamId) {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let Some((mut data, reply)) = slot.pending.take() else {
+            return;
+        };
+        let capacity = self.session.send_capacity(id);
+        let now = Instant::now();
+        let chunk = if capacity >= data.len() {
+            std::mem::take(&mut data)
+        } else {
+            data.split_to(capacity)
+        };
+        if !chunk.is_empty()
+            && let Err(e) = self.session.send(id, chunk, now)
+        {
+            let _ = reply.send(Err(StreamError::SessionClosed(format!("send failed: {e}"))));
+            return;
+        }
+        if data.is_empty() {
+            let _ = reply.send(Ok(()));
+        } else {
+            slot.pending = Some((data, reply));
+        }
+    }
+
+    fn remove(&mut self, id: StreamId) {
+        if let Some(slot) = self.streams.remove(&id)
+            && let Some((_, reply)) = slot.pending
+        {
+            let _ = reply.send(Err(StreamError::Reset {
+                code: ResetCode::Cancelled,
+                reason: "stream reset".to_string(),
+            }));
+        }
+    }
+
+    fn pump_events(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Opened { id, header } => {
+                    let stream = self.new_stream(id, header);
+                    if self.incoming.send(stream).is_err() {
+                        // Nobody accepts streams: the Stream's drop resets it.
+                        debug!(stream = %id, "incoming stream with no acceptor");
+                    }
+                }
+                Event::Data { id, data } => {
+                    let delivered = self
+                        .streams
+                        .get(&id)
+                        .is_some_and(|s| s.events.send(StreamEvent::Data(data)).is_ok());
+                    if !delivered {
+                        self.session
+                            .reset(id, ResetCode::Cancelled, "reader gone", Instant::now());
+                        self.remove(id);
+                    }
+                }
+                Event::Finished { id } => {
+                    if let Some(slot) = self.streams.get(&id) {
+                        let _ = slot.events.send(StreamEvent::Finished);
+                    }
+                }
+                Event::Reset { id, code, reason } => {
+                    if let Some(slot) = self.streams.get(&id) {
+                        let _ = slot.events.send(StreamEvent::Reset { code, reason });
+                    }
+                    self.remove(id);
+                }
+                Event::Writable { id } => self.flush_pending(id),
+                Event::Closed { id } => {
+                    // Keep the slot while the app may still read buffered events:
+                    // the channel holds them; the slot itself is no longer needed.
+                    self.streams.remove(&id);
+                }
+                Event::PeerTimedOut => self.link_lost("peer silent past its timeout".to_string()),
+            }
+        }
+    }
+}
+
+async fn next_inbound(
+    rx: &mut Option<BoxStream<'static, Result<Bytes, TransportError>>>,
+) -> Option<Result<Bytes, TransportError>> {
+    match rx {
+        Some(rx) => rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn reserve_send(tx: &Option<mpsc::Sender<Bytes>>, outbound: &mut Option<Bytes>) -> Result<(), ()> {
+    match (tx, outbound.is_some()) {
+        (Some(tx), true) => {
+            let permit = tx.reserve().await.map_err(|_| ())?;
+            if let Some(frame) = outbound.take() {
+                permit.send(frame);
+            }
+            Ok(())
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

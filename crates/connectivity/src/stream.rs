@@ -1,0 +1,217 @@
+//! One multiplexed stream as the application sees it.
+
+use bytes::Bytes;
+use prost::Message;
+use proto::{
+    api::{DecodeError, MessageReader, encode_message},
+    session::{ResetCode, StreamId},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::session::Cmd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The whole session ended (device gone for good, protocol error, shutdown).
+    #[error("session closed: {0}")]
+    SessionClosed(String),
+    /// The peer (or a timeout) reset this stream.
+    #[error("stream reset ({code:?}): {reason}")]
+    Reset { code: ResetCode, reason: String },
+    /// This side already finished sending.
+    #[error("stream already finished")]
+    Finished,
+    /// The peer ended the stream in the middle of a message.
+    #[error("stream ended inside a message")]
+    Truncated,
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A stream opened with a header that does not parse.
+    #[error("malformed stream header: {0}")]
+    Header(#[from] prost::DecodeError),
+}
+
+/// What the driver hands a stream.
+#[derive(Debug)]
+pub(crate) enum StreamEvent {
+    Data(Bytes),
+    Finished,
+    Reset { code: ResetCode, reason: String },
+}
+
+/// A stream: ordered exactly-once bytes each way, with back-pressure. Dropping
+/// it before both directions ended resets it on both sides.
+#[derive(Debug)]
+pub struct Stream {
+    id: StreamId,
+    header: Bytes,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    events: mpsc::UnboundedReceiver<StreamEvent>,
+    reader: MessageReader,
+    local_finished: bool,
+    peer_finished: bool,
+    ended: bool,
+    /// The session's span, so work done for this stream logs under it.
+    span: tracing::Span,
+}
+
+impl Stream {
+    pub(crate) fn new(
+        id: StreamId,
+        header: Bytes,
+        cmds: mpsc::UnboundedSender<Cmd>,
+        events: mpsc::UnboundedReceiver<StreamEvent>,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            id,
+            header,
+            cmds,
+            events,
+            reader: MessageReader::default(),
+            local_finished: false,
+            peer_finished: false,
+            ended: false,
+            span,
+        }
+    }
+
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// The raw header the stream was opened with.
+    pub fn header(&self) -> &Bytes {
+        &self.header
+    }
+
+    /// The header decoded as the API's `Open`.
+    pub fn open_header(&self) -> Result<proto::api::Open, StreamError> {
+        Ok(proto::api::Open::decode(self.header.clone())?)
+    }
+
+    /// Sends bytes; waits while the peer has no room for them.
+    pub async fn send(&mut self, data: Bytes) -> Result<(), StreamError> {
+        if self.local_finished {
+            return Err(StreamError::Finished);
+        }
+        let (reply, done) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Send { id: self.id, data, reply })
+            .map_err(|_| closed())?;
+        done.await.map_err(|_| closed())?
+    }
+
+    pub async fn send_message<M: Message>(&mut self, message: &M) -> Result<(), StreamError> {
+        self.send(encode_message(message)).await
+    }
+
+    /// Ends this side's direction; the peer reads to the end then sees it.
+    pub fn finish(&mut self) {
+        if !self.local_finished {
+            self.local_finished = true;
+            let _ = self.cmds.send(Cmd::Finish { id: self.id });
+        }
+    }
+
+    /// Aborts both directions.
+    pub fn reset(&mut self, code: ResetCode, reason: &str) {
+        if !self.ended {
+            self.ended = true;
+            let _ = self.cmds.send(Cmd::Reset {
+                id: self.id,
+                code,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// The next bytes from the peer; `Ok(None)` once the peer finished.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, StreamError> {
+        if self.peer_finished {
+            return Ok(None);
+        }
+        match self.events.recv().await {
+            Some(StreamEvent::Data(data)) => {
+                // Credit goes back as the application takes bytes, so a slow
+                // reader slows the peer instead of growing a buffer.
+                let _ = self.cmds.send(Cmd::Consume {
+                    id: self.id,
+                    n: data.len(),
+                });
+                Ok(Some(data))
+            }
+            Some(StreamEvent::Finished) => {
+                self.peer_finished = true;
+                if self.local_finished {
+                    self.ended = true;
+                }
+                Ok(None)
+            }
+            Some(StreamEvent::Reset { code, reason }) => {
+                self.ended = true;
+                Err(StreamError::Reset { code, reason })
+            }
+            None => {
+                self.ended = true;
+                Err(closed())
+            }
+        }
+    }
+
+    /// The next whole message; `Ok(None)` once the peer finished between messages.
+    pub async fn recv_message<M: Message + Default>(&mut self) -> Result<Option<M>, StreamError> {
+        loop {
+            if let Some(m) = self.reader.next()? {
+                return Ok(Some(m));
+            }
+            match self.recv().await? {
+                Some(bytes) => self.reader.push(&bytes),
+                None if self.reader.buffered() > 0 => return Err(StreamError::Truncated),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Sends one message and finishes, then reads the one answer and the end.
+    pub async fn call<Req: Message, Resp: Message + Default>(
+        &mut self,
+        request: &Req,
+    ) -> Result<Option<Resp>, StreamError> {
+        self.send_message(request).await?;
+        self.finish();
+        let answer = self.recv_message().await?;
+        if answer.is_some() {
+            self.expect_end().await?;
+        }
+        Ok(answer)
+    }
+
+    /// Reads to the peer's end, failing if more data arrives.
+    pub async fn expect_end(&mut self) -> Result<(), StreamError> {
+        match self.recv().await? {
+            None => Ok(()),
+            Some(_) => Err(StreamError::Truncated),
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if !self.ended && !(self.local_finished && self.peer_finished) {
+            let _ = self.cmds.send(Cmd::Reset {
+                id: self.id,
+                code: ResetCode::Cancelled,
+                reason: "stream dropped".to_string(),
+            });
+        }
+    }
+}
+
+fn closed() -> StreamError {
+    StreamError::SessionClosed("session driver stopped".to_string())
+}
