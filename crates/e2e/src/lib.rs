@@ -1,1 +1,14 @@
-//! End-to-end tests against the real control plane.
+//! The end-to-end harness: the real control plane from [`testbed`], prepared
+//! for aranya (CRD, RBAC, identities, gRPC certificates), and aranya and arhat
+//! run as real processes of the workspace's binaries.
+//!
+//! Tests isolate by namespace (aranya's leader Lease) and by device name and a
+//! label selector (each test's aranya manages only its own EdgeDevices).
+
+pub mod cluster;
+pub mod process;
+pub mod wait;
+
+pub use cluster::{Cluster, TestEnv};
+pub use process::Proc;
+pub use wait::wait_for;

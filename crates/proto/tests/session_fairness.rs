@@ -1,6 +1,8 @@
 //! Fairness: bulk streams with megabytes queued must not delay an interactive stream's
 //! small messages by more than a couple of frames, and must themselves keep moving.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -54,16 +56,6 @@ impl Link {
             return false;
         };
         assert!(f.len() <= 8 * 1024);
-        if std::env::var_os("FDEBUG").is_some() {
-            use prost::Message;
-            let fr = proto::session::wire::Frame::decode(f.clone()).unwrap();
-            let d: Vec<String> = fr.items.iter().map(|i| match &i.kind {
-                Some(proto::session::wire::item::Kind::Chunk(c)) => format!("C{}:{}+{}", c.stream_id, c.offset, c.data.len()),
-                Some(proto::session::wire::item::Kind::Ack(a)) => format!("A{}", a.stream_id),
-                k => format!("{k:?}"),
-            }).collect();
-            eprintln!("inflight {} {:?}", self.a.inflight(), d);
-        }
         self.b.handle_frame(&f, self.now).unwrap();
         self.back();
         true
@@ -87,7 +79,8 @@ fn fairness(bulk_streams: usize) -> (usize, usize) {
         .map(|_| {
             let id = l.a.open(Bytes::new(), None, l.now).unwrap();
             // Far more than the window: the stream stays busy throughout.
-            l.a.send(id, Bytes::from(vec![0xB0; 4 << 20]), l.now).unwrap();
+            l.a.send(id, Bytes::from(vec![0xB0; 4 << 20]), l.now)
+                .unwrap();
             id
         })
         .collect();
@@ -107,7 +100,11 @@ fn fairness(bulk_streams: usize) -> (usize, usize) {
             assert!(l.step());
         }
     }
-    let min_bulk = bulk.iter().map(|id| l.got.get(id).copied().unwrap_or(0)).min().unwrap();
+    let min_bulk = bulk
+        .iter()
+        .map(|id| l.got.get(id).copied().unwrap_or(0))
+        .min()
+        .unwrap();
     (worst, min_bulk)
 }
 
@@ -115,7 +112,10 @@ fn fairness(bulk_streams: usize) -> (usize, usize) {
 fn interactive_stream_is_not_starved_by_one_bulk_stream() {
     let (worst, min_bulk) = fairness(1);
     assert!(worst <= 2, "an interactive message waited {worst} frames");
-    assert!(min_bulk > 1 << 20, "the bulk stream itself stalled: {min_bulk}");
+    assert!(
+        min_bulk > 1 << 20,
+        "the bulk stream itself stalled: {min_bulk}"
+    );
 }
 
 #[test]
@@ -143,5 +143,8 @@ fn bulk_streams_share_the_link_evenly() {
     let (min, max) = (got.iter().min().unwrap(), got.iter().max().unwrap());
     // Chunks cut at a credit boundary leave a little of a frame to the next stream,
     // so shares differ by a few frames at most, never by a growing amount.
-    assert!(*min > 0 && max - min <= 4 * 8 * 1024, "uneven shares: {got:?}");
+    assert!(
+        *min > 0 && max - min <= 4 * 8 * 1024,
+        "uneven shares: {got:?}"
+    );
 }

@@ -235,14 +235,13 @@ impl Config {
                 .peer_timeout
                 .max(keepalive_interval + Duration::from_millis(1)),
             max_streams: self.max_streams.max(1),
-            max_header_size: self
-                .max_header_size
-                .min(max_frame_size - OPEN_OVERHEAD),
+            max_header_size: self.max_header_size.min(max_frame_size - OPEN_OVERHEAD),
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -286,7 +285,10 @@ mod tests {
             Config::with_frame_size(8192).clone_with_header(16 << 10),
         ];
         for c in bad {
-            assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))), "{c:?}");
+            assert!(
+                matches!(c.validate(), Err(Error::InvalidConfig(_))),
+                "{c:?}"
+            );
             c.clamped().validate().unwrap();
         }
     }

@@ -57,7 +57,7 @@ pub use config::{
 pub use error::{Error, FrameError, Malformed, Violation};
 
 use ids::{MAX_ID, PeerIds};
-use recv::{Accept, Reject, RecvBuf};
+use recv::{Accept, RecvBuf, Reject};
 use send::SendBuf;
 use tomb::{Outcome, Tombs};
 use wire::FrameBuilder;
@@ -309,7 +309,6 @@ impl Session {
     /// A new session. `config` should have passed [`Config::validate`]; out-of-range
     /// values are clamped into range (use [`Session::try_new`] to get an error instead).
     pub fn new(role: Role, config: Config, epoch: u64, now: Instant) -> Self {
-        debug_assert!(config.validate().is_ok(), "invalid session config");
         let config = config.clamped();
         let peer_parity = 1 - role.parity();
         let max_rto = config.retransmit_timeout * MAX_RTO_FACTOR;
@@ -402,7 +401,12 @@ impl Session {
     /// Opens a stream. `header` (at most `max_header_size` bytes) is delivered to the
     /// peer with [`Event::Opened`], reliably. With `idle_timeout`, both sides reset the
     /// stream with [`ResetCode::IdleTimeout`] once nothing happened on it for that long.
-    pub fn open(&mut self, header: Bytes, idle_timeout: Option<Duration>, now: Instant) -> Result<StreamId, Error> {
+    pub fn open(
+        &mut self,
+        header: Bytes,
+        idle_timeout: Option<Duration>,
+        now: Instant,
+    ) -> Result<StreamId, Error> {
         if header.len() > self.config.max_header_size {
             return Err(Error::HeaderTooLarge {
                 len: header.len(),
@@ -514,9 +518,9 @@ impl Session {
     /// Bytes held for `id` on the receiving side: delivered but not consumed plus
     /// out-of-order data. Never exceeds `initial_window`.
     pub fn recv_buffered(&self, id: StreamId) -> usize {
-        self.streams
-            .get(&id)
-            .map_or(0, |s| usize::try_from(s.recv.buffered()).unwrap_or(usize::MAX))
+        self.streams.get(&id).map_or(0, |s| {
+            usize::try_from(s.recv.buffered()).unwrap_or(usize::MAX)
+        })
     }
 
     /// Payload bytes transmitted and not yet acknowledged, over all streams. Never
@@ -899,7 +903,8 @@ impl Session {
         self.push_ctrl(reset_item(id, code, reason.clone()));
         let base = self.config.retransmit_timeout;
         let retx = after(now, base).map(|t| (t, (base * 2).min(self.max_rto())));
-        self.tombs.insert(id, Outcome::Reset { code, reason }, retx, now);
+        self.tombs
+            .insert(id, Outcome::Reset { code, reason }, retx, now);
     }
 
     /// Frees `id` if both directions are complete.
@@ -985,7 +990,13 @@ impl Session {
             && !s.opened
             && open.header.len() > max_header
         {
-            self.kill(id, ResetCode::ProtocolError, "stream header too large", false, now);
+            self.kill(
+                id,
+                ResetCode::ProtocolError,
+                "stream header too large",
+                false,
+                now,
+            );
             return Ok(());
         }
         let accepted = match s.recv.insert(c.offset, c.data, c.fin) {
@@ -1004,7 +1015,8 @@ impl Session {
             s.opened = true;
             s.visible = true;
             s.last_activity = now;
-            s.idle = (open.idle_timeout_ms > 0).then(|| Duration::from_millis(open.idle_timeout_ms));
+            s.idle =
+                (open.idle_timeout_ms > 0).then(|| Duration::from_millis(open.idle_timeout_ms));
             debug!(stream = %id, role = ?self.role, header_len = open.header.len(), "peer opened stream");
             self.events.push_back(Event::Opened {
                 id,
@@ -1129,9 +1141,9 @@ fn reset_item(id: StreamId, code: ResetCode, reason: String) -> wire::Item {
 fn build_chunk(s: &mut Stream, budget: usize, room: u64) -> Option<wire::Chunk> {
     let open = s.open_pending.then(|| wire::Open {
         header: s.header.clone(),
-        idle_timeout_ms: s
-            .idle
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+        idle_timeout_ms: s.idle.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        }),
     });
     let end = s.data_end(room);
     let avail = end.saturating_sub(s.send.next());

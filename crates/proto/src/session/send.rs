@@ -87,11 +87,7 @@ impl SendBuf {
             return (off, Bytes::new());
         }
         let want = (end - off).min(max as u64) as usize;
-        let Some(first) = self
-            .segs
-            .partition_point(|(s, _)| *s <= off)
-            .checked_sub(1)
-        else {
+        let Some(first) = self.segs.partition_point(|(s, _)| *s <= off).checked_sub(1) else {
             return (off, Bytes::new());
         };
         let data = {
@@ -122,6 +118,7 @@ impl SendBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,7 @@
 //! Unit tests of the session state machine: two sessions wired back to back.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -45,7 +47,11 @@ impl Pair {
 
     /// Moves every frame both ways until quiet, checking frame sizes; `drop_ab` /
     /// `drop_ba` decide per frame whether it is lost.
-    fn pump_with(&mut self, mut drop_ab: impl FnMut(&[u8]) -> bool, mut drop_ba: impl FnMut(&[u8]) -> bool) {
+    fn pump_with(
+        &mut self,
+        mut drop_ab: impl FnMut(&[u8]) -> bool,
+        mut drop_ba: impl FnMut(&[u8]) -> bool,
+    ) {
         for _ in 0..100_000 {
             let mut moved = false;
             while let Some(f) = self.a.poll_transmit(self.now) {
@@ -132,7 +138,10 @@ fn open_send_finish_close() {
     let data = payload(20_000);
     p.a.send(id, data.clone(), p.now).unwrap();
     p.a.finish(id, p.now).unwrap();
-    assert_eq!(p.a.send(id, Bytes::from_static(b"x"), p.now), Err(Error::StreamFinished(id)));
+    assert_eq!(
+        p.a.send(id, Bytes::from_static(b"x"), p.now),
+        Err(Error::StreamFinished(id))
+    );
     let mut got = Vec::new();
     for _ in 0..100 {
         p.pump();
@@ -141,7 +150,13 @@ fn open_send_finish_close() {
     assert_eq!(got, data.to_vec());
     assert_eq!(
         p.ev_b,
-        vec![Event::Opened { id, header: Bytes::from_static(b"exec") }, Event::Finished { id }]
+        vec![
+            Event::Opened {
+                id,
+                header: Bytes::from_static(b"exec")
+            },
+            Event::Finished { id }
+        ]
     );
     p.ev_b.clear();
     p.b.send(id, Bytes::from_static(b"reply"), p.now).unwrap();
@@ -152,7 +167,10 @@ fn open_send_finish_close() {
     assert_eq!(
         p.ev_a,
         vec![
-            Event::Data { id, data: Bytes::from_static(b"reply") },
+            Event::Data {
+                id,
+                data: Bytes::from_static(b"reply")
+            },
             Event::Finished { id },
             Event::Closed { id },
         ]
@@ -236,7 +254,11 @@ fn peer_data_beyond_window_is_a_protocol_error() {
     let err = b.handle_frame(&f, now).unwrap_err();
     assert!(matches!(
         err,
-        FrameError::Protocol(Violation::FlowControl { id: StreamId(0), end: 8500, limit: 8192 })
+        FrameError::Protocol(Violation::FlowControl {
+            id: StreamId(0),
+            end: 8500,
+            limit: 8192
+        })
     ));
 }
 
@@ -296,7 +318,10 @@ fn garbage_is_malformed() {
         Err(FrameError::Malformed(Malformed::Decode(_)))
     ));
     // A length prefix far beyond the input must not allocate or panic.
-    assert!(b.handle_frame(&[0x12, 0xff, 0xff, 0xff, 0xff, 0x0f], now).is_err());
+    assert!(
+        b.handle_frame(&[0x12, 0xff, 0xff, 0xff, 0xff, 0x0f], now)
+            .is_err()
+    );
 }
 
 #[test]
@@ -322,13 +347,40 @@ fn data_before_open_is_held_until_open() {
     // Stream 0 was skipped over by 2 but must still open.
     b.handle_frame(&frame(0, vec![chunk(0, 0, b"", false, Some(b"zero"))]), now)
         .unwrap();
-    assert!(matches!(b.poll_event(), Some(Event::Opened { id: StreamId(0), .. })));
-    b.handle_frame(&frame(0, vec![chunk(2, 0, b"abc", false, Some(b"two"))]), now)
-        .unwrap();
+    assert!(matches!(
+        b.poll_event(),
+        Some(Event::Opened {
+            id: StreamId(0),
+            ..
+        })
+    ));
+    b.handle_frame(
+        &frame(0, vec![chunk(2, 0, b"abc", false, Some(b"two"))]),
+        now,
+    )
+    .unwrap();
     let id = StreamId(2);
-    assert_eq!(b.poll_event(), Some(Event::Opened { id, header: Bytes::from_static(b"two") }));
-    assert_eq!(b.poll_event(), Some(Event::Data { id, data: Bytes::from_static(b"abc") }));
-    assert_eq!(b.poll_event(), Some(Event::Data { id, data: Bytes::from_static(b"def") }));
+    assert_eq!(
+        b.poll_event(),
+        Some(Event::Opened {
+            id,
+            header: Bytes::from_static(b"two")
+        })
+    );
+    assert_eq!(
+        b.poll_event(),
+        Some(Event::Data {
+            id,
+            data: Bytes::from_static(b"abc")
+        })
+    );
+    assert_eq!(
+        b.poll_event(),
+        Some(Event::Data {
+            id,
+            data: Bytes::from_static(b"def")
+        })
+    );
     assert_eq!(b.poll_event(), Some(Event::Finished { id }));
     assert_eq!(b.poll_event(), None);
 }
@@ -378,7 +430,10 @@ fn lost_acks_are_repaired_by_reacking_duplicates() {
     p.advance(Duration::from_secs(1));
     p.pump();
     assert_eq!(p.a.inflight(), 0);
-    assert!(p.take_b(id).is_empty(), "retransmission must not be delivered twice");
+    assert!(
+        p.take_b(id).is_empty(),
+        "retransmission must not be delivered twice"
+    );
 }
 
 #[test]
@@ -417,7 +472,11 @@ fn reset_reaches_peer_reliably() {
     p.pump();
     assert_eq!(
         p.ev_b,
-        vec![Event::Reset { id, code: ResetCode::Cancelled, reason: "user hit ^C".into() }]
+        vec![Event::Reset {
+            id,
+            code: ResetCode::Cancelled,
+            reason: "user hit ^C".into()
+        }]
     );
     assert_eq!(p.b.stream_count(), 0);
     assert!(p.a.tombs.next_timeout().is_none(), "reset was acknowledged");
@@ -463,7 +522,9 @@ impl Pair {
     /// b answers stream `id` with data and finishes its side.
     fn b_open_reply(&mut self, id: StreamId) {
         self.pump();
-        self.b.send(id, Bytes::from_static(b"ok"), self.now).unwrap();
+        self.b
+            .send(id, Bytes::from_static(b"ok"), self.now)
+            .unwrap();
         self.b.finish(id, self.now).unwrap();
         self.pump();
     }
@@ -472,7 +533,9 @@ impl Pair {
 #[test]
 fn idle_timeout_resets_both_sides() {
     let mut p = Pair::new(cfg());
-    let id = p.a.open(Bytes::new(), Some(Duration::from_secs(5)), p.now).unwrap();
+    let id =
+        p.a.open(Bytes::new(), Some(Duration::from_secs(5)), p.now)
+            .unwrap();
     p.pump();
     p.advance(Duration::from_secs(3));
     p.a.send(id, Bytes::from_static(b"keep"), p.now).unwrap();
@@ -483,8 +546,15 @@ fn idle_timeout_resets_both_sides() {
     p.advance(Duration::from_secs(3));
     p.pump();
     let idle = |ev: &[Event]| {
-        ev.iter()
-            .any(|e| matches!(e, Event::Reset { code: ResetCode::IdleTimeout, .. }))
+        ev.iter().any(|e| {
+            matches!(
+                e,
+                Event::Reset {
+                    code: ResetCode::IdleTimeout,
+                    ..
+                }
+            )
+        })
     };
     assert!(idle(&p.ev_a), "{:?}", p.ev_a);
     assert!(idle(&p.ev_b), "{:?}", p.ev_b);
@@ -500,14 +570,25 @@ fn streams_beyond_max_are_refused() {
     let mut p = Pair::new(c);
     let s1 = p.a.open(Bytes::new(), None, p.now).unwrap();
     let s2 = p.a.open(Bytes::new(), None, p.now).unwrap();
-    assert_eq!(p.a.open(Bytes::new(), None, p.now), Err(Error::TooManyStreams));
+    assert_eq!(
+        p.a.open(Bytes::new(), None, p.now),
+        Err(Error::TooManyStreams)
+    );
     let _ = p.b.open(Bytes::new(), None, p.now).unwrap();
     p.pump();
     // b had one stream of its own, so one of a's is refused.
     let refused: Vec<_> = p
         .ev_a
         .iter()
-        .filter(|e| matches!(e, Event::Reset { code: ResetCode::Refused, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Reset {
+                    code: ResetCode::Refused,
+                    ..
+                }
+            )
+        })
         .collect();
     assert_eq!(refused.len(), 1, "{:?}", p.ev_a);
     assert!(p.b.stream_count() <= 2);
@@ -523,8 +604,11 @@ fn oversized_headers_are_rejected() {
         Err(Error::HeaderTooLarge { len: 513, max: 512 })
     );
     let mut b = Session::new(Role::Device, cfg(), 0, now);
-    b.handle_frame(&frame(0, vec![chunk(0, 0, b"", false, Some(&[0; 600]))]), now)
-        .unwrap();
+    b.handle_frame(
+        &frame(0, vec![chunk(0, 0, b"", false, Some(&[0; 600]))]),
+        now,
+    )
+    .unwrap();
     assert_eq!(b.poll_event(), None);
     assert_eq!(b.stream_count(), 0);
     let f = wire::Frame::decode(b.poll_transmit(now).unwrap()).unwrap();
@@ -541,7 +625,11 @@ fn largest_header_fits_smallest_frame() {
         let now = Instant::now();
         let mut a = Session::new(Role::Cloud, c.clone(), u64::MAX, now);
         let id = a
-            .open(Bytes::from(vec![0xAB; c.max_header_size]), Some(Duration::MAX), now)
+            .open(
+                Bytes::from(vec![0xAB; c.max_header_size]),
+                Some(Duration::MAX),
+                now,
+            )
             .unwrap();
         a.send(id, payload(100), now).unwrap();
         a.finish(id, now).unwrap();
@@ -571,7 +659,11 @@ fn keepalive_and_peer_timeout() {
     assert_eq!(
         ev,
         vec![
-            Event::Reset { id, code: ResetCode::PeerTimeout, reason: "peer timed out".into() },
+            Event::Reset {
+                id,
+                code: ResetCode::PeerTimeout,
+                reason: "peer timed out".into()
+            },
             Event::PeerTimedOut
         ]
     );
@@ -645,8 +737,14 @@ fn consume_after_close_and_unknown_ids_are_harmless() {
     let mut p = Pair::new(cfg());
     p.a.consume(StreamId(42), 10);
     p.a.reset(StreamId(42), ResetCode::Cancelled, "", p.now);
-    assert_eq!(p.a.send(StreamId(42), Bytes::new(), p.now), Err(Error::UnknownStream(StreamId(42))));
-    assert_eq!(p.a.finish(StreamId(42), p.now), Err(Error::UnknownStream(StreamId(42))));
+    assert_eq!(
+        p.a.send(StreamId(42), Bytes::new(), p.now),
+        Err(Error::UnknownStream(StreamId(42)))
+    );
+    assert_eq!(
+        p.a.finish(StreamId(42), p.now),
+        Err(Error::UnknownStream(StreamId(42)))
+    );
     assert_eq!(p.a.send_capacity(StreamId(42)), 0);
     p.pump();
     assert_eq!(p.ev_b, vec![]);
@@ -659,4 +757,124 @@ fn long_reasons_are_truncated_on_a_char_boundary() {
     assert!(t.len() <= MAX_REASON_LEN);
     assert!(r.starts_with(&t));
     let _ = MS;
+}
+
+#[test]
+fn lost_window_update_at_exact_credit_is_repaired_by_probe() {
+    let mut p = Pair::new(cfg());
+    let id = p.a.open(Bytes::new(), None, p.now).unwrap();
+    // The app respects back-pressure exactly: it queues the credit and no more.
+    let cap = p.a.send_capacity(id);
+    p.a.send(id, payload(cap), p.now).unwrap();
+    assert_eq!(p.a.send_capacity(id), 0);
+    p.pump();
+    assert_eq!(p.take_b(id).len(), cap);
+    p.pump_with(|_| false, |_| true);
+    assert_eq!(p.a.send_capacity(id), 0, "window update was lost");
+    p.advance(Duration::from_secs(1));
+    p.pump();
+    assert_eq!(p.a.send_capacity(id), 8192);
+    assert!(p.ev_a.contains(&Event::Writable { id }));
+}
+
+#[test]
+fn reset_overtaking_the_open_refuses_the_late_open() {
+    let now = Instant::now();
+    let mut b = Session::new(Role::Device, cfg(), 0, now);
+    let reset = wire::Item::reset(wire::Reset {
+        stream_id: 4,
+        code: ResetCode::Cancelled.to_u32(),
+        reason: "changed my mind".into(),
+    });
+    b.handle_frame(&frame(0, vec![reset]), now).unwrap();
+    b.handle_frame(&frame(0, vec![chunk(4, 0, b"late", false, Some(b"h"))]), now)
+        .unwrap();
+    assert_eq!(b.poll_event(), None, "a stream reset before it opened never opens");
+    assert_eq!(b.stream_count(), 0);
+    // Ids skipped over (0, 2) are still open-able.
+    b.handle_frame(&frame(0, vec![chunk(2, 0, b"", false, Some(b"h"))]), now)
+        .unwrap();
+    assert!(matches!(b.poll_event(), Some(Event::Opened { id: StreamId(2), .. })));
+}
+
+#[test]
+fn reset_before_anything_was_sent_still_tells_the_peer() {
+    let mut p = Pair::new(cfg());
+    let id = p.a.open(Bytes::from_static(b"h"), None, p.now).unwrap();
+    p.a.reset(id, ResetCode::Cancelled, "never mind", p.now);
+    p.pump();
+    assert!(p.ev_b.is_empty(), "{:?}", p.ev_b);
+    // The peer knows the id is gone: a second stream opens normally.
+    let id2 = p.a.open(Bytes::from_static(b"h2"), None, p.now).unwrap();
+    p.pump();
+    assert_eq!(p.ev_b, vec![Event::Opened { id: id2, header: Bytes::from_static(b"h2") }]);
+    assert!(p.b.peer_ids.is_new(id.0) == false);
+}
+
+#[test]
+fn forgotten_stream_is_answered_with_gone() {
+    let c = Config {
+        peer_timeout: Duration::from_secs(30),
+        ..cfg()
+    };
+    let mut p = Pair::new(c);
+    let id = p.a.open(Bytes::new(), None, p.now).unwrap();
+    p.b_open_reply(id);
+    p.a.finish(id, p.now).unwrap();
+    p.pump();
+    assert_eq!((p.a.stream_count(), p.b.stream_count()), (0, 0));
+    // Long after, a stray chunk for the closed stream arrives at b.
+    p.now += Duration::from_secs(3600);
+    p.b.handle_timeout(p.now);
+    p.b.handle_frame(&frame(1, vec![chunk(0, 0, b"", false, Some(b""))]), p.now)
+        .unwrap();
+    let f = wire::Frame::decode(p.b.poll_transmit(p.now).unwrap()).unwrap();
+    assert!(f.items.iter().any(|i| matches!(
+        &i.kind,
+        Some(wire::item::Kind::Reset(r)) if r.code == ResetCode::Gone.to_u32()
+    )));
+    assert_eq!(p.b.stream_count(), 0);
+}
+
+#[test]
+fn unconfirmed_reset_is_resent_after_resume() {
+    let mut p = Pair::new(cfg());
+    let id = p.b.open(Bytes::new(), None, p.now).unwrap();
+    p.pump();
+    p.b.reset(id, ResetCode::Internal, "crash", p.now);
+    // Lost with the old connection.
+    while p.b.poll_transmit(p.now).is_some() {}
+    p.a.resume(2, p.now);
+    p.b.resume(2, p.now);
+    p.pump();
+    assert!(p.ev_a.contains(&Event::Reset { id, code: ResetCode::Internal, reason: "crash".into() }));
+}
+
+#[test]
+fn stale_acks_and_duplicate_opens_are_harmless() {
+    let mut p = Pair::new(cfg());
+    let id = p.a.open(Bytes::from_static(b"h"), None, p.now).unwrap();
+    p.a.send(id, payload(100), p.now).unwrap();
+    let mut first = Vec::new();
+    while let Some(f) = p.a.poll_transmit(p.now) {
+        first.push(f);
+    }
+    for f in &first {
+        p.b.handle_frame(f, p.now).unwrap();
+    }
+    let mut acks = Vec::new();
+    while let Some(f) = p.b.poll_transmit(p.now) {
+        acks.push(f);
+    }
+    for f in acks.iter().chain(acks.iter()) {
+        p.a.handle_frame(f, p.now).unwrap();
+    }
+    // Replay the open chunk: no second Opened, no second delivery.
+    for f in &first {
+        p.b.handle_frame(f, p.now).unwrap();
+    }
+    p.pump();
+    let opened = p.ev_b.iter().filter(|e| matches!(e, Event::Opened { .. })).count();
+    assert_eq!(opened, 1);
+    assert_eq!(p.take_b(id).len(), 100);
 }

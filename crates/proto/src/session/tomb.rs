@@ -45,7 +45,13 @@ impl Tombs {
         }
     }
 
-    pub(crate) fn insert(&mut self, id: StreamId, outcome: Outcome, retx: Option<(Instant, Duration)>, now: Instant) {
+    pub(crate) fn insert(
+        &mut self,
+        id: StreamId,
+        outcome: Outcome,
+        retx: Option<(Instant, Duration)>,
+        now: Instant,
+    ) {
         if retx.is_some() {
             self.unconfirmed.insert(id);
         }
@@ -70,7 +76,9 @@ impl Tombs {
     /// Forgets tombstones past their age or beyond the cap.
     pub(crate) fn expire(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.order.front() {
-            let old = now.checked_duration_since(at).is_some_and(|d| d >= self.ttl);
+            let old = now
+                .checked_duration_since(at)
+                .is_some_and(|d| d >= self.ttl);
             if !old && self.order.len() <= self.cap {
                 break;
             }
@@ -82,10 +90,16 @@ impl Tombs {
 
     /// Resets due for (re)transmission at `now`: returns them and schedules the next
     /// attempt with doubled backoff (capped at `max_rto`).
-    pub(crate) fn due_resets(&mut self, now: Instant, max_rto: Duration) -> Vec<(StreamId, ResetCode, String)> {
+    pub(crate) fn due_resets(
+        &mut self,
+        now: Instant,
+        max_rto: Duration,
+    ) -> Vec<(StreamId, ResetCode, String)> {
         let mut out = Vec::new();
         for id in &self.unconfirmed {
-            let Some(t) = self.map.get_mut(id) else { continue };
+            let Some(t) = self.map.get_mut(id) else {
+                continue;
+            };
             let Some((at, rto)) = t.retx else { continue };
             if at > now {
                 continue;
@@ -123,6 +137,7 @@ impl Tombs {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

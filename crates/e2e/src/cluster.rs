@@ -1,0 +1,287 @@
+//! The control plane made ready for aranya, and per-test environments on it.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use aranya::crd::EdgeDevice;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+use testbed::ControlPlane;
+use tokio::sync::OnceCell;
+
+use crate::{process::Proc, wait::wait_for};
+
+/// Label every test's EdgeDevices carry; each test's aranya selects on it.
+pub const TEST_LABEL: &str = "e2e.aranya.arhat.dev/test";
+
+/// The repository root (deploy manifests live there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A control plane with aranya's CRD and RBAC applied, an identity for aranya
+/// bound to its ClusterRole, and a serving certificate for its gRPC endpoint.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub kube_binary: PathBuf,
+    pub admin_kubeconfig: PathBuf,
+    pub aranya_kubeconfig: PathBuf,
+    pub ca_file: PathBuf,
+    pub grpc_cert: PathBuf,
+    pub grpc_key: PathBuf,
+}
+
+static SHARED: OnceCell<Cluster> = OnceCell::const_new();
+
+impl Cluster {
+    /// The test process's shared cluster, prepared on first use.
+    pub async fn shared() -> anyhow::Result<&'static Cluster> {
+        SHARED
+            .get_or_try_init(|| async {
+                let cp = ControlPlane::shared().await.context("starting the test-bed control plane")?;
+                Cluster::prepare(cp, &cp.dir().join("aranya")).await
+            })
+            .await
+    }
+
+    /// Applies what aranya needs to `cp` and writes its files under `dir`.
+    pub async fn prepare(cp: &ControlPlane, dir: &Path) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(dir)?;
+        let cluster = Cluster {
+            dir: dir.to_path_buf(),
+            kube_binary: cp.kube_binary().to_path_buf(),
+            admin_kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            aranya_kubeconfig: dir.join("aranya.kubeconfig"),
+            ca_file: dir.join("ca.crt"),
+            grpc_cert: dir.join("grpc.crt"),
+            grpc_key: dir.join("grpc.key"),
+        };
+        std::fs::write(&cluster.ca_file, cp.ca().cert_pem())?;
+        let aranya = cp.ca().issue_client("aranya", &[])?;
+        cp.write_kubeconfig(&cluster.aranya_kubeconfig, "aranya", &aranya)?;
+        let grpc = cp.ca().issue_server(
+            "aranya",
+            &["localhost", "aranya"],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        )?;
+        grpc.write(dir, "grpc")?;
+        let root = repo_root();
+        cluster.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &root.join("deploy/crd.yaml").to_string_lossy(),
+            "-f",
+            &root.join("deploy/rbac.yaml").to_string_lossy(),
+        ])?;
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/edgedevices.aranya.arhat.dev",
+        ])?;
+        Ok(cluster)
+    }
+
+    /// Runs the test bed's kubectl as admin; fails with its stderr.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl_output(args)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn kubectl_output(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Command::new(&self.kube_binary)
+            .arg("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .output()
+            .context("running kubectl")
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(testbed::client_from_kubeconfig(&self.admin_kubeconfig).await?)
+    }
+}
+
+/// One test's corner of the cluster: its namespace, its devices, its aranya.
+pub struct TestEnv {
+    pub cluster: &'static Cluster,
+    pub client: Client,
+    /// Unique per test run: namespace, label value and device-name prefix.
+    pub name: String,
+    pub dir: PathBuf,
+    pub grpc_port: u16,
+}
+
+impl std::fmt::Debug for TestEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestEnv").field("name", &self.name).field("grpc_port", &self.grpc_port).finish_non_exhaustive()
+    }
+}
+
+impl TestEnv {
+    pub async fn new(test: &str) -> anyhow::Result<TestEnv> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,kube_client=off"))
+            .with_test_writer()
+            .try_init();
+        let cluster = Cluster::shared().await?;
+        let client = cluster.client().await?;
+        let suffix: String = (0..4)
+            .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
+            .collect();
+        let name = format!("{test}-{suffix}");
+        let dir = cluster.dir.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("creating the test namespace")?;
+        Ok(TestEnv {
+            cluster,
+            client,
+            grpc_port: free_port()?,
+            name,
+            dir,
+        })
+    }
+
+    /// A device name unique to this test.
+    pub fn device(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.name)
+    }
+
+    /// Creates an EdgeDevice with a gRPC method, labelled for this test's aranya.
+    pub async fn create_device(&self, name: &str, allocatable_pods: u32) -> anyhow::Result<EdgeDevice> {
+        let device: EdgeDevice = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aranya.arhat.dev/v1alpha1",
+            "kind": "EdgeDevice",
+            "metadata": { "name": name, "labels": { TEST_LABEL: self.name } },
+            "spec": {
+                "connectivity": { "methods": [{ "name": "grpc", "priority": 0 }] },
+                "node": { "zone": "edge-zone-a", "labels": { "example.com/site": "lab" } },
+                "pod": { "allocatable": allocatable_pods, "ipv4CIDR": "10.200.1.0/24" },
+            },
+        }))?;
+        let api: Api<EdgeDevice> = Api::all(self.client.clone());
+        Ok(api.create(&PostParams::default(), &device).await?)
+    }
+
+    pub fn aranya_command(&self, identity: &str) -> anyhow::Result<Command> {
+        let c = self.cluster;
+        let mut cmd = Command::new(crate::process::binary("aranya")?);
+        cmd.env("RUST_LOG", "info,aranya=debug,connectivity=debug")
+            .arg("--kubeconfig")
+            .arg(&c.aranya_kubeconfig)
+            .args(["--namespace", &self.name])
+            .args(["--identity", identity])
+            .args(["--edge-device-selector", &format!("{TEST_LABEL}={}", self.name)])
+            .args(["--grpc-listen", &format!("127.0.0.1:{}", self.grpc_port)])
+            .arg("--grpc-tls-cert")
+            .arg(&c.grpc_cert)
+            .arg("--grpc-tls-key")
+            .arg(&c.grpc_key)
+            .args(["--node-address", "127.0.0.1", "--kubelet-port", "10250"])
+            .args(["--reconnect-grace", "10"]);
+        Ok(cmd)
+    }
+
+    pub fn start_aranya(&self, identity: &str) -> anyhow::Result<Proc> {
+        let cmd = self.aranya_command(identity)?;
+        Proc::spawn(&format!("aranya-{identity}"), cmd, &self.dir.join(format!("aranya-{identity}.log")))
+    }
+
+    /// Writes an arhat config for `device` dialing this test's aranya.
+    pub fn arhat_config(&self, device: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(format!("arhat-{device}.yaml"));
+        let config = format!(
+            "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: 200ms\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: 2s\n  storagePath: /\nlog:\n  level: info,arhat=debug,connectivity=debug\n",
+            port = self.grpc_port,
+            ca = self.cluster.ca_file.display(),
+        );
+        std::fs::write(&path, config)?;
+        Ok(path)
+    }
+
+    pub fn start_arhat(&self, device: &str, instance: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+        let config = self.arhat_config(device)?;
+        let mut cmd = Command::new(crate::process::binary("arhat")?);
+        cmd.arg("--config").arg(&config).args(extra);
+        Proc::spawn(
+            &format!("arhat-{device}-{instance}"),
+            cmd,
+            &self.dir.join(format!("arhat-{device}-{instance}.log")),
+        )
+    }
+
+    pub fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    pub fn devices(&self) -> Api<EdgeDevice> {
+        Api::all(self.client.clone())
+    }
+
+    /// The Node's Ready condition as (status, reason), if it has one.
+    pub async fn ready(&self, node: &str) -> Option<(String, String)> {
+        let node = self.nodes().get_opt(node).await.ok()??;
+        node_ready(&node)
+    }
+
+    /// Waits for the Node's Ready condition to have `status` (and `reason`, if given).
+    pub async fn wait_ready(&self, node: &str, status: &str, reason: Option<&str>, timeout: Duration) -> anyhow::Result<Node> {
+        wait_for(&format!("node {node} Ready={status} {reason:?}"), timeout, || async {
+            let n = self.nodes().get_opt(node).await.ok()??;
+            let (s, r) = node_ready(&n)?;
+            (s == status && reason.is_none_or(|want| want == r)).then_some(n)
+        })
+        .await
+    }
+}
+
+pub fn node_ready(node: &Node) -> Option<(String, String)> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+}
+
+pub fn labels(node: &Node) -> BTreeMap<String, String> {
+    node.metadata.labels.clone().unwrap_or_default()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
