@@ -127,3 +127,209 @@ async fn lease_renews_while_aranya_lives() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn arhat_killed_goes_not_ready_and_back() -> anyhow::Result<()> {
+    let env = TestEnv::new("disconnect").await?;
+    let name = env.device("a");
+    env.create_device(&name, 3).await?;
+    let _aranya = env.start_aranya("a")?;
+    let mut arhat = env.start_arhat(&name, "1", &[])?;
+    env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+
+    arhat.kill();
+    let started = std::time::Instant::now();
+    let node = env
+        .wait_ready(&name, "False", Some("EdgeDeviceDisconnected"), Duration::from_secs(10))
+        .await?;
+    eprintln!("Ready=False {:?} after the kill", started.elapsed());
+    let device = env.devices().get(&name).await?;
+    let connected = device.status.unwrap_or_default().conditions;
+    assert!(connected.iter().any(|c| c.type_ == "Connected" && c.status == "False"), "{connected:?}");
+    let uid = node.metadata.uid.clone();
+
+    let _arhat = env.start_arhat(&name, "2", &[])?;
+    let node = env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT).await?;
+    assert_eq!(node.metadata.uid, uid, "the Node is kept, not recreated");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aranya_restart_keeps_nodes_consistent() -> anyhow::Result<()> {
+    let env = TestEnv::new("restart").await?;
+    let names = [env.device("a"), env.device("b")];
+    for name in &names {
+        env.create_device(name, 3).await?;
+    }
+    let mut aranya = env.start_aranya("a")?;
+    let _arhats: Vec<_> = names
+        .iter()
+        .map(|n| env.start_arhat(n, "1", &[]))
+        .collect::<Result<_, _>>()?;
+    let mut uids = Vec::new();
+    for name in &names {
+        uids.push(env.wait_ready(name, "True", None, READY_TIMEOUT).await?.metadata.uid);
+    }
+
+    aranya.kill();
+    let aranya2 = env.start_aranya("b")?;
+    // Devices reconnect to the new process; the Nodes stay the same objects.
+    for (name, uid) in names.iter().zip(&uids) {
+        wait_for(&format!("{name} reconnected"), READY_TIMEOUT, || async {
+            aranya2
+                .log()
+                .lines()
+                .any(|l| l.contains("device connected") && l.contains(name.as_str()))
+                .then_some(())
+        })
+        .await?;
+        let node = env.wait_ready(name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT).await?;
+        assert_eq!(&node.metadata.uid, uid);
+    }
+    // No duplicates: exactly one Node and one Lease per device.
+    let selector = format!("aranya.arhat.dev/edge-device in ({})", names.join(","));
+    let nodes = env.nodes().list(&kube::api::ListParams::default().labels(&selector)).await?;
+    assert_eq!(nodes.items.len(), names.len());
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), "kube-node-lease");
+    for name in &names {
+        assert!(leases.get_opt(name).await?.is_some());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_replica_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
+    let env = TestEnv::new("failover").await?;
+    let name = env.device("a");
+    env.create_device(&name, 3).await?;
+    let mut leader = env.start_aranya("one")?;
+    wait_for("replica one leads", Duration::from_secs(30), || async {
+        leader.log().contains("became leader").then_some(())
+    })
+    .await?;
+    let standby = env.start_aranya("two")?;
+    let _arhat = env.start_arhat(&name, "1", &[])?;
+    env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(standby.log().contains("standing by"), "{}", standby.log_tail(20));
+    assert!(!standby.log().contains("became leader"));
+
+    leader.kill();
+    wait_for("replica two leads", Duration::from_secs(40), || async {
+        standby.log().contains("became leader").then_some(())
+    })
+    .await?;
+    wait_for("the device reconnected to replica two", READY_TIMEOUT, || async {
+        standby.log().contains("device connected").then_some(())
+    })
+    .await?;
+    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_deleted_by_hand_is_recreated() -> anyhow::Result<()> {
+    let env = TestEnv::new("recreate").await?;
+    let name = env.device("a");
+    env.create_device(&name, 3).await?;
+    let _aranya = env.start_aranya("a")?;
+    let _arhat = env.start_arhat(&name, "1", &[])?;
+    let node = env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    env.nodes().delete(&name, &Default::default()).await?;
+    let recreated = wait_for("the node recreated", Duration::from_secs(30), || async {
+        let n = env.nodes().get_opt(&name).await.ok()??;
+        (n.metadata.uid != node.metadata.uid).then_some(n)
+    })
+    .await?;
+    assert!(labels(&recreated).contains_key("kubernetes.io/arch"));
+    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_device_deleted_removes_node_and_lease() -> anyhow::Result<()> {
+    let env = TestEnv::new("delete").await?;
+    let name = env.device("a");
+    env.create_device(&name, 3).await?;
+    let _aranya = env.start_aranya("a")?;
+    let _arhat = env.start_arhat(&name, "1", &[])?;
+    env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), "kube-node-lease");
+    wait_for("the lease", Duration::from_secs(20), || async { leases.get_opt(&name).await.ok().flatten() }).await?;
+
+    env.devices().delete(&name, &Default::default()).await?;
+    wait_for("node, lease and EdgeDevice gone", Duration::from_secs(30), || async {
+        let node = env.nodes().get_opt(&name).await.ok()?;
+        let lease = leases.get_opt(&name).await.ok()?;
+        let device = env.devices().get_opt(&name).await.ok()?;
+        (node.is_none() && lease.is_none() && device.is_none()).then_some(())
+    })
+    .await?;
+    // And it stays gone (the agent keeps dialing, and is refused).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(env.nodes().get_opt(&name).await?.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_agent_with_the_same_name_is_refused() -> anyhow::Result<()> {
+    let env = TestEnv::new("duplicate").await?;
+    let name = env.device("a");
+    env.create_device(&name, 3).await?;
+    let aranya = env.start_aranya("a")?;
+    let first = env.start_arhat(&name, "1", &[])?;
+    env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    let second = env.start_arhat(&name, "2", &[])?;
+    wait_for("the second agent refused", Duration::from_secs(20), || async {
+        second.log().contains("already connected").then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nsecond arhat:\n{}", second.log_tail(20)))?;
+    assert!(aranya.log().contains("refusing device"));
+    // The first keeps its session: no reconnect, node stays Ready.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(first.log().matches("connected to aranya").count(), 1, "{}", first.log_tail(20));
+    assert_eq!(env.ready(&name).await.map(|r| r.0).as_deref(), Some("True"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_with_unknown_protocol_version_is_refused_with_a_message() -> anyhow::Result<()> {
+    let env = TestEnv::new("version").await?;
+    let name = env.device("a");
+    env.create_device(&name, 3).await?;
+    let _aranya = env.start_aranya("a")?;
+    let mut arhat = env.start_arhat(&name, "1", &["--protocol-version", "99"])?;
+    let status = arhat.wait_exit(Duration::from_secs(30)).await?;
+    assert!(!status.success());
+    let log = arhat.log();
+    assert!(log.contains("protocol version 99 is not supported"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_edge_devices_are_refused_naming_the_field() -> anyhow::Result<()> {
+    let env = TestEnv::new("invalid").await?;
+    let cases = [
+        (r#"{"connectivity":{"methods":[{"name":"carrier-pigeon"}]}}"#, "spec.connectivity.methods[0].name"),
+        (r#"{"connectivity":{"methods":[]}}"#, "spec.connectivity.methods"),
+        (r#"{"connectivity":{"methods":[{"name":"mqtt"}]}}"#, "spec.connectivity.methods[0]"),
+        (r#"{"connectivity":{"methods":[{"name":"grpc"}]},"pod":{"ipv4CIDR":"10.0.0.300/24"}}"#, "spec.pod.ipv4CIDR"),
+        (r#"{"connectivity":{"methods":[{"name":"grpc"}]},"pod":{"allocatable":-1}}"#, "spec.pod.allocatable"),
+        (r#"{"connectivity":{"methods":[{"name":"grpc"},{"name":"grpc"}]}}"#, "spec.connectivity.methods[1]"),
+        (r#"{"node":{}}"#, "spec.connectivity"),
+    ];
+    for (i, (spec, field)) in cases.iter().enumerate() {
+        let manifest = format!(
+            r#"{{"apiVersion":"aranya.arhat.dev/v1alpha1","kind":"EdgeDevice","metadata":{{"name":"{}-{i}"}},"spec":{spec}}}"#,
+            env.name
+        );
+        let path = env.dir.join(format!("invalid-{i}.json"));
+        std::fs::write(&path, manifest)?;
+        let out = env.cluster.kubectl_output(&["apply", "-f", &path.to_string_lossy()])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} was accepted");
+        assert!(stderr.contains(field), "case {i}: expected {field} in: {stderr}");
+    }
+    Ok(())
+}

@@ -10,18 +10,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use proto::session::{Config, Event, Role, Session, StreamId};
+use proto::session::{Config, Error, Event, ResetCode, Role, Session, StreamId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const FRAME: usize = 8 * 1024;
 
-fn config(window: u32, max_inflight: usize) -> Config {
+fn config(window: u32, max_inflight: usize, max_streams: usize) -> Config {
     Config {
         max_frame_size: FRAME,
         initial_window: window,
@@ -31,7 +31,7 @@ fn config(window: u32, max_inflight: usize) -> Config {
         keepalive_interval: Duration::from_secs(2),
         // Exactness is under test here, not liveness: never give up on the peer.
         peer_timeout: Duration::from_secs(24 * 3600),
-        max_streams: 64,
+        max_streams,
     }
 }
 
@@ -79,25 +79,37 @@ struct Reader {
     pace: f64,
 }
 
+/// How a stream ended, as seen by one side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    Closed,
+    ResetByUs,
+    ResetByPeer(ResetCode),
+}
+
 struct Side {
     s: Session,
     role: Role,
     to_open: VecDeque<(usize, usize)>,
     writers: BTreeMap<StreamId, Writer>,
     readers: BTreeMap<StreamId, Reader>,
-    closed: BTreeSet<StreamId>,
+    ended: BTreeMap<StreamId, End>,
+    /// Per-step probability of resetting a random live stream; with 0, any reset
+    /// event fails the test.
+    chaos: f64,
     max_buffered: usize,
 }
 
 impl Side {
-    fn new(role: Role, cfg: Config, plan: &Plan, now: Instant) -> Self {
+    fn new(role: Role, cfg: Config, plan: &Plan, chaos: f64, now: Instant) -> Self {
         Side {
             s: Session::new(role, cfg, 0, now),
             role,
             to_open: plan.opens.iter().copied().collect(),
             writers: BTreeMap::new(),
             readers: BTreeMap::new(),
-            closed: BTreeSet::new(),
+            ended: BTreeMap::new(),
+            chaos,
             max_buffered: 0,
         }
     }
@@ -111,11 +123,29 @@ impl Side {
     }
 
     fn act(&mut self, rng: &mut StdRng, now: Instant) {
+        if self.chaos > 0.0 && rng.random_bool(self.chaos) {
+            let live: Vec<StreamId> = self
+                .writers
+                .keys()
+                .filter(|id| !self.ended.contains_key(id))
+                .copied()
+                .collect();
+            if !live.is_empty() {
+                let id = live[rng.random_range(0..live.len())];
+                self.s.reset(id, ResetCode::Cancelled, "chaos", now);
+                self.ended.insert(id, End::ResetByUs);
+            }
+        }
         if !self.to_open.is_empty() && rng.random_bool(0.3) {
-            let (fwd, back) = self.to_open.pop_front().unwrap();
+            let (fwd, back) = self.to_open[0];
             let mut header = (back as u64).to_le_bytes().to_vec();
             header.extend(std::iter::repeat_n(0xA5, rng.random_range(0..64)));
-            let id = self.s.open(header.into(), None, now).unwrap();
+            let id = match self.s.open(header.into(), None, now) {
+                Ok(id) => id,
+                Err(Error::TooManyStreams) if self.chaos > 0.0 => return,
+                Err(e) => panic!("open failed: {e}"),
+            };
+            self.to_open.pop_front();
             let data = content(Self::seed(self.role, id), fwd);
             self.writers.insert(
                 id,
@@ -135,7 +165,7 @@ impl Side {
             );
         }
         for (&id, w) in &mut self.writers {
-            if w.finished {
+            if w.finished || self.ended.contains_key(&id) {
                 continue;
             }
             let cap = self.s.send_capacity(id);
@@ -154,6 +184,9 @@ impl Side {
             }
         }
         for (&id, r) in &mut self.readers {
+            if self.ended.contains_key(&id) {
+                continue;
+            }
             if r.unconsumed > 0 && rng.random_bool(r.pace) {
                 let n = rng.random_range(1..=r.unconsumed);
                 self.s.consume(id, n);
@@ -164,12 +197,24 @@ impl Side {
 
     fn events(&mut self, rng: &mut StdRng) {
         while let Some(e) = self.s.poll_event() {
+            let id = match &e {
+                Event::Opened { id, .. }
+                | Event::Data { id, .. }
+                | Event::Finished { id }
+                | Event::Reset { id, .. }
+                | Event::Writable { id }
+                | Event::Closed { id } => *id,
+                Event::PeerTimedOut => panic!("{:?}: peer timed out", self.role),
+            };
+            assert!(
+                !self.ended.contains_key(&id),
+                "{:?}: {e:?} after the stream ended ({:?})",
+                self.role,
+                self.ended[&id]
+            );
             match e {
                 Event::Opened { id, header } => {
-                    assert!(
-                        !self.readers.contains_key(&id) && !self.closed.contains(&id),
-                        "{id} opened twice"
-                    );
+                    assert!(!self.readers.contains_key(&id), "{id} opened twice");
                     assert!(header.len() >= 8);
                     let back = u64::from_le_bytes(header[..8].try_into().unwrap()) as usize;
                     let data = content(Self::seed(self.role, id), back);
@@ -206,16 +251,26 @@ impl Side {
                     assert_eq!(r.finished, 1, "finished twice on {id}");
                 }
                 Event::Closed { id } => {
-                    assert!(self.closed.insert(id), "closed twice {id}");
                     assert_eq!(self.readers[&id].finished, 1, "closed before finished");
                     assert!(self.writers[&id].finished, "closed before we finished");
+                    self.ended.insert(id, End::Closed);
                 }
                 Event::Writable { id } => {
                     assert!(self.writers.contains_key(&id));
                 }
-                e @ (Event::Reset { .. } | Event::PeerTimedOut) => {
-                    panic!("{:?} got unexpected {e:?}", self.role)
+                Event::Reset { id, code, reason } => {
+                    assert!(
+                        self.chaos > 0.0,
+                        "{:?}: unexpected reset of {id}: {code} {reason}",
+                        self.role
+                    );
+                    assert!(
+                        self.writers.contains_key(&id),
+                        "reset of a stream never seen"
+                    );
+                    self.ended.insert(id, End::ResetByPeer(code));
                 }
+                Event::PeerTimedOut => unreachable!(),
             }
         }
     }
@@ -223,6 +278,9 @@ impl Side {
     fn check_invariants(&mut self, window: usize, max_inflight: usize) {
         for &id in self.readers.keys() {
             let b = self.s.recv_buffered(id);
+            if self.ended.contains_key(&id) {
+                assert_eq!(b, 0, "{id} holds memory after it ended");
+            }
             assert!(b <= window, "{id}: {b} buffered > window {window}");
             self.max_buffered = self.max_buffered.max(b);
         }
@@ -231,7 +289,7 @@ impl Side {
 
     fn done(&self) -> bool {
         self.to_open.is_empty()
-            && self.closed.len() == self.readers.len()
+            && self.writers.keys().all(|id| self.ended.contains_key(id))
             && self.s.stream_count() == 0
     }
 }
@@ -282,22 +340,39 @@ struct Outcome {
     frames: usize,
     stale: usize,
     max_buffered: usize,
+    /// Streams that ended with a reset from the peer, by code.
+    peer_resets: BTreeMap<String, usize>,
 }
 
-fn run(
+#[derive(Debug, Clone)]
+struct Scenario {
     seed: u64,
     net: Net,
     plan_a: Plan,
     plan_b: Plan,
     window: u32,
     max_inflight: usize,
-) -> Outcome {
+    max_streams: usize,
+    chaos: f64,
+}
+
+fn run(sc: Scenario) -> Outcome {
+    let Scenario {
+        seed,
+        net,
+        plan_a,
+        plan_b,
+        window,
+        max_inflight,
+        max_streams,
+        chaos,
+    } = sc;
     let mut rng = StdRng::seed_from_u64(seed);
     let t0 = Instant::now();
     let mut now = t0;
-    let cfg = config(window, max_inflight);
-    let mut a = Side::new(Role::Cloud, cfg.clone(), &plan_a, now);
-    let mut b = Side::new(Role::Device, cfg, &plan_b, now);
+    let cfg = config(window, max_inflight, max_streams);
+    let mut a = Side::new(Role::Cloud, cfg.clone(), &plan_a, chaos, now);
+    let mut b = Side::new(Role::Device, cfg, &plan_b, chaos, now);
     let (mut ab, mut ba) = (Pipe::default(), Pipe::default());
     let mut epoch = 0;
     let mut b_resumes_in: Option<u32> = None;
@@ -329,10 +404,27 @@ fn run(
         if a.done() && b.done() {
             for (x, y) in [(&a, &b), (&b, &a)] {
                 for (id, w) in &x.writers {
-                    assert_eq!(y.readers[id].got.len(), w.data.len(), "{id} length");
-                    assert!(y.readers[id].got == w.data, "{id} content differs");
+                    let Some(r) = y.readers.get(id) else {
+                        // Refused, or reset before its open arrived.
+                        assert!(chaos > 0.0, "{id} never opened at the peer");
+                        assert!(matches!(x.ended[id], End::ResetByUs | End::ResetByPeer(_)));
+                        continue;
+                    };
+                    assert!(
+                        w.data.starts_with(&r.got),
+                        "{id}: received bytes are not a prefix of the sent bytes"
+                    );
+                    if r.finished > 0 || y.ended[id] == End::Closed {
+                        assert_eq!(r.got.len(), w.data.len(), "{id} incomplete");
+                    }
+                    if chaos == 0.0 {
+                        assert_eq!(x.ended[id], End::Closed);
+                        assert_eq!(r.got.len(), w.data.len(), "{id} length");
+                    }
                 }
-                assert_eq!(x.readers.len(), y.writers.len());
+                if chaos == 0.0 {
+                    assert_eq!(x.readers.len(), y.writers.len());
+                }
             }
             return Outcome {
                 steps: step,
@@ -340,6 +432,17 @@ fn run(
                 frames,
                 stale: ab.stale + ba.stale,
                 max_buffered: a.max_buffered.max(b.max_buffered),
+                peer_resets: [&a, &b]
+                    .iter()
+                    .flat_map(|x| x.ended.values())
+                    .filter_map(|e| match e {
+                        End::ResetByPeer(c) => Some(c.to_string()),
+                        _ => None,
+                    })
+                    .fold(BTreeMap::new(), |mut m, c| {
+                        *m.entry(c).or_default() += 1;
+                        m
+                    }),
             };
         }
 
@@ -380,14 +483,14 @@ fn run(
     }
     eprintln!("cloud side: {:#?}\ndevice side: {:#?}", a.s, b.s);
     panic!(
-        "not done after {max_steps} steps ({}s simulated): a streams {} closed {}/{}, b streams {} closed {}/{}",
+        "not done after {max_steps} steps ({}s simulated): a streams {} ended {}/{}, b streams {} ended {}/{}",
         (now - t0).as_secs(),
         a.s.stream_count(),
-        a.closed.len(),
-        a.readers.len(),
+        a.ended.len(),
+        a.writers.len(),
         b.s.stream_count(),
-        b.closed.len(),
-        b.readers.len()
+        b.ended.len(),
+        b.writers.len()
     );
 }
 
@@ -446,7 +549,24 @@ proptest! {
         window in prop_oneof![Just(16 * 1024u32), Just(64 * 1024u32), Just(256 * 1024u32)],
         max_inflight in prop_oneof![Just(16 * 1024usize), Just(4 << 20)],
     ) {
-        run(seed, net, plan_a, plan_b, window, max_inflight);
+        run(Scenario { seed, net, plan_a, plan_b, window, max_inflight, max_streams: 64, chaos: 0.0 });
+    }
+
+    /// With applications resetting streams at random and a small `max_streams` (so
+    /// opens are refused), over the same transport: every stream ends exactly once on
+    /// each side (Closed or Reset), no event follows its end, no state or buffered
+    /// memory is left, and what was received is always a prefix of what was sent
+    /// (complete whenever Finished or Closed was reported).
+    #[test]
+    fn streams_end_cleanly_with_resets_and_refusals(
+        seed in any::<u64>(),
+        net in net(),
+        plan_a in plan(),
+        plan_b in plan(),
+        max_streams in 2usize..6,
+        chaos in 0.005..0.05f64,
+    ) {
+        run(Scenario { seed, net, plan_a, plan_b, window: 16 * 1024, max_inflight: 4 << 20, max_streams, chaos });
     }
 }
 
@@ -464,7 +584,16 @@ fn harsh_network_fixed_seed() {
         reorder: 0.5,
         reconnect: 0.05,
     };
-    let out = run(7, net, plan.clone(), plan, 16 * 1024, 4 << 20);
+    let out = run(Scenario {
+        seed: 7,
+        net,
+        plan_a: plan.clone(),
+        plan_b: plan,
+        window: 16 * 1024,
+        max_inflight: 4 << 20,
+        max_streams: 64,
+        chaos: 0.0,
+    });
     eprintln!("{out:?}");
     assert!(out.reconnects > 0);
     assert!(
@@ -484,16 +613,12 @@ fn harness_detects_corruption() {
     let result = std::panic::catch_unwind(|| {
         let mut rng = StdRng::seed_from_u64(1);
         let now = Instant::now();
-        let cfg = config(64 * 1024, 4 << 20);
-        let mut a = Side::new(
-            Role::Cloud,
-            cfg.clone(),
-            &Plan {
-                opens: vec![(20_000, 0)],
-            },
-            now,
-        );
-        let mut b = Side::new(Role::Device, cfg, &Plan { opens: vec![] }, now);
+        let cfg = config(64 * 1024, 4 << 20, 64);
+        let plan = Plan {
+            opens: vec![(20_000, 0)],
+        };
+        let mut a = Side::new(Role::Cloud, cfg.clone(), &plan, 0.0, now);
+        let mut b = Side::new(Role::Device, cfg, &Plan { opens: vec![] }, 0.0, now);
         for _ in 0..50 {
             a.act(&mut rng, now);
             while let Some(f) = a.s.poll_transmit(now) {
@@ -540,5 +665,40 @@ fn regression_lost_window_update_at_exact_credit() {
         reorder: 0.23362103766266018,
         reconnect: 0.0,
     };
-    run(7440085467477335666, net, plan_a, plan_b, 16384, 4 << 20);
+    run(Scenario {
+        seed: 7440085467477335666,
+        net,
+        plan_a,
+        plan_b,
+        window: 16384,
+        max_inflight: 4 << 20,
+        max_streams: 64,
+        chaos: 0.0,
+    });
+}
+
+/// The reset scenario really resets and refuses streams under loss.
+#[test]
+fn chaos_fixed_seed() {
+    let plan = Plan {
+        opens: vec![(30_000, 30_000); 8],
+    };
+    let out = run(Scenario {
+        seed: 11,
+        net: Net {
+            drop: 0.2,
+            dup: 0.1,
+            reorder: 0.3,
+            reconnect: 0.01,
+        },
+        plan_a: plan.clone(),
+        plan_b: plan,
+        window: 16 * 1024,
+        max_inflight: 4 << 20,
+        max_streams: 3,
+        chaos: 0.03,
+    });
+    eprintln!("{out:?}");
+    assert!(out.peer_resets.get("cancelled").is_some_and(|&n| n > 0));
+    assert!(out.peer_resets.get("refused").is_some_and(|&n| n > 0));
 }

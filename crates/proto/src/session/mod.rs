@@ -604,10 +604,12 @@ impl Session {
                 self.acks.pop_front();
                 continue;
             };
-            if s.opened && fb.push(wire::Item::ack(s.ack_item())).is_err() {
-                break;
+            if s.opened {
+                if fb.push(wire::Item::ack(s.ack_item())).is_err() {
+                    break;
+                }
+                s.recv.advertise();
             }
-            s.recv.advertise();
             s.ack_queued = false;
             self.acks.pop_front();
         }

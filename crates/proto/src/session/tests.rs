@@ -787,14 +787,27 @@ fn reset_overtaking_the_open_refuses_the_late_open() {
         reason: "changed my mind".into(),
     });
     b.handle_frame(&frame(0, vec![reset]), now).unwrap();
-    b.handle_frame(&frame(0, vec![chunk(4, 0, b"late", false, Some(b"h"))]), now)
-        .unwrap();
-    assert_eq!(b.poll_event(), None, "a stream reset before it opened never opens");
+    b.handle_frame(
+        &frame(0, vec![chunk(4, 0, b"late", false, Some(b"h"))]),
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        b.poll_event(),
+        None,
+        "a stream reset before it opened never opens"
+    );
     assert_eq!(b.stream_count(), 0);
     // Ids skipped over (0, 2) are still open-able.
     b.handle_frame(&frame(0, vec![chunk(2, 0, b"", false, Some(b"h"))]), now)
         .unwrap();
-    assert!(matches!(b.poll_event(), Some(Event::Opened { id: StreamId(2), .. })));
+    assert!(matches!(
+        b.poll_event(),
+        Some(Event::Opened {
+            id: StreamId(2),
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -807,8 +820,14 @@ fn reset_before_anything_was_sent_still_tells_the_peer() {
     // The peer knows the id is gone: a second stream opens normally.
     let id2 = p.a.open(Bytes::from_static(b"h2"), None, p.now).unwrap();
     p.pump();
-    assert_eq!(p.ev_b, vec![Event::Opened { id: id2, header: Bytes::from_static(b"h2") }]);
-    assert!(p.b.peer_ids.is_new(id.0) == false);
+    assert_eq!(
+        p.ev_b,
+        vec![Event::Opened {
+            id: id2,
+            header: Bytes::from_static(b"h2")
+        }]
+    );
+    assert!(!p.b.peer_ids.is_new(id.0));
 }
 
 #[test]
@@ -847,7 +866,11 @@ fn unconfirmed_reset_is_resent_after_resume() {
     p.a.resume(2, p.now);
     p.b.resume(2, p.now);
     p.pump();
-    assert!(p.ev_a.contains(&Event::Reset { id, code: ResetCode::Internal, reason: "crash".into() }));
+    assert!(p.ev_a.contains(&Event::Reset {
+        id,
+        code: ResetCode::Internal,
+        reason: "crash".into()
+    }));
 }
 
 #[test]
@@ -874,7 +897,11 @@ fn stale_acks_and_duplicate_opens_are_harmless() {
         p.b.handle_frame(f, p.now).unwrap();
     }
     p.pump();
-    let opened = p.ev_b.iter().filter(|e| matches!(e, Event::Opened { .. })).count();
+    let opened = p
+        .ev_b
+        .iter()
+        .filter(|e| matches!(e, Event::Opened { .. }))
+        .count();
     assert_eq!(opened, 1);
     assert_eq!(p.take_b(id).len(), 100);
 }

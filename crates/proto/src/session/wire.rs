@@ -1,9 +1,11 @@
 //! The session frame types generated from `proto/session.proto` (package `arhat.session`),
 //! plus exact encoded-size helpers used to keep every frame within `max_frame_size`.
 
-#![allow(missing_docs, clippy::all)]
-
-include!(concat!(env!("OUT_DIR"), "/arhat.session.rs"));
+#[allow(missing_docs, clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/arhat.session.rs"));
+}
+pub use generated::*;
 
 use prost::Message;
 
