@@ -6,6 +6,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/server/v3/etcdmain"
@@ -17,12 +18,20 @@ import (
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
+var components = map[string]bool{
+	"etcd": true, "kube-apiserver": true, "kube-scheduler": true, "kube-controller-manager": true, "kubectl": true,
+}
+
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kube {etcd|kube-apiserver|kube-scheduler|kube-controller-manager|kubectl} [flags]")
-		os.Exit(2)
+	// Called through a link named after a component (e.g. .local/bin/kubectl), or as `kube <component>`.
+	name, args := filepath.Base(os.Args[0]), os.Args[1:]
+	if !components[name] {
+		if len(os.Args) < 2 {
+			fmt.Fprintln(os.Stderr, "usage: kube {etcd|kube-apiserver|kube-scheduler|kube-controller-manager|kubectl} [flags]")
+			os.Exit(2)
+		}
+		name, args = os.Args[1], os.Args[2:]
 	}
-	name, args := os.Args[1], os.Args[2:]
 	var command *cobra.Command
 	switch name {
 	case "etcd":

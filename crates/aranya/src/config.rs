@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "aranya", version, about = "Keeps a virtual Kubernetes Node alive for every EdgeDevice")]
+#[command(
+    name = "aranya",
+    version,
+    about = "Keeps a virtual Kubernetes Node alive for every EdgeDevice"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

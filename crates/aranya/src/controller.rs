@@ -92,7 +92,10 @@ async fn apply(device: Arc<EdgeDevice>, ctx: &Context) -> Result<Action, kube::E
             &nodes[&name]
         }
     };
-    let _ = handle.cmds.send(NodeCmd::Spec(Box::new((*device).clone()))).await;
+    let _ = handle
+        .cmds
+        .send(NodeCmd::Spec(Box::new((*device).clone())))
+        .await;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 

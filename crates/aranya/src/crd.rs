@@ -229,6 +229,12 @@ mod tests {
         assert!(yaml.contains("x-kubernetes-validations"), "{yaml}");
         assert!(yaml.contains("x-kubernetes-list-map-keys"), "{yaml}");
         let version = &crd.spec.versions[0];
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
     }
 }

@@ -170,14 +170,20 @@ impl Hub {
                     return;
                 }
                 let span = info_span!("session", session = session_id);
-                let (handle, incoming) =
-                    match connectivity::session::spawn(Role::Cloud, self.config.clone(), session_id, 1, link, span) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            warn!(error = %e, "cannot start a session");
-                            return;
-                        }
-                    };
+                let (handle, incoming) = match connectivity::session::spawn(
+                    Role::Cloud,
+                    self.config.clone(),
+                    session_id,
+                    1,
+                    link,
+                    span,
+                ) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "cannot start a session");
+                        return;
+                    }
+                };
                 if let Some(entry) = devices.get_mut(&hello.device) {
                     if let Some(old) = entry.live.take() {
                         old.handle.close("replaced by a new agent instance");

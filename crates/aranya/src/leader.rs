@@ -84,7 +84,10 @@ impl Elector {
         {
             spec.holder_identity = None;
             spec.renew_time = None;
-            let _ = self.api.replace(&self.name, &PostParams::default(), &lease).await;
+            let _ = self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await;
         }
     }
 
@@ -122,7 +125,11 @@ impl Elector {
             lease.spec = Some(self.spec(now.clone(), Some(now), transitions + 1));
         }
         // The resourceVersion in `lease` makes this a compare-and-swap.
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
@@ -140,4 +147,3 @@ impl Elector {
         }
     }
 }
-

@@ -32,36 +32,60 @@ pub async fn client(cfg: &RunConfig) -> anyhow::Result<kube::Client> {
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
         }
-        None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig and not in a cluster")?,
     };
     Ok(kube::Client::try_from(config)?)
 }
 
 /// A kubelet version the apiserver accepts: its own minor, never newer.
 pub async fn kubelet_version(client: &kube::Client) -> anyhow::Result<String> {
-    let info = client.apiserver_version().await.context("reading the apiserver version")?;
-    let minor: String = info.minor.chars().take_while(char::is_ascii_digit).collect();
-    Ok(format!("v{}.{}.0-aranya.{}", info.major, minor, env!("CARGO_PKG_VERSION")))
+    let info = client
+        .apiserver_version()
+        .await
+        .context("reading the apiserver version")?;
+    let minor: String = info
+        .minor
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Ok(format!(
+        "v{}.{}.0-aranya.{}",
+        info.major,
+        minor,
+        env!("CARGO_PKG_VERSION")
+    ))
 }
 
 /// Runs aranya until a signal, or until it loses leadership (an error).
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let client = client(&cfg).await?;
     if cfg.install_crd {
-        crd::install(client.clone()).await.context("installing the EdgeDevice CRD")?;
+        crd::install(client.clone())
+            .await
+            .context("installing the EdgeDevice CRD")?;
     }
     let (Some(cert), Some(key)) = (&cfg.grpc_tls_cert, &cfg.grpc_tls_key) else {
         bail!("--grpc-tls-cert and --grpc-tls-key are required: devices only dial aranya over TLS");
     };
     let tls = grpc::ServerTls {
-        cert_pem: std::fs::read(cert).with_context(|| format!("--grpc-tls-cert {}", cert.display()))?,
+        cert_pem: std::fs::read(cert)
+            .with_context(|| format!("--grpc-tls-cert {}", cert.display()))?,
         key_pem: std::fs::read(key).with_context(|| format!("--grpc-tls-key {}", key.display()))?,
     };
     let identity = cfg.identity.clone().unwrap_or_else(|| {
-        let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
         format!("{host}_{}", std::process::id())
     });
-    let elector = leader::Elector::new(client.clone(), &cfg.namespace, &cfg.leader_election_id, &identity);
+    let elector = leader::Elector::new(
+        client.clone(),
+        &cfg.namespace,
+        &cfg.leader_election_id,
+        &identity,
+    );
     tokio::select! {
         () = elector.acquire() => {}
         () = shutdown_signal() => return Ok(()),
@@ -86,7 +110,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     tokio::spawn(hub.clone().serve(links_rx));
-    let controller = tokio::spawn(controller::run(client.clone(), hub.clone(), env, cfg.edge_device_selector.clone()));
+    let controller = tokio::spawn(controller::run(
+        client.clone(),
+        hub.clone(),
+        env,
+        cfg.edge_device_selector.clone(),
+    ));
 
     let outcome = tokio::select! {
         () = elector.hold() => Err(anyhow::anyhow!("lost the leader Lease")),

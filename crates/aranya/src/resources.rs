@@ -10,17 +10,23 @@ use crate::crd::EdgeDeviceSpec;
 
 /// Capacity as the device reports it, with `pods` from the spec.
 pub fn capacity(report: &NodeStatus, spec: &EdgeDeviceSpec) -> BTreeMap<String, Quantity> {
-    let c = report.capacity.clone().unwrap_or_default();
+    let c = report.capacity.unwrap_or_default();
     let mut out = BTreeMap::new();
     out.insert("cpu".into(), millis(c.cpu_millis));
     out.insert("memory".into(), Quantity(c.memory_bytes.to_string()));
-    out.insert("ephemeral-storage".into(), Quantity(c.ephemeral_storage_bytes.to_string()));
+    out.insert(
+        "ephemeral-storage".into(),
+        Quantity(c.ephemeral_storage_bytes.to_string()),
+    );
     out.insert("pods".into(), Quantity(spec.pod.allocatable.to_string()));
     out
 }
 
 /// Capacity minus the spec's reservations, never below zero.
-pub fn allocatable(capacity: &BTreeMap<String, Quantity>, spec: &EdgeDeviceSpec) -> BTreeMap<String, Quantity> {
+pub fn allocatable(
+    capacity: &BTreeMap<String, Quantity>,
+    spec: &EdgeDeviceSpec,
+) -> BTreeMap<String, Quantity> {
     let mut out = capacity.clone();
     let Some(reserved) = &spec.node.reserved else {
         return out;
@@ -49,7 +55,7 @@ pub fn allocatable(capacity: &BTreeMap<String, Quantity>, spec: &EdgeDeviceSpec)
 }
 
 fn millis(m: u64) -> Quantity {
-    if m % 1000 == 0 {
+    if m.is_multiple_of(1000) {
         Quantity((m / 1000).to_string())
     } else {
         Quantity(format!("{m}m"))

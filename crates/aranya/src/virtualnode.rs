@@ -140,7 +140,11 @@ struct VirtualNode {
 }
 
 impl VirtualNode {
-    async fn run(mut self, mut cmds: mpsc::Receiver<NodeCmd>, mut reports: mpsc::Receiver<NodeStatus>) {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<NodeCmd>,
+        mut reports: mpsc::Receiver<NodeStatus>,
+    ) {
         let mut lease_tick = tokio::time::interval(LEASE_RENEW_INTERVAL);
         let mut refresh = tokio::time::interval(STATUS_REFRESH);
         let mut state: watch::Receiver<LinkState> = watch::channel(LinkState::Closed {
@@ -207,9 +211,9 @@ impl VirtualNode {
     }
 
     fn connected(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| {
-            matches!(*s.state().borrow(), LinkState::Connected { .. })
-        })
+        self.session
+            .as_ref()
+            .is_some_and(|s| matches!(*s.state().borrow(), LinkState::Connected { .. }))
     }
 
     fn accept_streams(&self, mut incoming: mpsc::UnboundedReceiver<Stream>) {
@@ -220,21 +224,29 @@ impl VirtualNode {
                     let reports = reports.clone();
                     tokio::spawn(async move {
                         match stream.open_header().map(|h| h.kind) {
-                            Ok(Some(Kind::ReportNodeStatus(_))) => match stream.recv_message::<NodeStatus>().await {
-                                Ok(Some(status)) => {
-                                    let _ = stream.expect_end().await;
-                                    let _ = reports.send(status).await;
+                            Ok(Some(Kind::ReportNodeStatus(_))) => {
+                                match stream.recv_message::<NodeStatus>().await {
+                                    Ok(Some(status)) => {
+                                        let _ = stream.expect_end().await;
+                                        let _ = reports.send(status).await;
+                                    }
+                                    Ok(None) => debug!("empty status report"),
+                                    Err(e) => warn!(error = %e, "reading a status report"),
                                 }
-                                Ok(None) => debug!("empty status report"),
-                                Err(e) => warn!(error = %e, "reading a status report"),
-                            },
+                            }
                             Ok(other) => {
                                 warn!(?other, "device opened a stream aranya does not serve");
-                                stream.reset(proto::session::ResetCode::Refused, "not served by aranya");
+                                stream.reset(
+                                    proto::session::ResetCode::Refused,
+                                    "not served by aranya",
+                                );
                             }
                             Err(e) => {
                                 warn!(error = %e, "stream header");
-                                stream.reset(proto::session::ResetCode::ProtocolError, "malformed header");
+                                stream.reset(
+                                    proto::session::ResetCode::ProtocolError,
+                                    "malformed header",
+                                );
                             }
                         }
                     });
@@ -253,7 +265,9 @@ impl VirtualNode {
                 };
                 let result = async {
                     let mut stream = session.open(&header).await?;
-                    stream.call::<GetNodeStatus, NodeStatus>(&GetNodeStatus {}).await
+                    stream
+                        .call::<GetNodeStatus, NodeStatus>(&GetNodeStatus {})
+                        .await
                 }
                 .await;
                 match result {
@@ -279,8 +293,12 @@ impl VirtualNode {
         labels.insert(LABEL_DEVICE.into(), self.name.clone());
         labels.insert("kubernetes.io/hostname".into(), self.name.clone());
         let system = self.report.as_ref().and_then(|r| r.system.as_ref());
-        let arch = system.map(|s| s.architecture.clone()).or_else(|| self.known.arch.clone());
-        let os = system.map(|s| s.operating_system.clone()).or_else(|| self.known.os.clone());
+        let arch = system
+            .map(|s| s.architecture.clone())
+            .or_else(|| self.known.arch.clone());
+        let os = system
+            .map(|s| s.operating_system.clone())
+            .or_else(|| self.known.os.clone());
         if let Some(arch) = arch.filter(|a| !a.is_empty()) {
             labels.insert("kubernetes.io/arch".into(), arch);
         }
@@ -317,7 +335,11 @@ impl VirtualNode {
             self.remember(&existing);
         }
         let mut annotations = device.spec.node.annotations.clone();
-        let hostname = self.report.as_ref().map(|r| r.hostname.clone()).or_else(|| self.known.hostname.clone());
+        let hostname = self
+            .report
+            .as_ref()
+            .map(|r| r.hostname.clone())
+            .or_else(|| self.known.hostname.clone());
         if let Some(hostname) = hostname.filter(|h| !h.is_empty()) {
             annotations.insert(ANNOTATION_HOSTNAME.into(), hostname);
         }
@@ -347,7 +369,11 @@ impl VirtualNode {
         });
         match self
             .nodes
-            .patch(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
+            .patch(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&node),
+            )
             .await
         {
             Ok(applied) => {
@@ -377,11 +403,19 @@ impl VirtualNode {
     /// writes: add ours to what is there, guarded by the resourceVersion so a
     /// concurrent writer's taint is never dropped.
     async fn ensure_taints(&self, node: &Node) {
-        let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let current = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
         let missing: Vec<Taint> = self
             .required_taints()
             .into_iter()
-            .filter(|t| !current.iter().any(|c| c.key == t.key && c.effect == t.effect))
+            .filter(|t| {
+                !current
+                    .iter()
+                    .any(|c| c.key == t.key && c.effect == t.effect)
+            })
             .collect();
         if missing.is_empty() {
             return;
@@ -404,19 +438,31 @@ impl VirtualNode {
 
     fn ready_condition(&self, now: &str) -> Option<Value> {
         let connected = self.connected() && self.report.is_some();
-        let in_grace = self.known.was_ready && self.started.elapsed() < self.env.reconnect_grace && self.session.is_none();
+        let in_grace = self.known.was_ready
+            && self.started.elapsed() < self.env.reconnect_grace
+            && self.session.is_none();
         if in_grace {
             return None;
         }
         let (status, reason, message) = if connected {
             let via = self.transport.unwrap_or("unknown");
-            ("True", REASON_CONNECTED, format!("arhat is connected over {via}"))
+            (
+                "True",
+                REASON_CONNECTED,
+                format!("arhat is connected over {via}"),
+            )
         } else {
             let why = match self.session.as_ref().map(|s| s.state().borrow().clone()) {
-                Some(LinkState::Disconnected { reason }) | Some(LinkState::Closed { reason }) => reason,
+                Some(LinkState::Disconnected { reason }) | Some(LinkState::Closed { reason }) => {
+                    reason
+                }
                 _ => "the device has not connected".to_string(),
             };
-            ("False", REASON_DISCONNECTED, format!("edge device disconnected: {why}"))
+            (
+                "False",
+                REASON_DISCONNECTED,
+                format!("edge device disconnected: {why}"),
+            )
         };
         Some(json!({
             "type": "Ready",
@@ -462,7 +508,10 @@ impl VirtualNode {
         }
         // Compare without timestamps: only a change (or the refresh tick) writes.
         let mut fingerprint = status.clone();
-        if let Some(conditions) = fingerprint.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+        if let Some(conditions) = fingerprint
+            .get_mut("conditions")
+            .and_then(|c| c.as_array_mut())
+        {
             for c in conditions {
                 if let Some(o) = c.as_object_mut() {
                     o.remove("lastHeartbeatTime");
@@ -488,7 +537,11 @@ impl VirtualNode {
         }
         match self
             .nodes
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(json!({ "status": status })))
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Strategic(json!({ "status": status })),
+            )
             .await
         {
             Ok(_) => {
@@ -516,8 +569,16 @@ impl VirtualNode {
         let mut conditions = vec![condition(
             "Connected",
             connected,
-            if connected { REASON_CONNECTED } else { REASON_DISCONNECTED },
-            if connected { "the device is connected" } else { "the device is not connected" },
+            if connected {
+                REASON_CONNECTED
+            } else {
+                REASON_DISCONNECTED
+            },
+            if connected {
+                "the device is connected"
+            } else {
+                "the device is not connected"
+            },
         )];
         if let Some(ready) = ready {
             let ok = ready["status"] == "True";
@@ -566,7 +627,11 @@ impl VirtualNode {
                 spec.holder_identity = Some(self.name.clone());
                 spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
                 spec.renew_time = Some(now);
-                if let Err(e) = self.leases.replace(&self.name, &PostParams::default(), &lease).await {
+                if let Err(e) = self
+                    .leases
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
                     warn!(error = %e, "renewing lease");
                 }
             }
@@ -601,4 +666,3 @@ impl Drop for VirtualNode {
         }
     }
 }
-

@@ -34,7 +34,10 @@ pub enum AgentError {
     #[error("aranya refused this agent for good: {0}")]
     Refused(String),
     #[error("cannot set up transport {method}: {reason}")]
-    Transport { method: &'static str, reason: String },
+    Transport {
+        method: &'static str,
+        reason: String,
+    },
 }
 
 /// Options that are not part of the config file.
@@ -84,10 +87,11 @@ impl Agent {
                         method: "grpc",
                         reason: "no grpc settings".into(),
                     })?;
-                    let ca_pem = std::fs::read(&grpc.ca_file).map_err(|e| AgentError::Transport {
-                        method: "grpc",
-                        reason: format!("caFile {}: {e}", grpc.ca_file.display()),
-                    })?;
+                    let ca_pem =
+                        std::fs::read(&grpc.ca_file).map_err(|e| AgentError::Transport {
+                            method: "grpc",
+                            reason: format!("caFile {}: {e}", grpc.ca_file.display()),
+                        })?;
                     dialers.push(Box::new(GrpcDialer {
                         endpoint: grpc.endpoint.clone(),
                         ca_pem,
@@ -114,7 +118,11 @@ impl Agent {
         loop {
             for dialer in &self.dialers {
                 let span = info_span!("connect", transport = dialer.name());
-                match self.connect(dialer.as_ref(), &mut current).instrument(span).await {
+                match self
+                    .connect(dialer.as_ref(), &mut current)
+                    .instrument(span)
+                    .await
+                {
                     Ok(state) => {
                         backoff.reset();
                         wait_link_lost(state).await;
@@ -123,7 +131,9 @@ impl Agent {
                         reason: RefuseReason::IncompatibleVersion,
                         message,
                     }) => return Err(AgentError::Refused(message)),
-                    Err(e) => warn!(transport = dialer.name(), error = %e, "cannot connect to aranya"),
+                    Err(e) => {
+                        warn!(transport = dialer.name(), error = %e, "cannot connect to aranya")
+                    }
                 }
             }
             let delay = backoff.next_delay();
@@ -155,7 +165,11 @@ impl Agent {
         {
             c.epoch = welcome.epoch;
             if c.handle.attach(link, welcome.epoch).is_ok() {
-                info!(session = welcome.session_id, epoch = welcome.epoch, "session resumed");
+                info!(
+                    session = welcome.session_id,
+                    epoch = welcome.epoch,
+                    "session resumed"
+                );
                 return Ok(c.handle.state());
             }
             return Err(HandshakeError::Closed);
@@ -174,8 +188,13 @@ impl Agent {
         )
         .map_err(|e| HandshakeError::Protocol(format!("session settings: {e}")))?;
         info!(session = welcome.session_id, "connected to aranya");
-        tokio::spawn(serve(self.config.clone(), self.generation.clone(), incoming).instrument(span.clone()));
-        tokio::spawn(report_status(self.config.clone(), self.generation.clone(), handle.clone()).instrument(span));
+        tokio::spawn(
+            serve(self.config.clone(), self.generation.clone(), incoming).instrument(span.clone()),
+        );
+        tokio::spawn(
+            report_status(self.config.clone(), self.generation.clone(), handle.clone())
+                .instrument(span),
+        );
         let state = handle.state();
         *current = Some(Current {
             handle,

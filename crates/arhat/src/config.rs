@@ -183,7 +183,11 @@ impl Config {
         let de = serde_norway::Deserializer::from_str(text);
         let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top level)".to_string() } else { key };
+            let key = if key == "." {
+                "(top level)".to_string()
+            } else {
+                key
+            };
             ConfigError::key(key, e.into_inner().to_string())
         })?;
         config.validate()?;
@@ -194,11 +198,17 @@ impl Config {
         if !is_dns_label_ish(&self.device.name) {
             return Err(ConfigError::key(
                 "device.name",
-                format!("{:?} is not a valid Node name (lowercase letters, digits, '-' and '.')", self.device.name),
+                format!(
+                    "{:?} is not a valid Node name (lowercase letters, digits, '-' and '.')",
+                    self.device.name
+                ),
             ));
         }
         if self.connectivity.methods.is_empty() {
-            return Err(ConfigError::key("connectivity.methods", "at least one method is required"));
+            return Err(ConfigError::key(
+                "connectivity.methods",
+                "at least one method is required",
+            ));
         }
         for (i, m) in self.connectivity.methods.iter().enumerate() {
             match m.name {
@@ -226,7 +236,10 @@ impl Config {
             ));
         }
         if self.node.status_interval < Duration::from_secs(1) {
-            return Err(ConfigError::key("node.statusInterval", "must be at least 1s"));
+            return Err(ConfigError::key(
+                "node.statusInterval",
+                "must be at least 1s",
+            ));
         }
         Ok(())
     }
@@ -257,7 +270,9 @@ pub mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        parse(&s).ok_or_else(|| D::Error::custom(format!("{s:?} is not a duration like 500ms, 10s, 3m or 1h")))
+        parse(&s).ok_or_else(|| {
+            D::Error::custom(format!("{s:?} is not a duration like 500ms, 10s, 3m or 1h"))
+        })
     }
 
     pub fn parse(s: &str) -> Option<Duration> {
@@ -309,7 +324,11 @@ connectivity:
     fn unknown_key_is_named() {
         let bad = GOOD.replace("caFile", "caFiel");
         let err = Config::parse(&bad).expect_err("unknown key");
-        assert_eq!(err.key_name(), Some("connectivity.methods[0].grpc.caFiel"), "{err}");
+        assert_eq!(
+            err.key_name(),
+            Some("connectivity.methods[0].grpc.caFiel"),
+            "{err}"
+        );
         assert!(err.to_string().contains("caFile"), "{err}");
     }
 
@@ -324,7 +343,11 @@ connectivity:
     fn bad_endpoint_is_named() {
         let bad = GOOD.replace("127.0.0.1:9443", "localhost");
         let err = Config::parse(&bad).expect_err("bad endpoint");
-        assert_eq!(err.key_name(), Some("connectivity.methods[0].grpc.endpoint"), "{err}");
+        assert_eq!(
+            err.key_name(),
+            Some("connectivity.methods[0].grpc.endpoint"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -338,6 +361,10 @@ connectivity:
     fn missing_method_settings_are_named() {
         let bad = "device:\n  name: a\nconnectivity:\n  methods:\n    - name: grpc\n";
         let err = Config::parse(bad).expect_err("no grpc block");
-        assert_eq!(err.key_name(), Some("connectivity.methods[0].grpc"), "{err}");
+        assert_eq!(
+            err.key_name(),
+            Some("connectivity.methods[0].grpc"),
+            "{err}"
+        );
     }
 }

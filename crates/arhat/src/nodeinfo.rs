@@ -27,7 +27,9 @@ pub fn collect(storage_path: &Path, runtime_version: &str) -> NodeStatus {
             cpu_millis: cpu_count() * 1000,
             memory_bytes: mem_total().unwrap_or(0),
             ephemeral_storage_bytes: storage_bytes(storage_path).unwrap_or(0),
-            pids: first_line(&["/proc/sys/kernel/pid_max"]).parse().unwrap_or(0),
+            pids: first_line(&["/proc/sys/kernel/pid_max"])
+                .parse()
+                .unwrap_or(0),
         }),
         hostname: uname.nodename().to_string_lossy().into_owned(),
         generation: 0,
@@ -110,7 +112,10 @@ mod tests {
 
     #[test]
     fn meminfo_and_os_release_parse() {
-        assert_eq!(parse_meminfo_total("MemTotal:       1000 kB\nMemFree: 1 kB\n"), Some(1_024_000));
+        assert_eq!(
+            parse_meminfo_total("MemTotal:       1000 kB\nMemFree: 1 kB\n"),
+            Some(1_024_000)
+        );
         assert_eq!(
             parse_os_release("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
             Some("Debian GNU/Linux 12 (bookworm)")

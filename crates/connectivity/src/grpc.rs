@@ -8,7 +8,9 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{
     Request, Response, Status, Streaming,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig},
+    transport::{
+        Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+    },
 };
 
 use crate::link::{DialFuture, Dialer, Link, TransportError};
@@ -201,7 +203,9 @@ fn host_of(endpoint: &str) -> Result<String, TransportError> {
         .rsplit_once(':')
         .map(|(host, _)| host.trim_matches(['[', ']']).to_string())
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| TransportError::Config(format!("gRPC endpoint {endpoint:?} is not host:port")))
+        .ok_or_else(|| {
+            TransportError::Config(format!("gRPC endpoint {endpoint:?} is not host:port"))
+        })
 }
 
 struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));

@@ -39,7 +39,8 @@ async fn next_envelope(link: &mut Link, timeout: Duration) -> Result<Envelope, H
         .await
         .map_err(|_| HandshakeError::Timeout(timeout))?;
     let bytes = next.ok_or(HandshakeError::Closed)??;
-    Envelope::from_bytes(bytes).map_err(|e| HandshakeError::Protocol(format!("malformed envelope: {e}")))
+    Envelope::from_bytes(bytes)
+        .map_err(|e| HandshakeError::Protocol(format!("malformed envelope: {e}")))
 }
 
 async fn send(link: &mut Link, envelope: Envelope) -> Result<(), HandshakeError> {
@@ -50,7 +51,11 @@ async fn send(link: &mut Link, envelope: Envelope) -> Result<(), HandshakeError>
 }
 
 /// Device side: sends `hello`, returns the cloud's Welcome.
-pub async fn hello(link: &mut Link, hello: Hello, timeout: Duration) -> Result<Welcome, HandshakeError> {
+pub async fn hello(
+    link: &mut Link,
+    hello: Hello,
+    timeout: Duration,
+) -> Result<Welcome, HandshakeError> {
     send(link, Envelope::hello(hello)).await?;
     match next_envelope(link, timeout).await?.body {
         Some(Body::Welcome(w)) => Ok(w),
@@ -81,7 +86,11 @@ pub async fn welcome(link: &mut Link, welcome: Welcome) -> Result<(), HandshakeE
 }
 
 /// Refuses the device; the link is dropped by the caller afterwards.
-pub async fn refuse(link: &mut Link, reason: RefuseReason, message: &str) -> Result<(), HandshakeError> {
+pub async fn refuse(
+    link: &mut Link,
+    reason: RefuseReason,
+    message: &str,
+) -> Result<(), HandshakeError> {
     send(link, Envelope::refuse(reason, message)).await
 }
 

@@ -42,11 +42,18 @@ impl Default for SessionConfig {
 /// Whether the session currently has a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkState {
-    Connected { transport: &'static str, epoch: u64 },
+    Connected {
+        transport: &'static str,
+        epoch: u64,
+    },
     /// Link lost; streams wait for a resume until the window ends.
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
     /// The session is over; its streams have ended.
-    Closed { reason: String },
+    Closed {
+        reason: String,
+    },
 }
 
 pub(crate) enum Cmd {
@@ -132,10 +139,12 @@ impl SessionHandle {
 
     /// Carries the session over a new link from now on (after a reconnect).
     pub fn attach(&self, link: Link, epoch: u64) -> Result<(), Link> {
-        self.cmds.send(Cmd::Attach { link, epoch }).map_err(|e| match e.0 {
-            Cmd::Attach { link, .. } => link,
-            _ => unreachable!("sent an Attach"),
-        })
+        self.cmds
+            .send(Cmd::Attach { link, epoch })
+            .map_err(|e| match e.0 {
+                Cmd::Attach { link, .. } => link,
+                _ => unreachable!("sent an Attach"),
+            })
     }
 
     /// Ends the session and every stream in it.
@@ -170,7 +179,13 @@ pub fn spawn(
     link: Link,
     span: tracing::Span,
 ) -> Result<(SessionHandle, mpsc::UnboundedReceiver<Stream>), proto::session::Error> {
-    config.session.max_frame_size = link.max_payload.saturating_sub(FRAME_OVERHEAD);
+    // Frames must fit the link, and an open header must fit one frame.
+    let frame = link.max_payload.saturating_sub(FRAME_OVERHEAD);
+    config.session.max_frame_size = frame;
+    config.session.max_header_size = config
+        .session
+        .max_header_size
+        .min(frame.saturating_sub(proto::session::OPEN_OVERHEAD));
     config.session.validate()?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
@@ -245,7 +260,10 @@ impl Driver {
                     .poll_transmit(Instant::now())
                     .map(|f| Envelope::frame(f).to_bytes());
             }
-            let timer = self.session.poll_timeout().map(tokio::time::Instant::from_std);
+            let timer = self
+                .session
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             let step = tokio::select! {
                 biased;
                 cmd = self.cmds.recv() => Step::Cmd(cmd),
@@ -286,7 +304,8 @@ impl Driver {
     }
 
     fn handle_inbound(&mut self, bytes: Bytes) -> Result<(), String> {
-        let envelope = Envelope::from_bytes(bytes).map_err(|e| format!("malformed envelope: {e}"))?;
+        let envelope =
+            Envelope::from_bytes(bytes).map_err(|e| format!("malformed envelope: {e}"))?;
         match envelope.body {
             Some(Body::Frame(frame)) => self
                 .session
@@ -468,7 +487,10 @@ async fn next_inbound(
     }
 }
 
-async fn reserve_send(tx: &Option<mpsc::Sender<Bytes>>, outbound: &mut Option<Bytes>) -> Result<(), ()> {
+async fn reserve_send(
+    tx: &Option<mpsc::Sender<Bytes>>,
+    outbound: &mut Option<Bytes>,
+) -> Result<(), ()> {
     match (tx, outbound.is_some()) {
         (Some(tx), true) => {
             let permit = tx.reserve().await.map_err(|_| ())?;

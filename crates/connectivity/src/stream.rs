@@ -101,7 +101,11 @@ impl Stream {
         }
         let (reply, done) = oneshot::channel();
         self.cmds
-            .send(Cmd::Send { id: self.id, data, reply })
+            .send(Cmd::Send {
+                id: self.id,
+                data,
+                reply,
+            })
             .map_err(|_| closed())?;
         done.await.map_err(|_| closed())?
     }
@@ -166,7 +170,7 @@ impl Stream {
     /// The next whole message; `Ok(None)` once the peer finished between messages.
     pub async fn recv_message<M: Message + Default>(&mut self) -> Result<Option<M>, StreamError> {
         loop {
-            if let Some(m) = self.reader.next()? {
+            if let Some(m) = self.reader.next_message()? {
                 return Ok(Some(m));
             }
             match self.recv().await? {
@@ -202,7 +206,8 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if !self.ended && !(self.local_finished && self.peer_finished) {
+        let done = self.ended || (self.local_finished && self.peer_finished);
+        if !done {
             let _ = self.cmds.send(Cmd::Reset {
                 id: self.id,
                 code: ResetCode::Cancelled,

@@ -48,7 +48,9 @@ impl Cluster {
     pub async fn shared() -> anyhow::Result<&'static Cluster> {
         SHARED
             .get_or_try_init(|| async {
-                let cp = ControlPlane::shared().await.context("starting the test-bed control plane")?;
+                let cp = ControlPlane::shared()
+                    .await
+                    .context("starting the test-bed control plane")?;
                 Cluster::prepare(cp, &cp.dir().join("aranya")).await
             })
             .await
@@ -133,7 +135,10 @@ pub struct TestEnv {
 
 impl std::fmt::Debug for TestEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestEnv").field("name", &self.name).field("grpc_port", &self.grpc_port).finish_non_exhaustive()
+        f.debug_struct("TestEnv")
+            .field("name", &self.name)
+            .field("grpc_port", &self.grpc_port)
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,7 +185,11 @@ impl TestEnv {
     }
 
     /// Creates an EdgeDevice with a gRPC method, labelled for this test's aranya.
-    pub async fn create_device(&self, name: &str, allocatable_pods: u32) -> anyhow::Result<EdgeDevice> {
+    pub async fn create_device(
+        &self,
+        name: &str,
+        allocatable_pods: u32,
+    ) -> anyhow::Result<EdgeDevice> {
         let device: EdgeDevice = serde_json::from_value(serde_json::json!({
             "apiVersion": "aranya.arhat.dev/v1alpha1",
             "kind": "EdgeDevice",
@@ -203,7 +212,10 @@ impl TestEnv {
             .arg(&c.aranya_kubeconfig)
             .args(["--namespace", &self.name])
             .args(["--identity", identity])
-            .args(["--edge-device-selector", &format!("{TEST_LABEL}={}", self.name)])
+            .args([
+                "--edge-device-selector",
+                &format!("{TEST_LABEL}={}", self.name),
+            ])
             .args(["--grpc-listen", &format!("127.0.0.1:{}", self.grpc_port)])
             .arg("--grpc-tls-cert")
             .arg(&c.grpc_cert)
@@ -216,7 +228,11 @@ impl TestEnv {
 
     pub fn start_aranya(&self, identity: &str) -> anyhow::Result<Proc> {
         let cmd = self.aranya_command(identity)?;
-        Proc::spawn(&format!("aranya-{identity}"), cmd, &self.dir.join(format!("aranya-{identity}.log")))
+        Proc::spawn(
+            &format!("aranya-{identity}"),
+            cmd,
+            &self.dir.join(format!("aranya-{identity}.log")),
+        )
     }
 
     /// Writes an arhat config for `device` dialing this test's aranya.
@@ -231,7 +247,12 @@ impl TestEnv {
         Ok(path)
     }
 
-    pub fn start_arhat(&self, device: &str, instance: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+    pub fn start_arhat(
+        &self,
+        device: &str,
+        instance: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
         let config = self.arhat_config(device)?;
         let mut cmd = Command::new(crate::process::binary("arhat")?);
         cmd.arg("--config").arg(&config).args(extra);
@@ -257,12 +278,22 @@ impl TestEnv {
     }
 
     /// Waits for the Node's Ready condition to have `status` (and `reason`, if given).
-    pub async fn wait_ready(&self, node: &str, status: &str, reason: Option<&str>, timeout: Duration) -> anyhow::Result<Node> {
-        wait_for(&format!("node {node} Ready={status} {reason:?}"), timeout, || async {
-            let n = self.nodes().get_opt(node).await.ok()??;
-            let (s, r) = node_ready(&n)?;
-            (s == status && reason.is_none_or(|want| want == r)).then_some(n)
-        })
+    pub async fn wait_ready(
+        &self,
+        node: &str,
+        status: &str,
+        reason: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<Node> {
+        wait_for(
+            &format!("node {node} Ready={status} {reason:?}"),
+            timeout,
+            || async {
+                let n = self.nodes().get_opt(node).await.ok()??;
+                let (s, r) = node_ready(&n)?;
+                (s == status && reason.is_none_or(|want| want == r)).then_some(n)
+            },
+        )
         .await
     }
 }

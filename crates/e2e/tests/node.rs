@@ -41,23 +41,47 @@ async fn device_becomes_a_ready_node_with_its_real_facts() -> anyhow::Result<()>
         .map_err(|e| anyhow::anyhow!("{e}\narhat log:\n{}", arhat.log_tail(30)))?;
 
     let labels = labels(&node);
-    assert_eq!(labels.get("node-role.kubernetes.io/edge").map(String::as_str), Some(""));
+    assert_eq!(
+        labels
+            .get("node-role.kubernetes.io/edge")
+            .map(String::as_str),
+        Some("")
+    );
     assert_eq!(labels.get("kubernetes.io/hostname"), Some(&name));
     assert_eq!(labels.get("aranya.arhat.dev/edge-device"), Some(&name));
-    assert_eq!(labels.get("kubernetes.io/arch").map(String::as_str), Some(host_arch()));
-    assert_eq!(labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
-    assert_eq!(labels.get("topology.kubernetes.io/zone").map(String::as_str), Some("edge-zone-a"));
-    assert_eq!(labels.get("example.com/site").map(String::as_str), Some("lab"));
+    assert_eq!(
+        labels.get("kubernetes.io/arch").map(String::as_str),
+        Some(host_arch())
+    );
+    assert_eq!(
+        labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
+    assert_eq!(
+        labels
+            .get("topology.kubernetes.io/zone")
+            .map(String::as_str),
+        Some("edge-zone-a")
+    );
+    assert_eq!(
+        labels.get("example.com/site").map(String::as_str),
+        Some("lab")
+    );
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
     assert_eq!(
-        node.metadata.annotations.as_ref().and_then(|a| a.get("aranya.arhat.dev/device-hostname")),
+        node.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("aranya.arhat.dev/device-hostname")),
         Some(&hostname.trim().to_string())
     );
 
     let spec = node.spec.clone().unwrap_or_default();
     let taints = spec.taints.unwrap_or_default();
     assert!(
-        taints.iter().any(|t| t.key == "aranya.arhat.dev/edge-device" && t.effect == "NoSchedule"),
+        taints
+            .iter()
+            .any(|t| t.key == "aranya.arhat.dev/edge-device" && t.effect == "NoSchedule"),
         "{taints:?}"
     );
     assert_eq!(spec.pod_cidrs, Some(vec!["10.200.1.0/24".to_string()]));
@@ -73,26 +97,48 @@ async fn device_becomes_a_ready_node_with_its_real_facts() -> anyhow::Result<()>
 
     let addresses = status.addresses.unwrap_or_default();
     assert_eq!(addresses.len(), 1, "{addresses:?}");
-    assert_eq!((addresses[0].type_.as_str(), addresses[0].address.as_str()), ("InternalIP", "127.0.0.1"));
-    let port = status.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map(|e| e.port);
+    assert_eq!(
+        (addresses[0].type_.as_str(), addresses[0].address.as_str()),
+        ("InternalIP", "127.0.0.1")
+    );
+    let port = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port);
     assert_eq!(port, Some(10250));
 
     let info = status.node_info.expect("nodeInfo");
     let uname_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     assert_eq!(info.kernel_version, uname_release.trim());
     assert_eq!(info.architecture, host_arch());
-    assert_eq!(info.boot_id, std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim());
+    assert_eq!(
+        info.boot_id,
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim()
+    );
     assert!(!info.os_image.is_empty());
     assert!(!info.container_runtime_version.is_empty());
     // A kubelet version the apiserver accepts: semver, never newer than it.
     let server = env.client.apiserver_version().await?;
-    let expected_prefix = format!("v{}.{}.0-aranya.", server.major, server.minor.trim_end_matches('+'));
-    assert!(info.kubelet_version.starts_with(&expected_prefix), "{}", info.kubelet_version);
+    let expected_prefix = format!(
+        "v{}.{}.0-aranya.",
+        server.major,
+        server.minor.trim_end_matches('+')
+    );
+    assert!(
+        info.kubelet_version.starts_with(&expected_prefix),
+        "{}",
+        info.kubelet_version
+    );
 
     // The EdgeDevice reports it too.
     let device = env.devices().get(&name).await?;
     let conditions = device.status.unwrap_or_default().conditions;
-    assert!(conditions.iter().any(|c| c.type_ == "Connected" && c.status == "True"), "{conditions:?}");
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Connected" && c.status == "True"),
+        "{conditions:?}"
+    );
 
     // kubectl shows the role.
     let wide = env.cluster.kubectl(&["get", "node", &name, "-o", "wide"])?;
@@ -114,7 +160,10 @@ async fn lease_renews_while_aranya_lives() -> anyhow::Result<()> {
     })
     .await?;
     let owner = first.metadata.owner_references.clone().unwrap_or_default();
-    assert_eq!(owner.first().map(|o| o.uid.as_str()), node.metadata.uid.as_deref());
+    assert_eq!(
+        owner.first().map(|o| o.uid.as_str()),
+        node.metadata.uid.as_deref()
+    );
     let spec = first.spec.clone().unwrap_or_default();
     assert_eq!(spec.holder_identity.as_deref(), Some(name.as_str()));
     assert!(spec.lease_duration_seconds.unwrap_or(0) >= 40);
@@ -140,16 +189,28 @@ async fn arhat_killed_goes_not_ready_and_back() -> anyhow::Result<()> {
     arhat.kill();
     let started = std::time::Instant::now();
     let node = env
-        .wait_ready(&name, "False", Some("EdgeDeviceDisconnected"), Duration::from_secs(10))
+        .wait_ready(
+            &name,
+            "False",
+            Some("EdgeDeviceDisconnected"),
+            Duration::from_secs(10),
+        )
         .await?;
     eprintln!("Ready=False {:?} after the kill", started.elapsed());
     let device = env.devices().get(&name).await?;
     let connected = device.status.unwrap_or_default().conditions;
-    assert!(connected.iter().any(|c| c.type_ == "Connected" && c.status == "False"), "{connected:?}");
+    assert!(
+        connected
+            .iter()
+            .any(|c| c.type_ == "Connected" && c.status == "False"),
+        "{connected:?}"
+    );
     let uid = node.metadata.uid.clone();
 
     let _arhat = env.start_arhat(&name, "2", &[])?;
-    let node = env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT).await?;
+    let node = env
+        .wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT)
+        .await?;
     assert_eq!(node.metadata.uid, uid, "the Node is kept, not recreated");
     Ok(())
 }
@@ -168,7 +229,12 @@ async fn aranya_restart_keeps_nodes_consistent() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let mut uids = Vec::new();
     for name in &names {
-        uids.push(env.wait_ready(name, "True", None, READY_TIMEOUT).await?.metadata.uid);
+        uids.push(
+            env.wait_ready(name, "True", None, READY_TIMEOUT)
+                .await?
+                .metadata
+                .uid,
+        );
     }
 
     aranya.kill();
@@ -183,12 +249,17 @@ async fn aranya_restart_keeps_nodes_consistent() -> anyhow::Result<()> {
                 .then_some(())
         })
         .await?;
-        let node = env.wait_ready(name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT).await?;
+        let node = env
+            .wait_ready(name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT)
+            .await?;
         assert_eq!(&node.metadata.uid, uid);
     }
     // No duplicates: exactly one Node and one Lease per device.
     let selector = format!("aranya.arhat.dev/edge-device in ({})", names.join(","));
-    let nodes = env.nodes().list(&kube::api::ListParams::default().labels(&selector)).await?;
+    let nodes = env
+        .nodes()
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?;
     assert_eq!(nodes.items.len(), names.len());
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), "kube-node-lease");
     for name in &names {
@@ -211,7 +282,11 @@ async fn standby_replica_takes_over_when_the_leader_dies() -> anyhow::Result<()>
     let _arhat = env.start_arhat(&name, "1", &[])?;
     env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(standby.log().contains("standing by"), "{}", standby.log_tail(20));
+    assert!(
+        standby.log().contains("standing by"),
+        "{}",
+        standby.log_tail(20)
+    );
     assert!(!standby.log().contains("became leader"));
 
     leader.kill();
@@ -219,11 +294,14 @@ async fn standby_replica_takes_over_when_the_leader_dies() -> anyhow::Result<()>
         standby.log().contains("became leader").then_some(())
     })
     .await?;
-    wait_for("the device reconnected to replica two", READY_TIMEOUT, || async {
-        standby.log().contains("device connected").then_some(())
-    })
+    wait_for(
+        "the device reconnected to replica two",
+        READY_TIMEOUT,
+        || async { standby.log().contains("device connected").then_some(()) },
+    )
     .await?;
-    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT).await?;
+    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT)
+        .await?;
     Ok(())
 }
 
@@ -242,7 +320,8 @@ async fn node_deleted_by_hand_is_recreated() -> anyhow::Result<()> {
     })
     .await?;
     assert!(labels(&recreated).contains_key("kubernetes.io/arch"));
-    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT).await?;
+    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT)
+        .await?;
     Ok(())
 }
 
@@ -255,15 +334,22 @@ async fn edge_device_deleted_removes_node_and_lease() -> anyhow::Result<()> {
     let _arhat = env.start_arhat(&name, "1", &[])?;
     env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), "kube-node-lease");
-    wait_for("the lease", Duration::from_secs(20), || async { leases.get_opt(&name).await.ok().flatten() }).await?;
+    wait_for("the lease", Duration::from_secs(20), || async {
+        leases.get_opt(&name).await.ok().flatten()
+    })
+    .await?;
 
     env.devices().delete(&name, &Default::default()).await?;
-    wait_for("node, lease and EdgeDevice gone", Duration::from_secs(30), || async {
-        let node = env.nodes().get_opt(&name).await.ok()?;
-        let lease = leases.get_opt(&name).await.ok()?;
-        let device = env.devices().get_opt(&name).await.ok()?;
-        (node.is_none() && lease.is_none() && device.is_none()).then_some(())
-    })
+    wait_for(
+        "node, lease and EdgeDevice gone",
+        Duration::from_secs(30),
+        || async {
+            let node = env.nodes().get_opt(&name).await.ok()?;
+            let lease = leases.get_opt(&name).await.ok()?;
+            let device = env.devices().get_opt(&name).await.ok()?;
+            (node.is_none() && lease.is_none() && device.is_none()).then_some(())
+        },
+    )
     .await?;
     // And it stays gone (the agent keeps dialing, and is refused).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -280,15 +366,22 @@ async fn second_agent_with_the_same_name_is_refused() -> anyhow::Result<()> {
     let first = env.start_arhat(&name, "1", &[])?;
     env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
     let second = env.start_arhat(&name, "2", &[])?;
-    wait_for("the second agent refused", Duration::from_secs(20), || async {
-        second.log().contains("already connected").then_some(())
-    })
+    wait_for(
+        "the second agent refused",
+        Duration::from_secs(20),
+        || async { second.log().contains("already connected").then_some(()) },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\nsecond arhat:\n{}", second.log_tail(20)))?;
     assert!(aranya.log().contains("refusing device"));
     // The first keeps its session: no reconnect, node stays Ready.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(first.log().matches("connected to aranya").count(), 1, "{}", first.log_tail(20));
+    assert_eq!(
+        first.log().matches("connected to aranya").count(),
+        1,
+        "{}",
+        first.log_tail(20)
+    );
     assert_eq!(env.ready(&name).await.map(|r| r.0).as_deref(), Some("True"));
     Ok(())
 }
@@ -303,7 +396,10 @@ async fn agent_with_unknown_protocol_version_is_refused_with_a_message() -> anyh
     let status = arhat.wait_exit(Duration::from_secs(30)).await?;
     assert!(!status.success());
     let log = arhat.log();
-    assert!(log.contains("protocol version 99 is not supported"), "{log}");
+    assert!(
+        log.contains("protocol version 99 is not supported"),
+        "{log}"
+    );
     Ok(())
 }
 
@@ -311,12 +407,30 @@ async fn agent_with_unknown_protocol_version_is_refused_with_a_message() -> anyh
 async fn invalid_edge_devices_are_refused_naming_the_field() -> anyhow::Result<()> {
     let env = TestEnv::new("invalid").await?;
     let cases = [
-        (r#"{"connectivity":{"methods":[{"name":"carrier-pigeon"}]}}"#, "spec.connectivity.methods[0].name"),
-        (r#"{"connectivity":{"methods":[]}}"#, "spec.connectivity.methods"),
-        (r#"{"connectivity":{"methods":[{"name":"mqtt"}]}}"#, "spec.connectivity.methods[0]"),
-        (r#"{"connectivity":{"methods":[{"name":"grpc"}]},"pod":{"ipv4CIDR":"10.0.0.300/24"}}"#, "spec.pod.ipv4CIDR"),
-        (r#"{"connectivity":{"methods":[{"name":"grpc"}]},"pod":{"allocatable":-1}}"#, "spec.pod.allocatable"),
-        (r#"{"connectivity":{"methods":[{"name":"grpc"},{"name":"grpc"}]}}"#, "spec.connectivity.methods[1]"),
+        (
+            r#"{"connectivity":{"methods":[{"name":"carrier-pigeon"}]}}"#,
+            "spec.connectivity.methods[0].name",
+        ),
+        (
+            r#"{"connectivity":{"methods":[]}}"#,
+            "spec.connectivity.methods",
+        ),
+        (
+            r#"{"connectivity":{"methods":[{"name":"mqtt"}]}}"#,
+            "spec.connectivity.methods[0]",
+        ),
+        (
+            r#"{"connectivity":{"methods":[{"name":"grpc"}]},"pod":{"ipv4CIDR":"10.0.0.300/24"}}"#,
+            "spec.pod.ipv4CIDR",
+        ),
+        (
+            r#"{"connectivity":{"methods":[{"name":"grpc"}]},"pod":{"allocatable":-1}}"#,
+            "spec.pod.allocatable",
+        ),
+        (
+            r#"{"connectivity":{"methods":[{"name":"grpc"},{"name":"grpc"}]}}"#,
+            "spec.connectivity.methods[1]",
+        ),
         (r#"{"node":{}}"#, "spec.connectivity"),
     ];
     for (i, (spec, field)) in cases.iter().enumerate() {
@@ -326,10 +440,15 @@ async fn invalid_edge_devices_are_refused_naming_the_field() -> anyhow::Result<(
         );
         let path = env.dir.join(format!("invalid-{i}.json"));
         std::fs::write(&path, manifest)?;
-        let out = env.cluster.kubectl_output(&["apply", "-f", &path.to_string_lossy()])?;
+        let out = env
+            .cluster
+            .kubectl_output(&["apply", "-f", &path.to_string_lossy()])?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "case {i} was accepted");
-        assert!(stderr.contains(field), "case {i}: expected {field} in: {stderr}");
+        assert!(
+            stderr.contains(field),
+            "case {i}: expected {field} in: {stderr}"
+        );
     }
     Ok(())
 }

@@ -41,7 +41,7 @@ impl MessageReader {
     }
 
     /// The next complete message, if one has fully arrived.
-    pub fn next<M: Message + Default>(&mut self) -> Result<Option<M>, DecodeError> {
+    pub fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, DecodeError> {
         let mut peek = &self.buf[..];
         let Ok(len) = prost::encoding::decode_varint(&mut peek) else {
             // A varint is at most 10 bytes: more without a terminator is garbage.
@@ -88,10 +88,15 @@ mod tests {
         let bytes = encode_message(&status);
         let mut reader = MessageReader::default();
         for chunk in bytes.chunks(3) {
-            assert!(reader.next::<NodeStatus>().expect("partial is fine").is_none());
+            assert!(
+                reader
+                    .next_message::<NodeStatus>()
+                    .expect("partial is fine")
+                    .is_none()
+            );
             reader.push(chunk);
         }
-        let got: NodeStatus = reader.next().expect("decodes").expect("complete");
+        let got: NodeStatus = reader.next_message().expect("decodes").expect("complete");
         assert_eq!(got, status);
         assert_eq!(reader.buffered(), 0);
     }
@@ -103,7 +108,7 @@ mod tests {
         prost::encoding::encode_varint((MAX_MESSAGE_SIZE + 1) as u64, &mut prefix);
         reader.push(&prefix);
         assert!(matches!(
-            reader.next::<NodeStatus>(),
+            reader.next_message::<NodeStatus>(),
             Err(DecodeError::TooLarge { .. })
         ));
     }

@@ -464,8 +464,17 @@ fn run(sc: Scenario) -> Outcome {
             }
         }
 
-        // Time: small steps while busy, jump to the next timer when idle.
+        // Time: small steps while busy, jump to the next timer when idle. Like a real
+        // driver, the sides transmit everything pending before they sleep.
         now += Duration::from_millis(rng.random_range(0..20));
+        if ab.flight.is_empty() && ba.flight.is_empty() {
+            for (side, pipe) in [(&mut a, &mut ab), (&mut b, &mut ba)] {
+                while let Some(f) = side.s.poll_transmit(now) {
+                    frames += 1;
+                    pipe.flight.push_back((side.s.epoch(), f));
+                }
+            }
+        }
         if ab.flight.is_empty() && ba.flight.is_empty() {
             let next = [a.s.poll_timeout(), b.s.poll_timeout()]
                 .into_iter()
@@ -534,7 +543,7 @@ fn net() -> impl Strategy<Value = Net> {
 proptest! {
     // PROPTEST_CASES raises the count for a longer hunt.
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
         ..ProptestConfig::default()
     })]
 

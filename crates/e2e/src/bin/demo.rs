@@ -1,1 +1,106 @@
-fn main() {}
+//! The local demo: a real control plane, aranya, and one arhat device on this
+//! machine, staying up until SIGTERM. `make up` runs it in the background.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use e2e::{Cluster, Proc, cluster::repo_root, process::binary};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    /// Where everything lives; `kubeconfig` and `bin/kubectl` are written here last.
+    #[arg(long, default_value = ".local")]
+    state_dir: PathBuf,
+    /// aranya's gRPC port.
+    #[arg(long, default_value_t = 9443)]
+    grpc_port: u16,
+}
+
+const DEVICE: &str = "demo-device";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,kube_client=off"))
+        .init();
+    let cli = Cli::parse();
+    let state = std::path::absolute(&cli.state_dir)?;
+    let _ = std::fs::remove_file(state.join("kubeconfig"));
+    let logs = state.join("logs");
+    std::fs::create_dir_all(&logs)?;
+
+    let cp = testbed::ControlPlane::start_in(Default::default(), &state.join("testbed"))
+        .await
+        .context("starting the control plane")?;
+    let cluster = Cluster::prepare(&cp, &state.join("aranya")).await?;
+
+    let mut aranya = std::process::Command::new(binary("aranya")?);
+    aranya
+        .env("RUST_LOG", "info")
+        .arg("--kubeconfig")
+        .arg(&cluster.aranya_kubeconfig)
+        .args(["--namespace", "default"])
+        .args(["--grpc-listen", &format!("127.0.0.1:{}", cli.grpc_port)])
+        .arg("--grpc-tls-cert")
+        .arg(&cluster.grpc_cert)
+        .arg("--grpc-tls-key")
+        .arg(&cluster.grpc_key);
+    let _aranya = Proc::spawn("aranya", aranya, &logs.join("aranya.log"))?;
+
+    cluster.kubectl(&[
+        "apply",
+        "-f",
+        &repo_root()
+            .join("deploy/sample-edgedevice.yaml")
+            .to_string_lossy(),
+    ])?;
+    let config = state.join("arhat.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "device:\n  name: {DEVICE}\nconnectivity:\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{}\n        caFile: {}\n        serverName: localhost\nnode:\n  storagePath: /\n",
+            cli.grpc_port,
+            cluster.ca_file.display()
+        ),
+    )?;
+    let mut arhat = std::process::Command::new(binary("arhat")?);
+    arhat.arg("--config").arg(&config);
+    let _arhat = Proc::spawn("arhat", arhat, &logs.join("arhat.log"))?;
+
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=120s",
+            &format!("node/{DEVICE}"),
+        ])
+        .context("waiting for the device's Node to be Ready (see .local/logs)")?;
+
+    // The matching kubectl, then the kubeconfig last: its presence means "up".
+    let bin = state.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let kubectl = bin.join("kubectl");
+    let _ = std::fs::remove_file(&kubectl);
+    std::os::unix::fs::symlink(cp.kube_binary(), &kubectl)?;
+    let tmp = state.join("kubeconfig.tmp");
+    std::fs::copy(cp.kubeconfig_path(), &tmp)?;
+    std::fs::rename(&tmp, state.join("kubeconfig"))?;
+    println!("ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {
+                if let Err(e) = cp.check_alive() {
+                    eprintln!("demo: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(state.join("kubeconfig"));
+    Ok(())
+}

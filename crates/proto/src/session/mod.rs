@@ -11,6 +11,42 @@
 //! Every stream is ordered, exactly-once and complete in each direction, or it ends
 //! with [`Event::Reset`] carrying a [`ResetCode`] and a reason.
 //!
+//! ```
+//! use std::time::Instant;
+//! use bytes::Bytes;
+//! use proto::session::{Config, Event, Role, Session};
+//!
+//! let now = Instant::now();
+//! let mut cloud = Session::new(Role::Cloud, Config::default(), 1, now);
+//! let mut device = Session::new(Role::Device, Config::default(), 1, now);
+//!
+//! let id = cloud.open(Bytes::from_static(b"logs"), None, now)?;
+//! cloud.send(id, Bytes::from_static(b"hello"), now)?;
+//! cloud.finish(id, now)?;
+//!
+//! // A perfect transport: move frames until both sides are quiet. A real driver
+//! // also sleeps until `poll_timeout()` and then calls `handle_timeout()`.
+//! loop {
+//!     let mut moved = false;
+//!     while let Some(frame) = cloud.poll_transmit(now) {
+//!         device.handle_frame(&frame, now)?;
+//!         moved = true;
+//!     }
+//!     while let Some(frame) = device.poll_transmit(now) {
+//!         cloud.handle_frame(&frame, now)?;
+//!         moved = true;
+//!     }
+//!     if !moved {
+//!         break;
+//!     }
+//! }
+//! assert_eq!(device.poll_event(), Some(Event::Opened { id, header: Bytes::from_static(b"logs") }));
+//! assert_eq!(device.poll_event(), Some(Event::Data { id, data: Bytes::from_static(b"hello") }));
+//! device.consume(id, 5);
+//! assert_eq!(device.poll_event(), Some(Event::Finished { id }));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Wire protocol (see `proto/session.proto`)
 //! - One transport message is one [`wire::Frame`]: the connection epoch plus items.
 //!   Frames of any epoch other than the current one are discarded.
@@ -628,18 +664,23 @@ impl Session {
 
     /// When [`Session::handle_timeout`] should be called next: the earliest of
     /// keepalive, peer timeout, retransmissions, probes and stream idle timeouts.
+    /// Timers whose work is already pending (waiting for `poll_transmit`) are left
+    /// out, so a driver that does not transmit (e.g. while disconnected) never spins.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = after(self.last_sent, self.config.keepalive_interval);
+        let mut t = None;
         let mut take = |c: Option<Instant>| {
             if let Some(c) = c {
-                t = Some(t.map_or(c, |t| t.min(c)));
+                t = Some(t.map_or(c, |t: Instant| t.min(c)));
             }
         };
+        if !self.ping_due {
+            take(after(self.last_sent, self.config.keepalive_interval));
+            if !self.settings_confirmed {
+                take(self.settings_retx);
+            }
+        }
         if !self.peer_timed_out {
             take(after(self.last_recv, self.config.peer_timeout));
-        }
-        if !self.settings_confirmed {
-            take(self.settings_retx);
         }
         for s in self.streams.values() {
             take(s.rto_deadline);

@@ -905,3 +905,34 @@ fn stale_acks_and_duplicate_opens_are_harmless() {
     assert_eq!(opened, 1);
     assert_eq!(p.take_b(id).len(), 100);
 }
+
+#[test]
+fn poll_timeout_moves_forward_without_transmitting() {
+    // A driver that is disconnected calls handle_timeout but never poll_transmit: the
+    // next deadline must still lie in the future each time (no busy loop).
+    let now = Instant::now();
+    let mut a = Session::new(Role::Cloud, cfg(), 0, now);
+    let id = a
+        .open(
+            Bytes::from_static(b"h"),
+            Some(Duration::from_secs(100)),
+            now,
+        )
+        .unwrap();
+    a.send(id, payload(10), now).unwrap();
+    let _ = a.poll_transmit(now);
+    a.reset(id, ResetCode::Cancelled, "x", now);
+    let mut t = now;
+    let mut n = 0;
+    while let Some(next) = a.poll_timeout() {
+        assert!(next > t, "poll_timeout did not advance");
+        t = next;
+        a.handle_timeout(t);
+        n += 1;
+        assert!(n < 1000);
+    }
+    // Timers ran: reset retransmissions with backoff, then the peer timeout.
+    assert!(n > 5);
+    assert!(t >= now + Duration::from_secs(30));
+    assert_eq!(a.poll_event(), Some(Event::PeerTimedOut));
+}
