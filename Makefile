@@ -1,6 +1,9 @@
 # The two set-up commands: `make up` (demo) and `make test` (every test).
 SHELL := /bin/bash
+# Slow things are cached outside the clone, reused by later runs on this machine:
+# the Go build and module caches, the control-plane binary, cargo's target dir.
 CACHE ?= $(HOME)/.cache/aranya
+export ARANYA_CACHE := $(CACHE)
 export CARGO_TARGET_DIR ?= $(CACHE)/cargo-target
 CARGO ?= cargo
 

@@ -1,0 +1,117 @@
+//! The gRPC transport over real TLS on loopback: handshake, then a stream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use connectivity::{
+    Dialer, SessionConfig, handshake,
+    grpc::{GrpcDialer, ServerTls, serve},
+    session,
+};
+use proto::{
+    envelope::{Hello, RefuseReason, Welcome},
+    session::Role,
+};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use tokio::sync::mpsc;
+
+struct Pki {
+    ca_pem: String,
+    server: ServerTls,
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    Pki {
+        ca_pem: ca.pem(),
+        server: ServerTls {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        },
+    }
+}
+
+async fn server(tls: ServerTls) -> (String, mpsc::Receiver<connectivity::Link>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (links_tx, links_rx) = mpsc::channel(4);
+    tokio::spawn(serve(listener, tls, links_tx, std::future::pending()));
+    (addr.to_string(), links_rx)
+}
+
+fn dialer(endpoint: &str, ca_pem: &str) -> GrpcDialer {
+    GrpcDialer {
+        endpoint: endpoint.to_string(),
+        ca_pem: ca_pem.as_bytes().to_vec(),
+        server_name: Some("localhost".into()),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test]
+async fn handshake_and_a_stream_over_tls() {
+    let pki = pki();
+    let (endpoint, mut links) = server(pki.server).await;
+    let cloud = tokio::spawn(async move {
+        let mut link = links.recv().await.expect("a link");
+        let hello = handshake::read_hello(&mut link, Duration::from_secs(5)).await.expect("hello");
+        assert_eq!(hello.device, "dev-1");
+        handshake::welcome(&mut link, Welcome { session_id: 5, epoch: 1, resumed: false, protocol_version: 1 })
+            .await
+            .expect("welcome");
+        let (handle, _) = session::spawn(Role::Cloud, SessionConfig::default(), 5, 1, link, tracing::Span::none()).expect("session");
+        let mut stream = handle.open_raw(Bytes::from_static(b"echo"), None).await.expect("open");
+        stream.send(Bytes::from(vec![7u8; 300_000])).await.expect("send");
+        stream.finish();
+        let mut back = 0;
+        while let Some(chunk) = stream.recv().await.expect("recv") {
+            back += chunk.len();
+        }
+        back
+    });
+    let mut link = dialer(&endpoint, &pki.ca_pem).dial().await.expect("dial");
+    let hello = Hello { device: "dev-1".into(), protocol_version: 1, ..Default::default() };
+    let welcome = handshake::hello(&mut link, hello, Duration::from_secs(5)).await.expect("welcome");
+    assert_eq!(welcome.session_id, 5);
+    let (_handle, mut incoming) = session::spawn(Role::Device, SessionConfig::default(), 5, 1, link, tracing::Span::none()).expect("session");
+    let mut stream = incoming.recv().await.expect("stream");
+    // Echo everything back.
+    while let Some(chunk) = stream.recv().await.expect("recv") {
+        stream.send(chunk).await.expect("echo");
+    }
+    stream.finish();
+    assert_eq!(cloud.await.expect("cloud"), 300_000);
+}
+
+#[tokio::test]
+async fn refusal_reaches_the_device_with_its_reason() {
+    let pki = pki();
+    let (endpoint, mut links) = server(pki.server).await;
+    tokio::spawn(async move {
+        let mut link = links.recv().await.expect("a link");
+        let _ = handshake::read_hello(&mut link, Duration::from_secs(5)).await;
+        handshake::refuse(&mut link, RefuseReason::DuplicateDevice, "already connected").await.expect("refuse");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    let mut link = dialer(&endpoint, &pki.ca_pem).dial().await.expect("dial");
+    let err = handshake::hello(&mut link, Hello::default(), Duration::from_secs(5)).await.expect_err("refused");
+    assert!(err.is_refusal());
+    assert!(err.to_string().contains("already connected"), "{err}");
+}
+
+#[tokio::test]
+async fn a_device_that_does_not_trust_the_cloud_does_not_connect() {
+    let pki = pki();
+    let other = self::pki();
+    let (endpoint, _links) = server(pki.server).await;
+    let err = dialer(&endpoint, &other.ca_pem).dial().await.expect_err("untrusted");
+    assert!(err.to_string().contains("connect to"), "{err}");
+}
