@@ -159,11 +159,12 @@ impl VirtualNode {
                 cmd = cmds.recv() => match cmd {
                     None => break,
                     Some(NodeCmd::Spec(device)) => {
+                        // Reconciles also follow every change of the Node itself:
+                        // applying is idempotent, and status is written only when
+                        // it differs, so aranya's own writes do not feed back.
                         self.device = Some(device);
                         self.apply_node().await;
-                        self.last_status = None;
                         self.write_status().await;
-                        self.renew_lease().await;
                     }
                     Some(NodeCmd::Connected(connected)) => {
                         state = connected.session.state();
@@ -377,11 +378,15 @@ impl VirtualNode {
             .await
         {
             Ok(applied) => {
-                if self.node_uid.as_deref() != applied.metadata.uid.as_deref() {
-                    info!("node applied");
-                }
+                let recreated = self.node_uid.as_deref() != applied.metadata.uid.as_deref();
                 self.node_uid = applied.metadata.uid.clone();
                 self.ensure_taints(&applied).await;
+                if recreated {
+                    // A new Node object: its status and Lease start from nothing.
+                    info!(uid = ?self.node_uid, "node created");
+                    self.last_status = None;
+                    self.renew_lease().await;
+                }
             }
             Err(e) => warn!(error = %e, "applying node"),
         }

@@ -12,7 +12,10 @@ fn run(config: &str) -> (bool, String) {
         .arg("--check")
         .output()
         .expect("run arhat");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -24,9 +27,18 @@ fn documented_example_is_accepted() {
 #[test]
 fn bad_configs_exit_non_zero_naming_the_key() {
     let cases = [
-        ("device:\n  name: a\nconnectivity:\n  methods: []\n", "connectivity.methods"),
-        ("device:\n  name: a\nconnectivity:\n  methods:\n    - name: smoke-signals\n", "connectivity.methods[0].name"),
-        ("device:\n  name: a\nconnectivity:\n  bakoff: {}\n  methods: []\n", "connectivity.bakoff"),
+        (
+            "device:\n  name: a\nconnectivity:\n  methods: []\n",
+            "connectivity.methods",
+        ),
+        (
+            "device:\n  name: a\nconnectivity:\n  methods:\n    - name: smoke-signals\n",
+            "connectivity.methods[0].name",
+        ),
+        (
+            "device:\n  name: a\nconnectivity:\n  bakoff: {}\n  methods: []\n",
+            "connectivity.bakoff",
+        ),
         ("connectivity:\n  methods: []\n", "device"),
         (
             "device:\n  name: a\nconnectivity:\n  backoff:\n    max: forever\n  methods: []\n",
@@ -36,7 +48,10 @@ fn bad_configs_exit_non_zero_naming_the_key() {
     for (config, key) in cases {
         let (ok, stderr) = run(config);
         assert!(!ok, "accepted: {config}");
-        assert!(stderr.contains(&format!("`{key}`")), "expected key `{key}` in: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{key}`")),
+            "expected key `{key}` in: {stderr}"
+        );
     }
 }
 

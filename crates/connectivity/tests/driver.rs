@@ -24,15 +24,39 @@ fn link_pair(max_payload: usize) -> (Link, Link) {
     (end(a_tx, b_rx, "device"), end(b_tx, a_rx, "cloud"))
 }
 
-fn start(max_payload: usize) -> ((SessionHandle, mpsc::UnboundedReceiver<Stream>), (SessionHandle, mpsc::UnboundedReceiver<Stream>)) {
+fn start(
+    max_payload: usize,
+) -> (
+    (SessionHandle, mpsc::UnboundedReceiver<Stream>),
+    (SessionHandle, mpsc::UnboundedReceiver<Stream>),
+) {
     let (cloud_link, device_link) = link_pair(max_payload);
-    let cloud = session::spawn(Role::Cloud, SessionConfig::default(), 7, 1, cloud_link, tracing::Span::none()).expect("cloud");
-    let device = session::spawn(Role::Device, SessionConfig::default(), 7, 1, device_link, tracing::Span::none()).expect("device");
+    let cloud = session::spawn(
+        Role::Cloud,
+        SessionConfig::default(),
+        7,
+        1,
+        cloud_link,
+        tracing::Span::none(),
+    )
+    .expect("cloud");
+    let device = session::spawn(
+        Role::Device,
+        SessionConfig::default(),
+        7,
+        1,
+        device_link,
+        tracing::Span::none(),
+    )
+    .expect("device");
     (cloud, device)
 }
 
 fn pattern(len: usize) -> Bytes {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>().into()
+    (0..len)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect::<Vec<_>>()
+        .into()
 }
 
 async fn read_all(stream: &mut Stream) -> Vec<u8> {
@@ -49,7 +73,10 @@ async fn bulk_transfer_is_exact_at_8k_payloads() {
     let data = pattern(3 << 20);
     let sent = data.clone();
     let writer = tokio::spawn(async move {
-        let mut stream = cloud.open_raw(Bytes::from_static(b"bulk"), None).await.expect("open");
+        let mut stream = cloud
+            .open_raw(Bytes::from_static(b"bulk"), None)
+            .await
+            .expect("open");
         stream.send(sent).await.expect("send");
         stream.finish();
         assert!(stream.recv().await.expect("end").is_none());
@@ -83,7 +110,10 @@ async fn a_slow_reader_holds_the_writer_back() {
     while let Ok(n) = progress.try_recv() {
         written = n;
     }
-    assert!(written <= 512 * 1024, "writer ran ahead to {written} bytes with no reader");
+    assert!(
+        written <= 512 * 1024,
+        "writer ran ahead to {written} bytes with no reader"
+    );
     // Reading releases it.
     let mut read = 0;
     while read < 64 * 64 * 1024 {
@@ -94,9 +124,24 @@ async fn a_slow_reader_holds_the_writer_back() {
 #[tokio::test]
 async fn streams_survive_a_link_replacement() {
     let (cloud_link, device_link) = link_pair(16 * 1024);
-    let (cloud, _) = session::spawn(Role::Cloud, SessionConfig::default(), 9, 1, cloud_link, tracing::Span::none()).expect("cloud");
-    let (device, mut incoming) =
-        session::spawn(Role::Device, SessionConfig::default(), 9, 1, device_link, tracing::Span::none()).expect("device");
+    let (cloud, _) = session::spawn(
+        Role::Cloud,
+        SessionConfig::default(),
+        9,
+        1,
+        cloud_link,
+        tracing::Span::none(),
+    )
+    .expect("cloud");
+    let (device, mut incoming) = session::spawn(
+        Role::Device,
+        SessionConfig::default(),
+        9,
+        1,
+        device_link,
+        tracing::Span::none(),
+    )
+    .expect("device");
     let mut out = cloud.open_raw(Bytes::new(), None).await.expect("open");
     out.send(pattern(100_000)).await.expect("first half");
     let mut stream = incoming.recv().await.expect("incoming");
@@ -113,8 +158,16 @@ async fn streams_survive_a_link_replacement() {
     let got = read_all(&mut stream).await;
     let mut want = pattern(100_000).to_vec();
     want.extend_from_slice(&pattern(100_000));
-    assert!(got == want, "bytes differ after resume ({} vs {})", got.len(), want.len());
-    assert!(matches!(*device.state().borrow(), LinkState::Connected { epoch: 3, .. }));
+    assert!(
+        got == want,
+        "bytes differ after resume ({} vs {})",
+        got.len(),
+        want.len()
+    );
+    assert!(matches!(
+        *device.state().borrow(),
+        LinkState::Connected { epoch: 3, .. }
+    ));
 }
 
 #[tokio::test]
@@ -124,12 +177,31 @@ async fn a_session_without_a_link_ends_after_the_resume_window() {
         resume_window: Duration::from_millis(300),
         ..Default::default()
     };
-    let (cloud, _) = session::spawn(Role::Cloud, config.clone(), 1, 1, cloud_link, tracing::Span::none()).expect("cloud");
-    let (_device, mut incoming) = session::spawn(Role::Device, config, 1, 1, device_link, tracing::Span::none()).expect("device");
+    let (cloud, _) = session::spawn(
+        Role::Cloud,
+        config.clone(),
+        1,
+        1,
+        cloud_link,
+        tracing::Span::none(),
+    )
+    .expect("cloud");
+    let (_device, mut incoming) = session::spawn(
+        Role::Device,
+        config,
+        1,
+        1,
+        device_link,
+        tracing::Span::none(),
+    )
+    .expect("device");
     let mut out = cloud.open_raw(Bytes::new(), None).await.expect("open");
     out.send(Bytes::from_static(b"hi")).await.expect("send");
     let mut stream = incoming.recv().await.expect("incoming");
-    assert_eq!(stream.recv().await.expect("ok").as_deref(), Some(&b"hi"[..]));
+    assert_eq!(
+        stream.recv().await.expect("ok").as_deref(),
+        Some(&b"hi"[..])
+    );
     drop(incoming);
     // Replace the cloud's link with one whose other end is gone at once.
     let (dead, other) = link_pair(16 * 1024);
@@ -139,7 +211,10 @@ async fn a_session_without_a_link_ends_after_the_resume_window() {
         .await
         .expect("the stream ends")
         .expect_err("with an error");
-    assert!(err.to_string().contains("session closed") || err.to_string().contains("reset"), "{err}");
+    assert!(
+        err.to_string().contains("session closed") || err.to_string().contains("reset"),
+        "{err}"
+    );
     let mut state = cloud.state();
     tokio::time::timeout(Duration::from_secs(5), async {
         while !matches!(*state.borrow_and_update(), LinkState::Closed { .. }) {

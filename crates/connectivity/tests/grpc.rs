@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use connectivity::{
-    Dialer, SessionConfig, handshake,
+    Dialer, SessionConfig,
     grpc::{GrpcDialer, ServerTls, serve},
-    session,
+    handshake, session,
 };
 use proto::{
     envelope::{Hello, RefuseReason, Welcome},
@@ -40,7 +40,9 @@ fn pki() -> Pki {
 
 async fn server(tls: ServerTls) -> (String, mpsc::Receiver<connectivity::Link>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (links_tx, links_rx) = mpsc::channel(4);
     tokio::spawn(serve(listener, tls, links_tx, std::future::pending()));
@@ -62,14 +64,38 @@ async fn handshake_and_a_stream_over_tls() {
     let (endpoint, mut links) = server(pki.server).await;
     let cloud = tokio::spawn(async move {
         let mut link = links.recv().await.expect("a link");
-        let hello = handshake::read_hello(&mut link, Duration::from_secs(5)).await.expect("hello");
-        assert_eq!(hello.device, "dev-1");
-        handshake::welcome(&mut link, Welcome { session_id: 5, epoch: 1, resumed: false, protocol_version: 1 })
+        let hello = handshake::read_hello(&mut link, Duration::from_secs(5))
             .await
-            .expect("welcome");
-        let (handle, _) = session::spawn(Role::Cloud, SessionConfig::default(), 5, 1, link, tracing::Span::none()).expect("session");
-        let mut stream = handle.open_raw(Bytes::from_static(b"echo"), None).await.expect("open");
-        stream.send(Bytes::from(vec![7u8; 300_000])).await.expect("send");
+            .expect("hello");
+        assert_eq!(hello.device, "dev-1");
+        handshake::welcome(
+            &mut link,
+            Welcome {
+                session_id: 5,
+                epoch: 1,
+                resumed: false,
+                protocol_version: 1,
+            },
+        )
+        .await
+        .expect("welcome");
+        let (handle, _) = session::spawn(
+            Role::Cloud,
+            SessionConfig::default(),
+            5,
+            1,
+            link,
+            tracing::Span::none(),
+        )
+        .expect("session");
+        let mut stream = handle
+            .open_raw(Bytes::from_static(b"echo"), None)
+            .await
+            .expect("open");
+        stream
+            .send(Bytes::from(vec![7u8; 300_000]))
+            .await
+            .expect("send");
         stream.finish();
         let mut back = 0;
         while let Some(chunk) = stream.recv().await.expect("recv") {
@@ -78,10 +104,24 @@ async fn handshake_and_a_stream_over_tls() {
         back
     });
     let mut link = dialer(&endpoint, &pki.ca_pem).dial().await.expect("dial");
-    let hello = Hello { device: "dev-1".into(), protocol_version: 1, ..Default::default() };
-    let welcome = handshake::hello(&mut link, hello, Duration::from_secs(5)).await.expect("welcome");
+    let hello = Hello {
+        device: "dev-1".into(),
+        protocol_version: 1,
+        ..Default::default()
+    };
+    let welcome = handshake::hello(&mut link, hello, Duration::from_secs(5))
+        .await
+        .expect("welcome");
     assert_eq!(welcome.session_id, 5);
-    let (_handle, mut incoming) = session::spawn(Role::Device, SessionConfig::default(), 5, 1, link, tracing::Span::none()).expect("session");
+    let (_handle, mut incoming) = session::spawn(
+        Role::Device,
+        SessionConfig::default(),
+        5,
+        1,
+        link,
+        tracing::Span::none(),
+    )
+    .expect("session");
     let mut stream = incoming.recv().await.expect("stream");
     // Echo everything back.
     while let Some(chunk) = stream.recv().await.expect("recv") {
@@ -98,11 +138,19 @@ async fn refusal_reaches_the_device_with_its_reason() {
     tokio::spawn(async move {
         let mut link = links.recv().await.expect("a link");
         let _ = handshake::read_hello(&mut link, Duration::from_secs(5)).await;
-        handshake::refuse(&mut link, RefuseReason::DuplicateDevice, "already connected").await.expect("refuse");
+        handshake::refuse(
+            &mut link,
+            RefuseReason::DuplicateDevice,
+            "already connected",
+        )
+        .await
+        .expect("refuse");
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
     let mut link = dialer(&endpoint, &pki.ca_pem).dial().await.expect("dial");
-    let err = handshake::hello(&mut link, Hello::default(), Duration::from_secs(5)).await.expect_err("refused");
+    let err = handshake::hello(&mut link, Hello::default(), Duration::from_secs(5))
+        .await
+        .expect_err("refused");
     assert!(err.is_refusal());
     assert!(err.to_string().contains("already connected"), "{err}");
 }
@@ -112,6 +160,9 @@ async fn a_device_that_does_not_trust_the_cloud_does_not_connect() {
     let pki = pki();
     let other = self::pki();
     let (endpoint, _links) = server(pki.server).await;
-    let err = dialer(&endpoint, &other.ca_pem).dial().await.expect_err("untrusted");
+    let err = dialer(&endpoint, &other.ca_pem)
+        .dial()
+        .await
+        .expect_err("untrusted");
     assert!(err.to_string().contains("connect to"), "{err}");
 }
