@@ -561,13 +561,20 @@ impl VirtualNode {
     async fn write_device_status(&self, ready: Option<&Value>) {
         let now = Timestamp::now().to_string();
         let connected = self.connected();
+        let previous = self.device.as_ref().and_then(|d| d.status.as_ref());
         let condition = |type_: &str, ok: bool, reason: &str, message: &str| {
+            let status = if ok { "True" } else { "False" };
+            // The transition time moves only when the status does.
+            let since = previous
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+                .filter(|c| c.status == status)
+                .map_or_else(|| now.clone(), |c| c.last_transition_time.0.to_string());
             json!({
                 "type": type_,
-                "status": if ok { "True" } else { "False" },
+                "status": status,
                 "reason": reason,
                 "message": message,
-                "lastTransitionTime": now,
+                "lastTransitionTime": since,
                 "observedGeneration": self.device.as_ref().and_then(|d| d.metadata.generation).unwrap_or(0),
             })
         };

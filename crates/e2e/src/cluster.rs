@@ -263,6 +263,36 @@ impl TestEnv {
         )
     }
 
+    /// The common start of a test: an EdgeDevice, this test's aranya, an
+    /// agent for the device, and its Node Ready.
+    pub async fn device_up(&self, suffix: &str, allocatable_pods: u32) -> anyhow::Result<DeviceUp> {
+        let name = self.device(suffix);
+        self.create_device(&name, allocatable_pods).await?;
+        let aranya = self.start_aranya("a")?;
+        let arhat = self.start_arhat(&name, "1", &[])?;
+        let node = self
+            .wait_ready(
+                &name,
+                "True",
+                Some("EdgeDeviceConnected"),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\naranya:\n{}\narhat:\n{}",
+                    aranya.log_tail(30),
+                    arhat.log_tail(30)
+                )
+            })?;
+        Ok(DeviceUp {
+            name,
+            aranya,
+            arhat,
+            node,
+        })
+    }
+
     pub fn nodes(&self) -> Api<Node> {
         Api::all(self.client.clone())
     }
@@ -296,6 +326,16 @@ impl TestEnv {
         )
         .await
     }
+}
+
+/// What [`TestEnv::device_up`] started.
+#[derive(Debug)]
+pub struct DeviceUp {
+    pub name: String,
+    pub aranya: Proc,
+    pub arhat: Proc,
+    /// The Node as it first was Ready.
+    pub node: Node,
 }
 
 pub fn node_ready(node: &Node) -> Option<(String, String)> {

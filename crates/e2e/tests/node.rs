@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use e2e::{TestEnv, cluster::labels, wait_for};
+use e2e::{
+    TestEnv,
+    cluster::{DeviceUp, labels},
+    wait_for,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
@@ -31,14 +35,7 @@ fn host_arch() -> &'static str {
 #[tokio::test(flavor = "multi_thread")]
 async fn device_becomes_a_ready_node_with_its_real_facts() -> anyhow::Result<()> {
     let env = TestEnv::new("ready").await?;
-    let name = env.device("a");
-    env.create_device(&name, 7).await?;
-    let _aranya = env.start_aranya("a")?;
-    let arhat = env.start_arhat(&name, "1", &[])?;
-    let node = env
-        .wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\narhat log:\n{}", arhat.log_tail(30)))?;
+    let DeviceUp { name, node, .. } = env.device_up("a", 7).await?;
 
     let labels = labels(&node);
     assert_eq!(
@@ -149,11 +146,12 @@ async fn device_becomes_a_ready_node_with_its_real_facts() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn lease_renews_while_aranya_lives() -> anyhow::Result<()> {
     let env = TestEnv::new("lease").await?;
-    let name = env.device("a");
-    env.create_device(&name, 3).await?;
-    let _aranya = env.start_aranya("a")?;
-    let _arhat = env.start_arhat(&name, "1", &[])?;
-    let node = env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    let DeviceUp {
+        name,
+        aranya: _aranya,
+        arhat: _arhat,
+        node,
+    } = env.device_up("a", 3).await?;
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), "kube-node-lease");
     let first = wait_for("the node lease", Duration::from_secs(20), || async {
         leases.get_opt(&name).await.ok().flatten()
@@ -180,11 +178,12 @@ async fn lease_renews_while_aranya_lives() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn arhat_killed_goes_not_ready_and_back() -> anyhow::Result<()> {
     let env = TestEnv::new("disconnect").await?;
-    let name = env.device("a");
-    env.create_device(&name, 3).await?;
-    let _aranya = env.start_aranya("a")?;
-    let mut arhat = env.start_arhat(&name, "1", &[])?;
-    env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    let DeviceUp {
+        name,
+        aranya: _aranya,
+        mut arhat,
+        node: _,
+    } = env.device_up("a", 3).await?;
 
     arhat.kill();
     let started = std::time::Instant::now();
@@ -308,11 +307,12 @@ async fn standby_replica_takes_over_when_the_leader_dies() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn node_deleted_by_hand_is_recreated() -> anyhow::Result<()> {
     let env = TestEnv::new("recreate").await?;
-    let name = env.device("a");
-    env.create_device(&name, 3).await?;
-    let _aranya = env.start_aranya("a")?;
-    let _arhat = env.start_arhat(&name, "1", &[])?;
-    let node = env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    let DeviceUp {
+        name,
+        aranya: _aranya,
+        arhat: _arhat,
+        node,
+    } = env.device_up("a", 3).await?;
     env.nodes().delete(&name, &Default::default()).await?;
     let recreated = wait_for("the node recreated", Duration::from_secs(30), || async {
         let n = env.nodes().get_opt(&name).await.ok()??;
@@ -328,11 +328,12 @@ async fn node_deleted_by_hand_is_recreated() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn edge_device_deleted_removes_node_and_lease() -> anyhow::Result<()> {
     let env = TestEnv::new("delete").await?;
-    let name = env.device("a");
-    env.create_device(&name, 3).await?;
-    let _aranya = env.start_aranya("a")?;
-    let _arhat = env.start_arhat(&name, "1", &[])?;
-    env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    let DeviceUp {
+        name,
+        aranya: _aranya,
+        arhat: _arhat,
+        node: _,
+    } = env.device_up("a", 3).await?;
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), "kube-node-lease");
     wait_for("the lease", Duration::from_secs(20), || async {
         leases.get_opt(&name).await.ok().flatten()
@@ -360,11 +361,12 @@ async fn edge_device_deleted_removes_node_and_lease() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn second_agent_with_the_same_name_is_refused() -> anyhow::Result<()> {
     let env = TestEnv::new("duplicate").await?;
-    let name = env.device("a");
-    env.create_device(&name, 3).await?;
-    let aranya = env.start_aranya("a")?;
-    let first = env.start_arhat(&name, "1", &[])?;
-    env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
+    let DeviceUp {
+        name,
+        aranya,
+        arhat: first,
+        node: _,
+    } = env.device_up("a", 3).await?;
     let second = env.start_arhat(&name, "2", &[])?;
     wait_for(
         "the second agent refused",

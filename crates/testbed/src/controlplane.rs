@@ -707,13 +707,8 @@ impl Starter {
         )?;
         let grace = self.opts.node_monitor_grace_period;
         self.start_secure_component("kube-controller-manager", &kubeconfig, |port| {
-            let mut a = vec![
-                format!("--kubeconfig={}", cm_kubeconfig.display()),
-                format!("--authentication-kubeconfig={}", cm_kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", cm_kubeconfig.display()),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                "--leader-elect=false".into(),
+            let mut a = controller_args(&cm_kubeconfig, port);
+            a.extend([
                 format!(
                     "--service-account-private-key-file={}",
                     pki.sa_key.display()
@@ -722,7 +717,7 @@ impl Starter {
                 "--use-service-account-credentials=true".into(),
                 format!("--cluster-signing-cert-file={}", pki.ca_crt.display()),
                 format!("--cluster-signing-key-file={}", pki.ca_key.display()),
-            ];
+            ]);
             if let Some(d) = grace {
                 a.push(format!("--node-monitor-grace-period={}", go_duration(d)));
             }
@@ -731,14 +726,7 @@ impl Starter {
         })
         .await?;
         self.start_secure_component("kube-scheduler", &kubeconfig, |port| {
-            let mut a = vec![
-                format!("--kubeconfig={}", sched_kubeconfig.display()),
-                format!("--authentication-kubeconfig={}", sched_kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", sched_kubeconfig.display()),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                "--leader-elect=false".into(),
-            ];
+            let mut a = controller_args(&sched_kubeconfig, port);
             a.extend(tls_args(&pki.scheduler_serving));
             a
         })
@@ -1294,6 +1282,19 @@ async fn heartbeat(kubeconfig: PathBuf) {
             tracing::trace!("worker lease renewed");
         }
     }
+}
+
+/// Flags the scheduler and the controller-manager share: their identity for
+/// everything, a loopback secure port, no leader election.
+fn controller_args(kubeconfig: &Path, port: u16) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--authentication-kubeconfig={}", kubeconfig.display()),
+        format!("--authorization-kubeconfig={}", kubeconfig.display()),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        "--leader-elect=false".into(),
+    ]
 }
 
 #[cfg(test)]
