@@ -7,20 +7,28 @@ export ARANYA_CACHE := $(CACHE)
 export CARGO_TARGET_DIR ?= $(CACHE)/cargo-target
 CARGO ?= cargo
 
-.PHONY: up down test deps build kube lint unit e2e clean
+HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/host: //p')
+# The pod sandbox's process, linked statically so the infra image needs nothing else.
+export ARANYA_PAUSE_BINARY ?= $(CARGO_TARGET_DIR)/static/$(HOST_TRIPLE)/release/pause
 
-up: deps build kube
+.PHONY: up down test deps docker build kube pause lint clean
+
+up: deps docker build kube pause
 	@scripts/up.sh "$(CARGO_TARGET_DIR)/debug/demo"
 
 down:
 	@scripts/down.sh
 
-test: deps lint build kube
+test: deps docker lint build kube pause
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
 deps:
 	@scripts/deps.sh
+
+# A Docker engine on the default socket (installed and started if absent; needs root then).
+docker:
+	@scripts/docker.sh
 
 build:
 	$(CARGO) build --workspace --bins
@@ -28,6 +36,10 @@ build:
 # The test-bed control plane binary (cached under $(CACHE)/bin).
 kube:
 	@testbed/kube/build.sh >/dev/null
+
+pause:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build -p pause --release \
+	  --target $(HOST_TRIPLE) --target-dir $(CARGO_TARGET_DIR)/static
 
 lint:
 	$(CARGO) fmt --all -- --check

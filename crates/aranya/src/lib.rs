@@ -5,6 +5,7 @@
 //! - [`controller`]: EdgeDevice reconcile (finalizer, virtual node lifetime).
 //! - [`virtualnode`]: the Node object, its status and its Lease.
 //! - [`hub`]: devices arriving over any transport: handshake, sessions.
+//! - [`pods`]: pods bound to a virtual node, run on its device.
 //! - [`leader`]: one active replica at a time.
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod controller;
 pub mod crd;
 pub mod hub;
 pub mod leader;
+pub mod pods;
 pub mod resources;
 pub mod virtualnode;
 

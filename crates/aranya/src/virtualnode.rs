@@ -25,8 +25,10 @@ use tracing::{Instrument, debug, info, warn};
 use crate::{
     crd::{EdgeDevice, EdgeDeviceSpec},
     hub::Connected,
+    pods::PodSyncHandle,
     resources,
 };
+use proto::session::ResetCode;
 
 pub const FIELD_MANAGER: &str = "aranya";
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -91,7 +93,14 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
     let (cmds, rx) = mpsc::channel(16);
     let (report_tx, report_rx) = mpsc::channel(4);
     let span = tracing::info_span!("node", node = %name);
+    let (pods, pods_task) = {
+        let _entered = span.enter();
+        let (handle, task) = crate::pods::spawn(env.client.clone(), name.clone());
+        (handle, task)
+    };
     let node = VirtualNode {
+        pods,
+        pods_task,
         nodes: Api::all(env.client.clone()),
         leases: Api::namespaced(env.client.clone(), LEASE_NAMESPACE),
         devices: Api::all(env.client.clone()),
@@ -132,6 +141,8 @@ struct VirtualNode {
     transport: Option<&'static str>,
     report: Option<NodeStatus>,
     report_tx: mpsc::Sender<NodeStatus>,
+    pods: PodSyncHandle,
+    pods_task: tokio::task::JoinHandle<()>,
     node_uid: Option<String>,
     known: Known,
     started: tokio::time::Instant,
@@ -171,6 +182,7 @@ impl VirtualNode {
                         self.transport = Some(connected.transport);
                         self.accept_streams(connected.incoming);
                         self.request_status(connected.session.clone());
+                        self.pods.session.send_replace(Some(connected.session.clone()));
                         if let Some(old) = self.session.replace(connected.session) {
                             old.close("replaced");
                         }
@@ -219,36 +231,32 @@ impl VirtualNode {
 
     fn accept_streams(&self, mut incoming: mpsc::UnboundedReceiver<Stream>) {
         let reports = self.report_tx.clone();
+        let pod_reports = self.pods.reports.clone();
         tokio::spawn(
             async move {
                 while let Some(mut stream) = incoming.recv().await {
                     let reports = reports.clone();
+                    let pod_reports = pod_reports.clone();
                     tokio::spawn(async move {
-                        match stream.open_header().map(|h| h.kind) {
+                        let result = match stream.open_header().map(|h| h.kind) {
                             Ok(Some(Kind::ReportNodeStatus(_))) => {
-                                match stream.recv_message::<NodeStatus>().await {
-                                    Ok(Some(status)) => {
-                                        let _ = stream.expect_end().await;
-                                        let _ = reports.send(status).await;
-                                    }
-                                    Ok(None) => debug!("empty status report"),
-                                    Err(e) => warn!(error = %e, "reading a status report"),
-                                }
+                                forward(&mut stream, &reports).await
+                            }
+                            Ok(Some(Kind::ReportPodStatus(_))) => {
+                                forward(&mut stream, &pod_reports).await
                             }
                             Ok(other) => {
                                 warn!(?other, "device opened a stream aranya does not serve");
-                                stream.reset(
-                                    proto::session::ResetCode::Refused,
-                                    "not served by aranya",
-                                );
+                                stream.reset(ResetCode::Refused, "not served by aranya");
+                                Ok(())
                             }
                             Err(e) => {
-                                warn!(error = %e, "stream header");
-                                stream.reset(
-                                    proto::session::ResetCode::ProtocolError,
-                                    "malformed header",
-                                );
+                                stream.reset(ResetCode::ProtocolError, "malformed header");
+                                Err(e)
                             }
+                        };
+                        if let Err(e) = result {
+                            warn!(error = %e, "serving a device stream");
                         }
                     });
                 }
@@ -671,10 +679,23 @@ impl VirtualNode {
     }
 }
 
+/// Reads the one report a device stream carries and hands it on.
+async fn forward<M: prost::Message + Default>(
+    stream: &mut Stream,
+    to: &mpsc::Sender<M>,
+) -> Result<(), connectivity::StreamError> {
+    if let Some(report) = stream.recv_message::<M>().await? {
+        stream.expect_end().await?;
+        let _ = to.send(report).await;
+    }
+    Ok(())
+}
+
 impl Drop for VirtualNode {
     fn drop(&mut self) {
         if let Some(session) = &self.session {
             session.close("virtual node stopped");
         }
+        self.pods_task.abort();
     }
 }

@@ -20,13 +20,18 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     backoff::Backoff,
-    config::{Config, MethodName},
+    config::{Config, MethodName, RuntimeKind},
     nodeinfo,
+    pod::PodManager,
+    runtime::{Runtime, docker::Docker},
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// No container runtime is wired in yet; reported honestly in nodeInfo.
-const RUNTIME_VERSION: &str = "none://0.0.0";
+/// Reported in nodeInfo when the device runs no container runtime.
+const NO_RUNTIME: &str = "none://0.0.0";
+
+/// Pods run through this runtime (containerd and Podman will join it behind the same trait).
+type Pods = PodManager<Docker>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -38,6 +43,8 @@ pub enum AgentError {
         method: &'static str,
         reason: String,
     },
+    #[error("container runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
 }
 
 /// Options that are not part of the config file.
@@ -62,6 +69,8 @@ struct Current {
 
 pub struct Agent {
     config: Arc<Config>,
+    pods: Option<Arc<Pods>>,
+    runtime_version: Arc<str>,
     options: Options,
     dialers: Vec<Box<dyn Dialer>>,
     nonce: Bytes,
@@ -78,7 +87,7 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    pub fn new(config: Config, options: Options) -> Result<Self, AgentError> {
+    pub async fn new(config: Config, options: Options) -> Result<Self, AgentError> {
         let mut dialers: Vec<Box<dyn Dialer>> = Vec::new();
         for method in config.methods_by_priority() {
             match method.name {
@@ -101,8 +110,34 @@ impl Agent {
                 }
             }
         }
+        let (pods, runtime_version) = match config.runtime.kind {
+            RuntimeKind::None => (None, NO_RUNTIME.to_string()),
+            RuntimeKind::Docker => {
+                let docker =
+                    Docker::connect(config.runtime.pause_binary.clone(), &config.device.name)
+                        .await?;
+                let version = docker.version().await?;
+                // Until pods survive an agent restart (adopted by UID), what a
+                // previous run left is removed so nothing runs twice.
+                let leftovers = docker.list_pod_objects().await?;
+                if !leftovers.is_empty() {
+                    info!(
+                        count = leftovers.len(),
+                        "removing containers left by a previous run"
+                    );
+                }
+                for o in leftovers {
+                    docker.remove_container(&o.id).await?;
+                }
+                let host_ip = nodeinfo::host_ip().unwrap_or_default();
+                (Some(PodManager::new(Arc::new(docker), host_ip)), version)
+            }
+        };
+        info!(runtime = %runtime_version, "container runtime ready");
         Ok(Self {
             config: Arc::new(config),
+            pods,
+            runtime_version: runtime_version.into(),
             options,
             dialers,
             nonce: Bytes::from(rand::random::<[u8; 16]>().to_vec()),
@@ -188,13 +223,16 @@ impl Agent {
         )
         .map_err(|e| HandshakeError::Protocol(format!("session settings: {e}")))?;
         info!(session = welcome.session_id, "connected to aranya");
-        tokio::spawn(
-            serve(self.config.clone(), self.generation.clone(), incoming).instrument(span.clone()),
-        );
-        tokio::spawn(
-            report_status(self.config.clone(), self.generation.clone(), handle.clone())
-                .instrument(span),
-        );
+        let sampler = Sampler {
+            config: self.config.clone(),
+            generation: self.generation.clone(),
+            runtime_version: self.runtime_version.clone(),
+        };
+        tokio::spawn(serve(sampler.clone(), self.pods.clone(), incoming).instrument(span.clone()));
+        tokio::spawn(report_status(sampler, handle.clone()).instrument(span.clone()));
+        if let Some(pods) = &self.pods {
+            tokio::spawn(report_pods(pods.clone(), handle.clone()).instrument(span));
+        }
         let state = handle.state();
         *current = Some(Current {
             handle,
@@ -215,35 +253,60 @@ async fn wait_link_lost(mut state: watch::Receiver<LinkState>) {
     }
 }
 
-fn sample(config: &Config, generation: &std::sync::atomic::AtomicU64) -> NodeStatus {
-    let mut status = nodeinfo::collect(&config.node.storage_path, RUNTIME_VERSION);
-    status.generation = generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    status
+/// Reads the device's status, numbering each sample.
+#[derive(Debug, Clone)]
+struct Sampler {
+    config: Arc<Config>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    runtime_version: Arc<str>,
+}
+
+impl Sampler {
+    fn sample(&self) -> NodeStatus {
+        let mut status = nodeinfo::collect(&self.config.node.storage_path, &self.runtime_version);
+        status.generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        status
+    }
 }
 
 /// Answers the streams aranya opens.
 async fn serve(
-    config: Arc<Config>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
+    sampler: Sampler,
+    pods: Option<Arc<Pods>>,
     mut incoming: mpsc::UnboundedReceiver<Stream>,
 ) {
     while let Some(mut stream) = incoming.recv().await {
-        let config = config.clone();
-        let generation = generation.clone();
+        let sampler = sampler.clone();
+        let pods = pods.clone();
         let span = stream.span().clone();
         tokio::spawn(
             async move {
-                match stream.open_header().map(|h| h.kind) {
-                    Ok(Some(Kind::GetNodeStatus(_))) => {
-                        if let Err(e) = answer_status(&mut stream, &config, &generation).await {
-                            warn!(error = %e, "answering node status");
-                        }
+                let result = match stream.open_header().map(|h| h.kind) {
+                    Ok(Some(Kind::GetNodeStatus(_))) => answer_status(&mut stream, &sampler).await,
+                    Ok(Some(Kind::EnsurePod(_))) => {
+                        crate::pod::serve::ensure(&mut stream, pods.as_ref()).await
+                    }
+                    Ok(Some(Kind::DeletePod(_))) => {
+                        crate::pod::serve::delete(&mut stream, pods.as_ref()).await
+                    }
+                    Ok(Some(Kind::ListPods(_))) => {
+                        crate::pod::serve::list(&mut stream, pods.as_ref()).await
                     }
                     Ok(other) => {
                         warn!(?other, "aranya opened a stream this agent does not serve");
                         stream.reset(ResetCode::Refused, "not served by this agent");
+                        Ok(())
                     }
-                    Err(e) => stream.reset(ResetCode::ProtocolError, &e.to_string()),
+                    Err(e) => {
+                        stream.reset(ResetCode::ProtocolError, &e.to_string());
+                        Ok(())
+                    }
+                };
+                if let Err(e) = result {
+                    warn!(error = %e, "serving a stream");
                 }
             }
             .instrument(span),
@@ -253,30 +316,25 @@ async fn serve(
 
 async fn answer_status(
     stream: &mut Stream,
-    config: &Config,
-    generation: &std::sync::atomic::AtomicU64,
+    sampler: &Sampler,
 ) -> Result<(), connectivity::StreamError> {
     let _request: Option<GetNodeStatus> = stream.recv_message().await?;
     stream.expect_end().await?;
-    stream.send_message(&sample(config, generation)).await?;
+    stream.send_message(&sampler.sample()).await?;
     stream.finish();
     Ok(())
 }
 
 /// Reports status at once, then whenever a sample differs from the last report.
-async fn report_status(
-    config: Arc<Config>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
-    session: SessionHandle,
-) {
+async fn report_status(sampler: Sampler, session: SessionHandle) {
     let mut last: Option<NodeStatus> = None;
-    let mut tick = tokio::time::interval(config.node.status_interval);
+    let mut tick = tokio::time::interval(sampler.config.node.status_interval);
     loop {
         tick.tick().await;
         if session.is_closed() {
             return;
         }
-        let mut status = sample(&config, &generation);
+        let mut status = sampler.sample();
         let changed = last.as_ref().is_none_or(|l| {
             let mut prev = l.clone();
             prev.generation = status.generation;
@@ -288,14 +346,7 @@ async fn report_status(
         let header = Open {
             kind: Some(Kind::ReportNodeStatus(ReportNodeStatus {})),
         };
-        let result = async {
-            let mut stream = session.open(&header).await?;
-            stream.send_message(&status).await?;
-            stream.finish();
-            stream.expect_end().await
-        }
-        .await;
-        match result {
+        match send_one(&session, &header, &status).await {
             Ok(()) => {
                 status.generation = 0;
                 last = Some(status);
@@ -303,4 +354,44 @@ async fn report_status(
             Err(e) => debug!(error = %e, "status report not delivered; retrying on the next tick"),
         }
     }
+}
+
+/// Pushes every pod status change as it happens. What a lost session drops,
+/// aranya recovers by listing pods when the device is back.
+async fn report_pods(pods: Arc<Pods>, session: SessionHandle) {
+    let header = Open {
+        kind: Some(Kind::ReportPodStatus(proto::api::ReportPodStatus {})),
+    };
+    loop {
+        let changes = tokio::select! {
+            c = pods.changes() => c,
+            () = closed(&session) => return,
+        };
+        for status in changes {
+            if let Err(e) = send_one(&session, &header, &status).await {
+                debug!(error = %e, uid = %status.uid, "pod status not delivered");
+            }
+        }
+    }
+}
+
+async fn closed(session: &SessionHandle) {
+    let mut state = session.state();
+    while !matches!(*state.borrow_and_update(), LinkState::Closed { .. }) {
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens a stream, sends one message, finishes, and waits for the peer's end.
+async fn send_one<M: prost::Message>(
+    session: &SessionHandle,
+    header: &Open,
+    message: &M,
+) -> Result<(), connectivity::StreamError> {
+    let mut stream = session.open(header).await?;
+    stream.send_message(message).await?;
+    stream.finish();
+    stream.expect_end().await
 }

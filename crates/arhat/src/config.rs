@@ -43,7 +43,43 @@ pub struct Config {
     #[serde(default)]
     pub node: Node,
     #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
     pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    /// Which container runtime runs pods.
+    #[serde(default)]
+    pub kind: RuntimeKind,
+    /// The static `pause` binary the pod sandbox image is built from.
+    #[serde(default = "default_pause_binary")]
+    pub pause_binary: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            kind: RuntimeKind::default(),
+            pause_binary: default_pause_binary(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// The host's dockerd on its default socket (`DOCKER_HOST` honoured).
+    #[default]
+    Docker,
+    /// No runtime: the device reports itself but runs no pods.
+    None,
+}
+
+fn default_pause_binary() -> PathBuf {
+    PathBuf::from("/usr/lib/arhat/pause")
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,8 +5,12 @@
 //! - [`agent`]: the connection loop and the streams it serves.
 //! - [`nodeinfo`]: system identity and capacity from the host.
 //! - [`backoff`]: reconnect delays.
+//! - [`runtime`]: the container runtime seam (Docker first).
+//! - [`pod`]: pods by UID: sandbox, init and app containers, restarts, status.
 
 pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod nodeinfo;
+pub mod pod;
+pub mod runtime;

@@ -40,7 +40,7 @@ async fn main() -> ExitCode {
     if let Some(v) = cli.protocol_version {
         options.protocol_version = v;
     }
-    let agent = match arhat::agent::Agent::new(config, options) {
+    let agent = match arhat::agent::Agent::new(config, options).await {
         Ok(agent) => agent,
         Err(e) => {
             eprintln!("arhat: {e}");

@@ -57,6 +57,22 @@ pub fn kube_arch(machine: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// The device's primary IPv4 address (the first local, non-loopback one the
+/// kernel's routing table lists), reported as pods' hostIP.
+pub fn host_ip() -> Option<String> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").ok()?;
+    parse_fib_trie(&trie)
+}
+
+fn parse_fib_trie(trie: &str) -> Option<String> {
+    let lines: Vec<&str> = trie.lines().collect();
+    lines.windows(2).find_map(|w| {
+        let ip = w[0].trim().strip_prefix("|-- ")?;
+        let local = w[1].trim() == "/32 host LOCAL";
+        (local && !ip.starts_with("127.")).then(|| ip.to_string())
+    })
+}
+
 fn first_line(paths: &[&str]) -> String {
     paths
         .iter()
@@ -120,6 +136,12 @@ mod tests {
             parse_os_release("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
             Some("Debian GNU/Linux 12 (bookworm)")
         );
+    }
+
+    #[test]
+    fn fib_trie_gives_the_first_local_address() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 10.0.2.15\n        /32 host LOCAL\n";
+        assert_eq!(parse_fib_trie(trie).as_deref(), Some("10.0.2.15"));
     }
 
     #[test]

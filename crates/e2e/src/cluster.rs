@@ -77,6 +77,7 @@ impl Cluster {
             &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
         )?;
         grpc.write(dir, "grpc")?;
+        crate::images::ensure_busybox()?;
         let root = repo_root();
         cluster.kubectl(&[
             "apply",
@@ -131,6 +132,17 @@ pub struct TestEnv {
     pub name: String,
     pub dir: PathBuf,
     pub grpc_port: u16,
+    /// Devices created here; their containers are removed when the test ends.
+    devices: std::sync::Mutex<Vec<String>>,
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let devices = self.devices.lock().map(|d| d.clone()).unwrap_or_default();
+        for device in devices {
+            crate::images::remove_device_containers(&device);
+        }
+    }
 }
 
 impl std::fmt::Debug for TestEnv {
@@ -176,6 +188,7 @@ impl TestEnv {
             grpc_port: free_port()?,
             name,
             dir,
+            devices: std::sync::Mutex::default(),
         })
     }
 
@@ -200,6 +213,9 @@ impl TestEnv {
                 "pod": { "allocatable": allocatable_pods, "ipv4CIDR": "10.200.1.0/24" },
             },
         }))?;
+        if let Ok(mut devices) = self.devices.lock() {
+            devices.push(name.to_string());
+        }
         let api: Api<EdgeDevice> = Api::all(self.client.clone());
         Ok(api.create(&PostParams::default(), &device).await?)
     }
@@ -239,9 +255,10 @@ impl TestEnv {
     pub fn arhat_config(&self, device: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(format!("arhat-{device}.yaml"));
         let config = format!(
-            "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: 200ms\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: 2s\n  storagePath: /\nlog:\n  level: info,arhat=debug,connectivity=debug\n",
+            "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: 200ms\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: 2s\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\nlog:\n  level: info,arhat=debug,connectivity=debug\n",
             port = self.grpc_port,
             ca = self.cluster.ca_file.display(),
+            pause = crate::process::pause_binary()?.display(),
         );
         std::fs::write(&path, config)?;
         Ok(path)

@@ -6,6 +6,7 @@
 //! label selector (each test's aranya manages only its own EdgeDevices).
 
 pub mod cluster;
+pub mod images;
 pub mod process;
 pub mod wait;
 

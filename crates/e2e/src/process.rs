@@ -36,6 +36,23 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The static pause binary (`make pause` builds it; `ARANYA_PAUSE_BINARY` overrides).
+pub fn pause_binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("ARANYA_PAUSE_BINARY") {
+        Some(p) => PathBuf::from(p),
+        None => bin_dir()?
+            .join("../static")
+            .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+            .join("release/pause"),
+    };
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build it with `make pause` (make test does)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// A running aranya or arhat, stopped when dropped.
 #[derive(Debug)]
 pub struct Proc {

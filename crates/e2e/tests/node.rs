@@ -35,7 +35,9 @@ fn host_arch() -> &'static str {
 #[tokio::test(flavor = "multi_thread")]
 async fn device_becomes_a_ready_node_with_its_real_facts() -> anyhow::Result<()> {
     let env = TestEnv::new("ready").await?;
-    let DeviceUp { name, node, .. } = env.device_up("a", 7).await?;
+    // Keep the whole value: dropping it stops aranya and arhat.
+    let up = env.device_up("a", 7).await?;
+    let (name, node) = (up.name.clone(), up.node.clone());
 
     let labels = labels(&node);
     assert_eq!(

@@ -1,0 +1,296 @@
+//! Pods bound to a virtual node: sent to the device by UID, their status
+//! written back as a kubelet writes it, and deleted like a kubelet deletes
+//! (containers stopped with the grace period first, then a zero-grace delete).
+
+mod spec;
+mod status;
+
+use std::collections::{HashMap, HashSet};
+
+use connectivity::SessionHandle;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::{WatchStreamExt, watcher},
+};
+use proto::api::{DeletePodRequest, ListPods, Open, PodStatus, PodStatusList, open::Kind};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+/// What the virtual node hands its pod sync.
+#[derive(Debug, Clone)]
+pub struct PodSyncHandle {
+    pub session: watch::Sender<Option<SessionHandle>>,
+    pub reports: mpsc::Sender<PodStatus>,
+}
+
+/// Starts syncing the pods bound to `node`; stops when the handle's senders are dropped.
+pub fn spawn(client: Client, node: String) -> (PodSyncHandle, tokio::task::JoinHandle<()>) {
+    let (session_tx, session_rx) = watch::channel(None);
+    let (reports_tx, reports_rx) = mpsc::channel(256);
+    let sync = PodSync {
+        pods: Api::all(client.clone()),
+        client,
+        node,
+        session: session_rx,
+        reports: reports_rx,
+        reports_tx: reports_tx.clone(),
+        known: HashMap::new(),
+        ensured: HashSet::new(),
+        deleting: HashSet::new(),
+    };
+    let task = tokio::spawn(sync.run());
+    (
+        PodSyncHandle {
+            session: session_tx,
+            reports: reports_tx,
+        },
+        task,
+    )
+}
+
+struct PodSync {
+    client: Client,
+    pods: Api<Pod>,
+    node: String,
+    session: watch::Receiver<Option<SessionHandle>>,
+    reports: mpsc::Receiver<PodStatus>,
+    reports_tx: mpsc::Sender<PodStatus>,
+    /// Pods bound to this node, by UID.
+    known: HashMap<String, Pod>,
+    /// UIDs sent to the device on the current session.
+    ensured: HashSet<String>,
+    /// UIDs whose deletion the device is working on.
+    deleting: HashSet<String>,
+}
+
+impl PodSync {
+    async fn run(mut self) {
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
+        let mut events = watcher(self.pods.clone(), config).default_backoff().boxed();
+        let mut listing: Option<HashSet<String>> = None;
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(watcher::Event::Init)) => listing = Some(HashSet::new()),
+                    Some(Ok(watcher::Event::InitApply(pod))) => {
+                        if let Some(l) = listing.as_mut() {
+                            l.insert(pod.uid().unwrap_or_default());
+                        }
+                        self.on_pod(pod);
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        // Pods that vanished while the watch was re-listing.
+                        let listed = listing.take().unwrap_or_default();
+                        let gone: Vec<Pod> = self.known.values().filter(|p| !listed.contains(&p.uid().unwrap_or_default())).cloned().collect();
+                        for pod in gone {
+                            self.on_gone(pod);
+                        }
+                    }
+                    Some(Ok(watcher::Event::Apply(pod))) => self.on_pod(pod),
+                    Some(Ok(watcher::Event::Delete(pod))) => self.on_gone(pod),
+                    Some(Err(e)) => warn!(error = %e, "watching pods"),
+                    None => return,
+                },
+                changed = self.session.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.ensured.clear();
+                    self.deleting.clear();
+                    if self.current_session().is_some() {
+                        self.sync_device();
+                    }
+                }
+                Some(status) = self.reports.recv() => self.on_status(status).await,
+            }
+        }
+    }
+
+    fn current_session(&self) -> Option<SessionHandle> {
+        self.session.borrow().clone().filter(|s| !s.is_closed())
+    }
+
+    fn on_pod(&mut self, pod: Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        self.known.insert(uid.clone(), pod.clone());
+        if deleting {
+            let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+            self.delete_on_device(&uid, grace);
+        } else if !self.ensured.contains(&uid) {
+            self.ensure_on_device(pod);
+        }
+    }
+
+    /// The Pod object is gone (force delete, or removed after the device cleaned up).
+    fn on_gone(&mut self, pod: Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        self.known.remove(&uid);
+        self.ensured.remove(&uid);
+        if !self.deleting.contains(&uid) {
+            self.delete_on_device(&uid, 0);
+        }
+    }
+
+    fn ensure_on_device(&mut self, pod: Pod) {
+        let Some(session) = self.current_session() else {
+            return;
+        };
+        let uid = pod.uid().unwrap_or_default();
+        self.ensured.insert(uid.clone());
+        let client = self.client.clone();
+        let reports = self.reports_tx.clone();
+        tokio::spawn(async move {
+            let spec = match spec::device_spec(&client, &pod).await {
+                Ok(spec) => spec,
+                Err(e) => {
+                    info!(pod = %pod.name_any(), error = %e, "pod not runnable yet");
+                    let _ = reports
+                        .send(status::config_error(&pod, &e.to_string()))
+                        .await;
+                    return;
+                }
+            };
+            let header = Open {
+                kind: Some(Kind::EnsurePod(proto::api::EnsurePod {})),
+            };
+            let result = async {
+                let mut stream = session.open(&header).await?;
+                stream.call::<_, PodStatus>(&spec).await
+            }
+            .await;
+            match result {
+                Ok(Some(status)) => {
+                    let _ = reports.send(status).await;
+                }
+                Ok(None) => warn!(%uid, "device answered no pod status"),
+                Err(e) => warn!(%uid, error = %e, "sending pod to the device"),
+            }
+        });
+    }
+
+    fn delete_on_device(&mut self, uid: &str, grace: i64) {
+        let Some(session) = self.current_session() else {
+            return;
+        };
+        if !self.deleting.insert(uid.to_string()) {
+            return;
+        }
+        let reports = self.reports_tx.clone();
+        let request = DeletePodRequest {
+            uid: uid.to_string(),
+            grace_period_seconds: grace,
+        };
+        tokio::spawn(async move {
+            let header = Open {
+                kind: Some(Kind::DeletePod(proto::api::DeletePod {})),
+            };
+            let result = async {
+                let mut stream = session.open(&header).await?;
+                stream.call::<_, PodStatus>(&request).await
+            }
+            .await;
+            match result {
+                Ok(Some(status)) => {
+                    let _ = reports.send(status).await;
+                }
+                Ok(None) => warn!(uid = %request.uid, "device answered no status for a delete"),
+                Err(e) => warn!(uid = %request.uid, error = %e, "deleting a pod on the device"),
+            }
+        });
+    }
+
+    /// After (re)connecting: pods the device runs but the cluster no longer
+    /// has are removed; pods it lacks are sent.
+    fn sync_device(&mut self) {
+        let Some(session) = self.current_session() else {
+            return;
+        };
+        let reports = self.reports_tx.clone();
+        let known: HashSet<String> = self.known.keys().cloned().collect();
+        tokio::spawn(async move {
+            let header = Open {
+                kind: Some(Kind::ListPods(ListPods {})),
+            };
+            let listed = async {
+                let mut stream = session.open(&header).await?;
+                stream.call::<_, PodStatusList>(&ListPods {}).await
+            }
+            .await;
+            match listed {
+                Ok(Some(list)) => {
+                    for status in list.pods {
+                        if !known.contains(&status.uid) {
+                            info!(uid = %status.uid, "device runs a pod the cluster no longer has");
+                        }
+                        let _ = reports.send(status).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "listing the device's pods"),
+            }
+        });
+        let pods: Vec<Pod> = self.known.values().cloned().collect();
+        for pod in pods {
+            self.on_pod(pod);
+        }
+    }
+
+    async fn on_status(&mut self, status: PodStatus) {
+        let Some(pod) = self.known.get(&status.uid).cloned() else {
+            // The device runs a pod the cluster does not have: remove it.
+            if !status.removed && !self.deleting.contains(&status.uid) {
+                self.delete_on_device(&status.uid, 0);
+            }
+            if status.removed {
+                self.deleting.remove(&status.uid);
+            }
+            return;
+        };
+        let namespace = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        if status.removed {
+            self.deleting.remove(&status.uid);
+            if pod.metadata.deletion_timestamp.is_some() {
+                // Containers are gone: the final, zero-grace delete, as a kubelet does.
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: Some(status.uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                match api.delete(&pod.name_any(), &params).await {
+                    Ok(_) => debug!(pod = %pod.name_any(), "pod removed"),
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Err(e) => warn!(pod = %pod.name_any(), error = %e, "removing the pod object"),
+                }
+            }
+            return;
+        }
+        if pod.metadata.deletion_timestamp.is_some()
+            && !status.removed
+            && !self.deleting.contains(&status.uid)
+        {
+            return;
+        }
+        let patch = status::pod_status_patch(&pod, &status);
+        if let Err(e) = api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+        {
+            match e {
+                kube::Error::Api(s) if s.code == 404 => {}
+                e => warn!(pod = %pod.name_any(), error = %e, "writing pod status"),
+            }
+        }
+    }
+}

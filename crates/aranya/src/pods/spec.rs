@@ -1,0 +1,270 @@
+//! A Pod object as the device runs it: everything the device cannot look up
+//! (ConfigMap and Secret values, metadata field refs) resolved here.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret},
+};
+use kube::{Api, Client, ResourceExt};
+use proto::api;
+
+use crate::resources;
+
+/// Why a pod cannot be handed to the device yet (a kubelet's CreateContainerConfigError).
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("configmap {0:?} not found")]
+    ConfigMapNotFound(String),
+    #[error("secret {0:?} not found")]
+    SecretNotFound(String),
+    #[error("couldn't find key {key} in {kind} {namespace}/{name}")]
+    KeyNotFound {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("unsupported field path {0:?}")]
+    FieldPath(String),
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Resolves the pod into the device's spec.
+pub async fn device_spec(client: &Client, pod: &Pod) -> Result<api::PodSpec, SpecError> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut lookup = Lookup {
+        client,
+        namespace: &namespace,
+        config_maps: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+    };
+    let mut containers = Vec::new();
+    for c in &spec.containers {
+        containers.push(container(&mut lookup, pod, c).await?);
+    }
+    let mut init_containers = Vec::new();
+    for c in spec.init_containers.iter().flatten() {
+        init_containers.push(container(&mut lookup, pod, c).await?);
+    }
+    Ok(api::PodSpec {
+        uid: pod.uid().unwrap_or_default(),
+        namespace: namespace.clone(),
+        name: pod.name_any(),
+        init_containers,
+        containers,
+        restart_policy: spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into()),
+        termination_grace_period_seconds: spec.termination_grace_period_seconds.unwrap_or(30),
+        host_network: spec.host_network.unwrap_or(false),
+        hostname: spec.hostname.clone().unwrap_or_else(|| pod.name_any()),
+    })
+}
+
+struct Lookup<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    config_maps: BTreeMap<String, Option<ConfigMap>>,
+    secrets: BTreeMap<String, Option<Secret>>,
+}
+
+impl Lookup<'_> {
+    async fn config_map(&mut self, name: &str) -> Result<Option<&ConfigMap>, SpecError> {
+        if !self.config_maps.contains_key(name) {
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
+            self.config_maps
+                .insert(name.to_string(), api.get_opt(name).await?);
+        }
+        Ok(self.config_maps.get(name).and_then(Option::as_ref))
+    }
+
+    async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, SpecError> {
+        if !self.secrets.contains_key(name) {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
+            self.secrets
+                .insert(name.to_string(), api.get_opt(name).await?);
+        }
+        Ok(self.secrets.get(name).and_then(Option::as_ref))
+    }
+}
+
+fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, String> {
+    let mut data = cm.data.clone().unwrap_or_default();
+    for (k, v) in cm.binary_data.iter().flatten() {
+        data.insert(k.clone(), String::from_utf8_lossy(&v.0).into_owned());
+    }
+    data
+}
+
+fn secret_data(s: &Secret) -> BTreeMap<String, String> {
+    let mut data: BTreeMap<String, String> = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, ByteString(v))| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    data.extend(s.string_data.clone().unwrap_or_default());
+    data
+}
+
+async fn container(
+    lookup: &mut Lookup<'_>,
+    pod: &Pod,
+    c: &Container,
+) -> Result<api::Container, SpecError> {
+    let mut env: Vec<api::EnvVar> = Vec::new();
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let optional = |o: Option<bool>| o.unwrap_or(false);
+        if let Some(r) = &from.config_map_ref {
+            match lookup.config_map(&r.name).await? {
+                Some(cm) => env.extend(config_map_data(cm).into_iter().map(|(k, v)| api::EnvVar {
+                    name: format!("{prefix}{k}"),
+                    value: v,
+                })),
+                None if optional(r.optional) => {}
+                None => return Err(SpecError::ConfigMapNotFound(r.name.clone())),
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            match lookup.secret(&r.name).await? {
+                Some(s) => env.extend(secret_data(s).into_iter().map(|(k, v)| api::EnvVar {
+                    name: format!("{prefix}{k}"),
+                    value: v,
+                })),
+                None if optional(r.optional) => {}
+                None => return Err(SpecError::SecretNotFound(r.name.clone())),
+            }
+        }
+    }
+    for e in c.env.iter().flatten() {
+        if let Some(value) = env_value(lookup, pod, e).await? {
+            env.push(api::EnvVar {
+                name: e.name.clone(),
+                value,
+            });
+        }
+    }
+    let limits = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    let quantity = |name: &str| limits.get(name).and_then(|q| resources::parse(&q.0));
+    Ok(api::Container {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        command: c.command.clone().unwrap_or_default(),
+        args: c.args.clone().unwrap_or_default(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        env,
+        image_pull_policy: c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into()),
+        ports: c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| api::ContainerPort {
+                name: p.name.clone().unwrap_or_default(),
+                container_port: u32::try_from(p.container_port).unwrap_or(0),
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+            .collect(),
+        cpu_millis: quantity("cpu").map_or(0, |v| (v * 1000.0).round() as u64),
+        memory_bytes: quantity("memory").map_or(0, |v| v as u64),
+        tty: c.tty.unwrap_or(false),
+        stdin: c.stdin.unwrap_or(false),
+    })
+}
+
+/// `None` for values the device resolves itself (status.podIP and the like).
+async fn env_value(
+    lookup: &mut Lookup<'_>,
+    pod: &Pod,
+    e: &EnvVar,
+) -> Result<Option<String>, SpecError> {
+    let Some(from) = &e.value_from else {
+        return Ok(Some(e.value.clone().unwrap_or_default()));
+    };
+    if let Some(r) = &from.config_map_key_ref {
+        let optional = r.optional.unwrap_or(false);
+        return match lookup.config_map(&r.name).await? {
+            Some(cm) => match config_map_data(cm).remove(&r.key) {
+                Some(v) => Ok(Some(v)),
+                None if optional => Ok(None),
+                None => Err(SpecError::KeyNotFound {
+                    kind: "configmap",
+                    namespace: lookup.namespace.to_string(),
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                }),
+            },
+            None if optional => Ok(None),
+            None => Err(SpecError::ConfigMapNotFound(r.name.clone())),
+        };
+    }
+    if let Some(r) = &from.secret_key_ref {
+        let optional = r.optional.unwrap_or(false);
+        return match lookup.secret(&r.name).await? {
+            Some(s) => match secret_data(s).remove(&r.key) {
+                Some(v) => Ok(Some(v)),
+                None if optional => Ok(None),
+                None => Err(SpecError::KeyNotFound {
+                    kind: "secret",
+                    namespace: lookup.namespace.to_string(),
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                }),
+            },
+            None if optional => Ok(None),
+            None => Err(SpecError::SecretNotFound(r.name.clone())),
+        };
+    }
+    if let Some(f) = &from.field_ref {
+        let path = f.field_path.as_str();
+        let value = match path {
+            "metadata.name" => pod.name_any(),
+            "metadata.namespace" => pod.namespace().unwrap_or_default(),
+            "metadata.uid" => pod.uid().unwrap_or_default(),
+            "spec.nodeName" => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            "spec.serviceAccountName" => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_default(),
+            // Known only on the device; resolved there in a later release.
+            "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
+                return Ok(None);
+            }
+            p => {
+                if let Some(key) = p
+                    .strip_prefix("metadata.labels['")
+                    .and_then(|k| k.strip_suffix("']"))
+                {
+                    pod.labels().get(key).cloned().unwrap_or_default()
+                } else if let Some(key) = p
+                    .strip_prefix("metadata.annotations['")
+                    .and_then(|k| k.strip_suffix("']"))
+                {
+                    pod.annotations().get(key).cloned().unwrap_or_default()
+                } else {
+                    return Err(SpecError::FieldPath(p.to_string()));
+                }
+            }
+        };
+        return Ok(Some(value));
+    }
+    // resourceFieldRef: resolved on the device in a later release.
+    Ok(None)
+}

@@ -1,0 +1,198 @@
+//! Pods on the device: one worker per pod (by UID), running its sandbox,
+//! init containers in order, then its containers under the pod's restart
+//! policy with a kubelet's back-off; status published on every change.
+
+pub mod serve;
+mod status;
+mod worker;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use proto::api::{PodSpec, PodStatus};
+use tokio::sync::{Notify, oneshot, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::runtime::{LABEL_POD_UID, Runtime};
+
+pub use status::phase;
+
+/// Crash back-off: 10 s doubling to 5 minutes, as a kubelet does.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+struct Entry {
+    status: watch::Receiver<PodStatus>,
+    delete: Option<oneshot::Sender<Duration>>,
+    done: watch::Receiver<bool>,
+}
+
+/// Every pod on this device.
+pub struct PodManager<R: Runtime> {
+    runtime: Arc<R>,
+    host_ip: String,
+    pods: Mutex<HashMap<String, Entry>>,
+    /// UIDs whose status changed since the last report.
+    dirty: Arc<Mutex<HashSet<String>>>,
+    changed: Arc<Notify>,
+}
+
+impl<R: Runtime> std::fmt::Debug for PodManager<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodManager")
+            .field("runtime", &self.runtime.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> PodManager<R> {
+    pub fn new(runtime: Arc<R>, host_ip: String) -> Arc<Self> {
+        Arc::new(Self {
+            runtime,
+            host_ip,
+            pods: Mutex::new(HashMap::new()),
+            dirty: Arc::default(),
+            changed: Arc::default(),
+        })
+    }
+
+    pub fn runtime(&self) -> &Arc<R> {
+        &self.runtime
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs the pod if it is not running yet (idempotent by UID); returns its status.
+    pub fn ensure(self: &Arc<Self>, spec: PodSpec) -> PodStatus {
+        let mut pods = self.lock();
+        if let Some(entry) = pods.get(&spec.uid) {
+            return entry.status.borrow().clone();
+        }
+        let initial = status::initial(&spec, &self.host_ip);
+        let (status_tx, status_rx) = watch::channel(initial.clone());
+        let (delete_tx, delete_rx) = oneshot::channel();
+        let (done_tx, done_rx) = watch::channel(false);
+        let uid = spec.uid.clone();
+        let span =
+            info_span!("pod", pod = %format!("{}/{}", spec.namespace, spec.name), uid = %uid);
+        info!(parent: &span, "starting pod");
+        let publish = {
+            let dirty = self.dirty.clone();
+            let changed = self.changed.clone();
+            let uid = uid.clone();
+            move |s: PodStatus| {
+                status_tx.send_replace(s);
+                dirty
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(uid.clone());
+                changed.notify_one();
+            }
+        };
+        let worker = worker::Worker::new(self.runtime.clone(), spec, self.host_ip.clone(), publish);
+        tokio::spawn(
+            async move {
+                worker.run(delete_rx).await;
+                let _ = done_tx.send(true);
+            }
+            .instrument(span),
+        );
+        pods.insert(
+            uid,
+            Entry {
+                status: status_rx,
+                delete: Some(delete_tx),
+                done: done_rx,
+            },
+        );
+        initial
+    }
+
+    /// Stops the pod's containers (SIGTERM, SIGKILL after `grace`) and removes
+    /// them; returns once they are gone. Unknown pods are swept from the runtime.
+    pub async fn delete(&self, uid: &str, grace: Duration) -> PodStatus {
+        let found = {
+            let mut pods = self.lock();
+            pods.get_mut(uid)
+                .map(|e| (e.delete.take(), e.done.clone(), e.status.clone()))
+        };
+        let Some((delete, mut done, status)) = found else {
+            self.sweep(uid).await;
+            return PodStatus {
+                uid: uid.to_string(),
+                removed: true,
+                ..Default::default()
+            };
+        };
+        if let Some(delete) = delete {
+            let _ = delete.send(grace);
+        }
+        while !*done.borrow_and_update() {
+            if done.changed().await.is_err() {
+                break;
+            }
+        }
+        self.lock().remove(uid);
+        let mut last = status.borrow().clone();
+        last.removed = true;
+        last
+    }
+
+    /// Removes runtime objects of a pod this agent does not know (left from before a restart).
+    async fn sweep(&self, uid: &str) {
+        match self.runtime.list_pod_objects().await {
+            Ok(objects) => {
+                for o in objects
+                    .iter()
+                    .filter(|o| o.labels.get(LABEL_POD_UID).map(String::as_str) == Some(uid))
+                {
+                    if let Err(e) = self.runtime.remove_container(&o.id).await {
+                        warn!(id = %o.id, error = %e, "removing a leftover container");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "listing runtime objects"),
+        }
+    }
+
+    pub fn list(&self) -> Vec<PodStatus> {
+        self.lock()
+            .values()
+            .map(|e| e.status.borrow().clone())
+            .collect()
+    }
+
+    pub fn status(&self, uid: &str) -> Option<PodStatus> {
+        self.lock().get(uid).map(|e| e.status.borrow().clone())
+    }
+
+    /// Waits for a change and returns the statuses that changed.
+    pub async fn changes(&self) -> Vec<PodStatus> {
+        loop {
+            let uids: Vec<String> = {
+                let mut dirty = self
+                    .dirty
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                dirty.drain().collect()
+            };
+            let statuses: Vec<PodStatus> = {
+                let pods = self.lock();
+                uids.iter()
+                    .filter_map(|u| pods.get(u).map(|e| e.status.borrow().clone()))
+                    .collect()
+            };
+            if !statuses.is_empty() {
+                return statuses;
+            }
+            self.changed.notified().await;
+        }
+    }
+}

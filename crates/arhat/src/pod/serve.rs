@@ -1,0 +1,73 @@
+//! The pod streams aranya opens: ensure, delete, list.
+
+use std::time::Duration;
+
+use connectivity::{Stream, StreamError};
+use proto::api::{DeletePodRequest, PodSpec, PodStatus, PodStatusList};
+
+use super::PodManager;
+use crate::runtime::Runtime;
+
+/// What a device without a runtime answers.
+fn no_runtime(uid: &str) -> PodStatus {
+    PodStatus {
+        uid: uid.to_string(),
+        phase: "Failed".into(),
+        reason: "RuntimeUnavailable".into(),
+        message: "this device runs no container runtime (arhat config runtime.kind)".into(),
+        ..Default::default()
+    }
+}
+
+pub async fn ensure<R: Runtime>(
+    stream: &mut Stream,
+    pods: Option<&std::sync::Arc<PodManager<R>>>,
+) -> Result<(), StreamError> {
+    let Some(spec) = stream.recv_message::<PodSpec>().await? else {
+        return stream.expect_end().await;
+    };
+    stream.expect_end().await?;
+    let status = match pods {
+        Some(pods) => pods.ensure(spec),
+        None => no_runtime(&spec.uid),
+    };
+    stream.send_message(&status).await?;
+    stream.finish();
+    Ok(())
+}
+
+pub async fn delete<R: Runtime>(
+    stream: &mut Stream,
+    pods: Option<&std::sync::Arc<PodManager<R>>>,
+) -> Result<(), StreamError> {
+    let Some(request) = stream.recv_message::<DeletePodRequest>().await? else {
+        return stream.expect_end().await;
+    };
+    stream.expect_end().await?;
+    let grace = Duration::from_secs(u64::try_from(request.grace_period_seconds).unwrap_or(0));
+    let status = match pods {
+        Some(pods) => pods.delete(&request.uid, grace).await,
+        None => PodStatus {
+            uid: request.uid,
+            removed: true,
+            ..Default::default()
+        },
+    };
+    stream.send_message(&status).await?;
+    stream.finish();
+    Ok(())
+}
+
+pub async fn list<R: Runtime>(
+    stream: &mut Stream,
+    pods: Option<&std::sync::Arc<PodManager<R>>>,
+) -> Result<(), StreamError> {
+    let _ = stream.recv_message::<proto::api::ListPods>().await?;
+    stream.expect_end().await?;
+    let list = PodStatusList {
+        pods: pods.map(|p| p.list()).unwrap_or_default(),
+    };
+    stream.send_message(&list).await?;
+    stream.finish();
+    Ok(())
+}

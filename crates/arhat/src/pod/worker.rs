@@ -1,0 +1,442 @@
+//! One pod's life: sandbox, init containers in order, containers under the
+//! restart policy, and teardown with the grace period.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+use proto::api::{
+    Container, ContainerState as ApiState, PodSpec, PodStatus, container_state::State as Phase,
+};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::{BACKOFF_INITIAL, BACKOFF_MAX, status};
+use crate::runtime::{ContainerSpec, ContainerState, Runtime, RuntimeError, Sandbox, SandboxSpec};
+
+/// A container that ran this long has its back-off forgotten.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Init,
+    App,
+}
+
+struct State {
+    status: PodStatus,
+    /// Container IDs still on the runtime, per container: current and previous instance.
+    ids: HashMap<(Kind, usize), Vec<String>>,
+}
+
+pub struct Worker<R: Runtime> {
+    runtime: Arc<R>,
+    spec: PodSpec,
+    state: Arc<Mutex<State>>,
+    publish: Arc<dyn Fn(PodStatus) + Send + Sync>,
+    sandbox: Option<Sandbox>,
+}
+
+impl<R: Runtime> Worker<R> {
+    pub fn new(
+        runtime: Arc<R>,
+        spec: PodSpec,
+        host_ip: String,
+        publish: impl Fn(PodStatus) + Send + Sync + 'static,
+    ) -> Self {
+        let status = status::initial(&spec, &host_ip);
+        Self {
+            runtime,
+            spec,
+            state: Arc::new(Mutex::new(State {
+                status,
+                ids: HashMap::new(),
+            })),
+            publish: Arc::new(publish),
+            sandbox: None,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PodStatus)) {
+        let snapshot = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut state.status);
+            state.status.phase =
+                status::phase(&state.status, &self.spec.restart_policy).to_string();
+            state.status.clone()
+        };
+        (self.publish)(snapshot);
+    }
+
+    fn container(&self, kind: Kind, i: usize) -> &Container {
+        match kind {
+            Kind::Init => &self.spec.init_containers[i],
+            Kind::App => &self.spec.containers[i],
+        }
+    }
+
+    fn update_container(
+        &self,
+        kind: Kind,
+        i: usize,
+        f: impl FnOnce(&mut proto::api::ContainerStatus),
+    ) {
+        self.update(|s| {
+            let list = match kind {
+                Kind::Init => &mut s.init_containers,
+                Kind::App => &mut s.containers,
+            };
+            if let Some(c) = list.get_mut(i) {
+                f(c);
+            }
+        });
+    }
+
+    pub async fn run(mut self, mut delete: oneshot::Receiver<Duration>) {
+        let requested = tokio::select! {
+            grace = &mut delete => grace.ok(),
+            () = self.lifecycle() => None,
+        };
+        let grace = match requested {
+            Some(g) => g,
+            // Finished (Succeeded/Failed): keep the containers until the pod is deleted.
+            None => match delete.await {
+                Ok(g) => g,
+                Err(_) => return,
+            },
+        };
+        self.teardown(grace).await;
+    }
+
+    async fn lifecycle(&mut self) {
+        let sandbox = self.sandbox().await;
+        let now = now();
+        self.update(|s| {
+            s.pod_ip = sandbox.ip.clone().unwrap_or_default();
+            s.start_time = now;
+        });
+        self.sandbox = Some(sandbox);
+        for i in 0..self.spec.init_containers.len() {
+            if !self.run_init(i).await {
+                return;
+            }
+        }
+        self.update(|s| s.initialized = true);
+        let supervisors = (0..self.spec.containers.len()).map(|i| self.supervise(i));
+        join_all(supervisors).await;
+    }
+
+    async fn sandbox(&self) -> Sandbox {
+        let spec = SandboxSpec {
+            pod_uid: self.spec.uid.clone(),
+            namespace: self.spec.namespace.clone(),
+            name: self.spec.name.clone(),
+            hostname: self.spec.hostname.clone(),
+            host_network: self.spec.host_network,
+        };
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.runtime.create_sandbox(&spec).await {
+                Ok(sandbox) => return sandbox,
+                Err(e) => {
+                    warn!(error = %e, "creating the pod sandbox");
+                    self.update(|s| {
+                        s.reason = "FailedCreatePodSandBox".into();
+                        s.message = e.to_string();
+                    });
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Runs init container `i` to success; false if the pod failed for good.
+    async fn run_init(&self, i: usize) -> bool {
+        let mut backoff = BACKOFF_INITIAL;
+        loop {
+            let code = self.run_once(Kind::Init, i).await;
+            if code == 0 {
+                return true;
+            }
+            if self.spec.restart_policy == "Never" {
+                return false;
+            }
+            self.crash_backoff(Kind::Init, i, &mut backoff, Duration::ZERO)
+                .await;
+        }
+    }
+
+    /// Keeps app container `i` running as the restart policy says.
+    async fn supervise(&self, i: usize) {
+        let mut backoff = BACKOFF_INITIAL;
+        loop {
+            let started = Instant::now();
+            let code = self.run_once(Kind::App, i).await;
+            let restart = match self.spec.restart_policy.as_str() {
+                "Never" => false,
+                "OnFailure" => code != 0,
+                _ => true,
+            };
+            if !restart {
+                return;
+            }
+            self.crash_backoff(Kind::App, i, &mut backoff, started.elapsed())
+                .await;
+        }
+    }
+
+    /// Waits out the back-off before the next attempt, showing CrashLoopBackOff.
+    async fn crash_backoff(&self, kind: Kind, i: usize, backoff: &mut Duration, ran: Duration) {
+        if ran >= BACKOFF_RESET_AFTER {
+            *backoff = BACKOFF_INITIAL;
+        }
+        let delay = *backoff;
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        let name = self.container(kind, i).name.clone();
+        self.update_container(kind, i, |c| {
+            c.last_state = c.state.take();
+            c.restart_count += 1;
+            c.ready = false;
+            c.started = false;
+            c.state = Some(status::waiting(
+                "CrashLoopBackOff",
+                &format!(
+                    "back-off {}s restarting failed container={name}",
+                    delay.as_secs()
+                ),
+            ));
+        });
+        tokio::time::sleep(delay).await;
+    }
+
+    /// One attempt: image, create, start, wait. Returns the exit code.
+    async fn run_once(&self, kind: Kind, i: usize) -> i64 {
+        let c = self.container(kind, i).clone();
+        let image_id = self.ensure_image(kind, i, &c).await;
+        let attempt = {
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let list = match kind {
+                Kind::Init => &state.status.init_containers,
+                Kind::App => &state.status.containers,
+            };
+            list.get(i).map_or(0, |s| s.restart_count)
+        };
+        let spec = ContainerSpec {
+            pod_uid: self.spec.uid.clone(),
+            namespace: self.spec.namespace.clone(),
+            pod_name: self.spec.name.clone(),
+            name: c.name.clone(),
+            attempt,
+            image: c.image.clone(),
+            command: c.command.clone(),
+            args: c.args.clone(),
+            working_dir: c.working_dir.clone(),
+            env: c
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            cpu_millis: c.cpu_millis,
+            memory_bytes: c.memory_bytes,
+            tty: c.tty,
+            stdin: c.stdin,
+        };
+        let Some(sandbox) = &self.sandbox else {
+            return -1;
+        };
+        let id = match self.runtime.create_container(sandbox, &spec).await {
+            Ok(id) => id,
+            Err(e) => return self.failed_to_run(kind, i, "CreateContainerError", &e),
+        };
+        self.remember(kind, i, &id);
+        if let Err(e) = self.runtime.start_container(&id).await {
+            return self.failed_to_run(kind, i, "RunContainerError", &e);
+        }
+        let runtime_id = format!("{}://{id}", self.runtime.name());
+        let started_at = match self.runtime.inspect_container(&id).await {
+            Ok(info) => match info.state {
+                ContainerState::Running { started_at }
+                | ContainerState::Exited { started_at, .. } => started_at,
+                ContainerState::Created => now(),
+            },
+            Err(_) => now(),
+        };
+        info!(container = %c.name, id = %id, "container started");
+        self.update_container(kind, i, |s| {
+            s.container_id = runtime_id.clone();
+            s.image_id = image_id.clone();
+            s.state = Some(status::running(started_at));
+            s.started = true;
+            // Without probes, a running container is ready (as a kubelet says).
+            s.ready = kind == Kind::App;
+        });
+        let code = match self.runtime.wait_container(&id).await {
+            Ok(code) => code,
+            Err(e) => {
+                warn!(container = %c.name, error = %e, "waiting for the container");
+                -1
+            }
+        };
+        let (finished_at, oom) = match self.runtime.inspect_container(&id).await {
+            Ok(ContainerInfo {
+                state:
+                    ContainerState::Exited {
+                        finished_at,
+                        oom_killed,
+                        ..
+                    },
+                ..
+            }) => (finished_at, oom_killed),
+            _ => (now(), false),
+        };
+        debug!(container = %c.name, code, "container exited");
+        self.update_container(kind, i, |s| {
+            s.state = Some(status::terminated(
+                code,
+                started_at,
+                finished_at,
+                &runtime_id,
+                oom,
+            ));
+            s.ready = false;
+            s.started = false;
+        });
+        code
+    }
+
+    /// Keeps the latest dead instance of each container (for `logs --previous`)
+    /// and removes older ones.
+    fn remember(&self, kind: Kind, i: usize, id: &str) {
+        let stale = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ids = state.ids.entry((kind, i)).or_default();
+            ids.push(id.to_string());
+            if ids.len() > 2 { ids.remove(0) } else { return }
+        };
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.remove_container(&stale).await {
+                warn!(error = %e, "removing an old container instance");
+            }
+        });
+    }
+
+    fn failed_to_run(&self, kind: Kind, i: usize, reason: &str, e: &RuntimeError) -> i64 {
+        warn!(error = %e, reason, "container did not run");
+        self.update_container(kind, i, |s| {
+            s.state = Some(status::waiting(reason, &e.to_string()));
+        });
+        128
+    }
+
+    /// Makes the image present per the pull policy; waits with ErrImagePull /
+    /// ImagePullBackOff until it is.
+    async fn ensure_image(&self, kind: Kind, i: usize, c: &Container) -> String {
+        let mut backoff = BACKOFF_INITIAL;
+        loop {
+            let present = self.runtime.image_id(&c.image).await.ok().flatten();
+            let result = match (c.image_pull_policy.as_str(), present) {
+                ("Always", _) => self.runtime.pull_image(&c.image).await,
+                (_, Some(id)) => Ok(id),
+                ("Never", None) => Err(RuntimeError::ImageNotFound {
+                    image: c.image.clone(),
+                    reason: "not present and the pull policy is Never".into(),
+                }),
+                (_, None) => self.runtime.pull_image(&c.image).await,
+            };
+            match result {
+                Ok(id) => return id,
+                Err(e) => {
+                    let never = matches!(e, RuntimeError::ImageNotFound { .. })
+                        && c.image_pull_policy == "Never";
+                    let first = if never {
+                        "ErrImageNeverPull"
+                    } else {
+                        "ErrImagePull"
+                    };
+                    warn!(image = %c.image, error = %e, "image not available");
+                    let message = e.to_string();
+                    // As a kubelet: the pull error, then the back-off until the next try.
+                    self.update_container(kind, i, |s| {
+                        s.state = Some(status::waiting(first, &message))
+                    });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let backing_off = format!("Back-off pulling image {:?}: {message}", c.image);
+                    self.update_container(kind, i, |s| {
+                        s.state = Some(status::waiting("ImagePullBackOff", &backing_off));
+                    });
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn teardown(&self, grace: Duration) {
+        let ids: Vec<String> = {
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.ids.values().flatten().cloned().collect()
+        };
+        info!(
+            grace_seconds = grace.as_secs(),
+            containers = ids.len(),
+            "stopping pod"
+        );
+        let stops = ids.iter().map(|id| self.runtime.stop_container(id, grace));
+        for r in join_all(stops).await {
+            if let Err(e) = r
+                && !matches!(e, RuntimeError::NotFound(_))
+            {
+                warn!(error = %e, "stopping a container");
+            }
+        }
+        for id in ids.iter().chain(self.sandbox.as_ref().map(|s| &s.id)) {
+            if let Err(e) = self.runtime.remove_container(id).await {
+                warn!(error = %e, "removing a container");
+            }
+        }
+        self.update(|s| {
+            for c in s.init_containers.iter_mut().chain(s.containers.iter_mut()) {
+                if matches!(
+                    c.state.as_ref().and_then(|x| x.state.as_ref()),
+                    Some(Phase::Running(_))
+                ) {
+                    let id = c.container_id.clone();
+                    c.state = Some(ApiState {
+                        state: Some(Phase::Terminated(proto::api::StateTerminated {
+                            exit_code: 137,
+                            reason: "Error".into(),
+                            container_id: id,
+                            finished_at: now(),
+                            ..Default::default()
+                        })),
+                    });
+                }
+                c.ready = false;
+            }
+            s.removed = true;
+        });
+    }
+}
+
+use crate::runtime::ContainerInfo;
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}

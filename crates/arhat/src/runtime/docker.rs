@@ -1,0 +1,389 @@
+//! Docker through its Engine API (bollard), negotiating the API version
+//! (Debian's dockerd speaks 1.41).
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use bollard::{
+    Docker as Client,
+    errors::Error as BollardError,
+    models::{ContainerCreateBody, HostConfig},
+    query_parameters::{
+        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+        RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    },
+};
+use futures::StreamExt;
+
+use super::{
+    ContainerInfo, ContainerSpec, ContainerState, LABEL_ATTEMPT, LABEL_CONTAINER, LABEL_DEVICE,
+    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, Runtime, RuntimeError, SANDBOX,
+    Sandbox, SandboxSpec,
+};
+
+/// The infra image arhat builds from its own static `pause` binary.
+pub const PAUSE_IMAGE: &str = concat!("arhat/pause:", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone)]
+pub struct Docker {
+    client: Client,
+    pause_binary: PathBuf,
+    device: String,
+}
+
+impl Docker {
+    /// Connects to the default socket (`DOCKER_HOST` honoured) and negotiates the API version.
+    pub async fn connect(pause_binary: PathBuf, device: &str) -> Result<Self, RuntimeError> {
+        let client = Client::connect_with_local_defaults()
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("docker API: {e}")))?;
+        Ok(Self {
+            client,
+            pause_binary,
+            device: device.to_string(),
+        })
+    }
+
+    async fn ensure_pause_image(&self) -> Result<(), RuntimeError> {
+        if self.client.inspect_image(PAUSE_IMAGE).await.is_ok() {
+            return Ok(());
+        }
+        let binary = std::fs::read(&self.pause_binary).map_err(|e| RuntimeError::Failed {
+            op: "building the pause image",
+            reason: format!("reading {}: {e}", self.pause_binary.display()),
+        })?;
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(binary.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        archive
+            .append_data(&mut header, "pause", binary.as_slice())
+            .and_then(|()| archive.finish())
+            .map_err(|e| failed("building the pause image", e))?;
+        let rootfs = archive
+            .into_inner()
+            .map_err(|e| failed("building the pause image", e))?;
+        let (repo, tag) = PAUSE_IMAGE
+            .rsplit_once(':')
+            .unwrap_or((PAUSE_IMAGE, "latest"));
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(repo)
+            .tag(tag)
+            .changes(vec![r#"CMD ["/pause"]"#.to_string()])
+            .build();
+        let mut progress =
+            self.client
+                .create_image(Some(options), Some(bollard::body_full(rootfs.into())), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| failed("importing the pause image", e))?;
+        }
+        Ok(())
+    }
+}
+
+fn failed(op: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failed {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+fn not_found_or(op: &'static str, id: &str, e: BollardError) -> RuntimeError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => RuntimeError::NotFound(id.to_string()),
+        e => failed(op, e),
+    }
+}
+
+fn unix_seconds(rfc3339: Option<&str>) -> i64 {
+    rfc3339
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map_or(0, |t| t.as_second().max(0))
+}
+
+fn labels(
+    device: &str,
+    pod_uid: &str,
+    namespace: &str,
+    pod_name: &str,
+    container: &str,
+    attempt: u32,
+) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_DEVICE.to_string(), device.to_string()),
+        (LABEL_POD_UID.to_string(), pod_uid.to_string()),
+        (LABEL_POD_NAMESPACE.to_string(), namespace.to_string()),
+        (LABEL_POD_NAME.to_string(), pod_name.to_string()),
+        (LABEL_CONTAINER.to_string(), container.to_string()),
+        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
+    ])
+}
+
+/// Docker names must be unique: pod UID and attempt make them so.
+fn container_name(
+    container: &str,
+    pod_name: &str,
+    namespace: &str,
+    uid: &str,
+    attempt: u32,
+) -> String {
+    format!("k8s_{container}_{pod_name}_{namespace}_{uid}_{attempt}")
+}
+
+impl Runtime for Docker {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn version(&self) -> Result<String, RuntimeError> {
+        let v = self
+            .client
+            .version()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        Ok(format!("docker://{}", v.version.unwrap_or_default()))
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        match self.client.inspect_image(image).await {
+            Ok(i) => Ok(Some(i.id.unwrap_or_default())),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(failed("inspecting image", e)),
+        }
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<String, RuntimeError> {
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut progress = self.client.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            if let Err(e) = step {
+                let reason = match &e {
+                    BollardError::DockerResponseServerError { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                return Err(RuntimeError::Pull {
+                    image: image.to_string(),
+                    reason,
+                });
+            }
+        }
+        self.image_id(image)
+            .await?
+            .ok_or_else(|| RuntimeError::ImageNotFound {
+                image: image.to_string(),
+                reason: "absent after pull".into(),
+            })
+    }
+
+    async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        self.ensure_pause_image().await?;
+        let name = container_name(SANDBOX, &spec.name, &spec.namespace, &spec.pod_uid, 0);
+        let body = ContainerCreateBody {
+            image: Some(PAUSE_IMAGE.to_string()),
+            hostname: (!spec.host_network && !spec.hostname.is_empty())
+                .then(|| spec.hostname.clone()),
+            labels: Some(labels(
+                &self.device,
+                &spec.pod_uid,
+                &spec.namespace,
+                &spec.name,
+                SANDBOX,
+                0,
+            )),
+            host_config: Some(HostConfig {
+                network_mode: Some(if spec.host_network { "host" } else { "bridge" }.to_string()),
+                // The pod's containers join its IPC namespace.
+                ipc_mode: Some("shareable".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| failed("creating the sandbox", e))?;
+        self.start_container(&created.id).await?;
+        let inspect = self
+            .client
+            .inspect_container(&created.id, None)
+            .await
+            .map_err(|e| failed("inspecting the sandbox", e))?;
+        let ip = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|nets| {
+                nets.into_values()
+                    .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
+            });
+        Ok(Sandbox { id: created.id, ip })
+    }
+
+    async fn create_container(
+        &self,
+        sandbox: &Sandbox,
+        spec: &ContainerSpec,
+    ) -> Result<String, RuntimeError> {
+        let name = container_name(
+            &spec.name,
+            &spec.pod_name,
+            &spec.namespace,
+            &spec.pod_uid,
+            spec.attempt,
+        );
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            // Kubernetes' command replaces the entrypoint, args replace CMD.
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            working_dir: (!spec.working_dir.is_empty()).then(|| spec.working_dir.clone()),
+            env: Some(env),
+            tty: Some(spec.tty),
+            open_stdin: Some(spec.stdin),
+            labels: Some(labels(
+                &self.device,
+                &spec.pod_uid,
+                &spec.namespace,
+                &spec.pod_name,
+                &spec.name,
+                spec.attempt,
+            )),
+            host_config: Some(HostConfig {
+                network_mode: Some(format!("container:{}", sandbox.id)),
+                ipc_mode: Some(format!("container:{}", sandbox.id)),
+                nano_cpus: (spec.cpu_millis > 0)
+                    .then(|| i64::try_from(spec.cpu_millis * 1_000_000).unwrap_or(i64::MAX)),
+                memory: (spec.memory_bytes > 0)
+                    .then(|| i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| failed("creating a container", e))?;
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.client
+            .start_container(id, None)
+            .await
+            .map_err(|e| not_found_or("starting a container", id, e))
+    }
+
+    async fn wait_container(&self, id: &str) -> Result<i64, RuntimeError> {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut wait = self.client.wait_container(id, Some(options));
+        match wait.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(not_found_or("waiting for a container", id, e)),
+            None => self.inspect_container(id).await.map(|i| match i.state {
+                ContainerState::Exited { exit_code, .. } => exit_code,
+                _ => -1,
+            }),
+        }
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(t).build();
+        match self.client.stop_container(id, Some(options)).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(not_found_or("stopping a container", id, e)),
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.client.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(failed("removing a container", e)),
+        }
+    }
+
+    async fn inspect_container(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let i = self
+            .client
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| not_found_or("inspecting a container", id, e))?;
+        let s = i.state.unwrap_or_default();
+        let started_at = unix_seconds(s.started_at.as_deref());
+        let state = if s.running.unwrap_or(false) {
+            ContainerState::Running { started_at }
+        } else if started_at > 0 {
+            ContainerState::Exited {
+                exit_code: s.exit_code.unwrap_or(-1),
+                started_at,
+                finished_at: unix_seconds(s.finished_at.as_deref()),
+                oom_killed: s.oom_killed.unwrap_or(false),
+            }
+        } else {
+            ContainerState::Created
+        };
+        Ok(ContainerInfo {
+            id: i.id.unwrap_or_else(|| id.to_string()),
+            image_id: i.image.unwrap_or_default(),
+            state,
+        })
+    }
+
+    async fn list_pod_objects(&self) -> Result<Vec<Labelled>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                LABEL_POD_UID.to_string(),
+                format!("{LABEL_DEVICE}={}", self.device),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        Ok(list
+            .into_iter()
+            .map(|c| Labelled {
+                id: c.id.unwrap_or_default(),
+                running: c.state.as_ref().is_some_and(|s| s.to_string() == "running"),
+                labels: c.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,142 @@
+//! The container runtime seam. Pod management ([`crate::pod`]) speaks only
+//! this trait; Docker is the first implementation, containerd and Podman
+//! fit the same calls.
+
+pub mod docker;
+
+use std::{collections::HashMap, future::Future, time::Duration};
+
+/// Labels that tie runtime objects to pods, so a restarted agent finds what it
+/// created (by pod UID, since names are reused).
+pub const LABEL_POD_UID: &str = "io.arhat.pod.uid";
+/// The device (agent) that created the object: agents sharing one engine
+/// never touch each other's pods.
+pub const LABEL_DEVICE: &str = "io.arhat.device";
+pub const LABEL_POD_NAME: &str = "io.arhat.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.arhat.pod.namespace";
+pub const LABEL_CONTAINER: &str = "io.arhat.container.name";
+pub const LABEL_ATTEMPT: &str = "io.arhat.container.attempt";
+/// The sandbox's container name label value.
+pub const SANDBOX: &str = "POD";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime does not answer (daemon down, socket missing).
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+    #[error("image {image} not found: {reason}")]
+    ImageNotFound { image: String, reason: String },
+    #[error("pulling {image}: {reason}")]
+    Pull { image: String, reason: String },
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("{op}: {reason}")]
+    Failed { op: &'static str, reason: String },
+}
+
+/// The sandbox (infra container) holding a pod's network namespace.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    pub pod_uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub hostname: String,
+    pub host_network: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub id: String,
+    /// The address the runtime gave the pod.
+    pub ip: Option<String>,
+}
+
+/// One container of a pod, as the runtime creates it.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub pod_uid: String,
+    pub namespace: String,
+    pub pod_name: String,
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: String,
+    pub env: Vec<(String, String)>,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub tty: bool,
+    pub stdin: bool,
+}
+
+/// A container's state as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running {
+        started_at: i64,
+    },
+    Exited {
+        exit_code: i64,
+        started_at: i64,
+        finished_at: i64,
+        oom_killed: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub image_id: String,
+    pub state: ContainerState,
+}
+
+/// A runtime object found by its labels.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+    pub running: bool,
+}
+
+/// What pod management needs from a container runtime.
+pub trait Runtime: Send + Sync + 'static {
+    /// `<name>://<version>`, as nodeInfo.containerRuntimeVersion and container IDs use.
+    fn name(&self) -> &'static str;
+    fn version(&self) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// The image's id if it is present locally.
+    fn image_id(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;
+    /// Pulls the image; returns its id.
+    fn pull_image(&self, image: &str) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    fn create_sandbox(
+        &self,
+        spec: &SandboxSpec,
+    ) -> impl Future<Output = Result<Sandbox, RuntimeError>> + Send;
+    /// Creates a container in the sandbox's namespaces; returns its id.
+    fn create_container(
+        &self,
+        sandbox: &Sandbox,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Resolves when the container exits, with its exit code.
+    fn wait_container(&self, id: &str) -> impl Future<Output = Result<i64, RuntimeError>> + Send;
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop_container(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes the container (killing it if it still runs).
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn inspect_container(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<ContainerInfo, RuntimeError>> + Send;
+    /// Every sandbox and container this device's agent created, found by label.
+    fn list_pod_objects(&self) -> impl Future<Output = Result<Vec<Labelled>, RuntimeError>> + Send;
+}

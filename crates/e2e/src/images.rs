@@ -1,0 +1,103 @@
+//! Test images made on this machine: no registry on the internet is reachable.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, bail};
+
+/// A busybox-static image (`sh`, `sleep`, `httpd`, `nc`, ...), imported into dockerd.
+pub const BUSYBOX: &str = "local/busybox:1.35";
+
+fn docker(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    // Debian's client matches Debian's dockerd; fall back to whatever is on PATH.
+    let client = if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    };
+    Command::new(client)
+        .args(args)
+        .output()
+        .context("running the docker client")
+}
+
+/// Imports [`BUSYBOX`] unless dockerd already has it.
+pub fn ensure_busybox() -> anyhow::Result<()> {
+    if docker(&["image", "inspect", BUSYBOX])?.status.success() {
+        return Ok(());
+    }
+    let busybox = Path::new("/bin/busybox");
+    anyhow::ensure!(
+        busybox.exists(),
+        "/bin/busybox is missing: install busybox-static (scripts/docker.sh does)"
+    );
+    let dir = tempfile::tempdir()?;
+    let bin = dir.path().join("rootfs/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(dir.path().join("rootfs/tmp"))?;
+    std::fs::copy(busybox, bin.join("busybox"))?;
+    let list = Command::new(busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    let archive = dir.path().join("rootfs.tar");
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path().join("rootfs"))
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()?;
+    anyhow::ensure!(tar.success(), "tar failed");
+    let out = docker(&["import", &archive.to_string_lossy(), BUSYBOX])?;
+    if !out.status.success() {
+        bail!("docker import: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Whether dockerd knows a container by this id.
+pub fn container_exists(id: &str) -> anyhow::Result<bool> {
+    Ok(docker(&["container", "inspect", id])?.status.success())
+}
+
+/// A container's environment, as dockerd reports it.
+pub fn container_env(id: &str) -> anyhow::Result<Vec<String>> {
+    let out = docker(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{json .Config.Env}}",
+        id,
+    ])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "inspect {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Removes every container an agent for `device` created (tests leave them
+/// when they stop their agents).
+pub fn remove_device_containers(device: &str) {
+    let Ok(out) = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.arhat.device={device}"),
+    ]) else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        let _ = docker(&args);
+    }
+}

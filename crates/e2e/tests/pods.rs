@@ -1,0 +1,504 @@
+//! Pods bound to a virtual node run on the device through the real dockerd,
+//! and report their truth back, as a kubelet would.
+
+use std::time::Duration;
+
+use e2e::{
+    TestEnv,
+    images::{BUSYBOX, container_env, container_exists},
+    wait_for,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Pod template parts that put a pod on the test's device.
+fn placement(node: &str) -> serde_json::Value {
+    json!({
+        "nodeSelector": { "kubernetes.io/hostname": node },
+        "tolerations": [{ "key": "aranya.arhat.dev/edge-device", "operator": "Exists", "effect": "NoSchedule" }],
+    })
+}
+
+fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
+    }
+    a
+}
+
+async fn pods_of(env: &TestEnv, selector: &str) -> anyhow::Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
+}
+
+fn container_id(pod: &Pod) -> Option<String> {
+    let s = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    s.container_id
+        .as_ref()?
+        .strip_prefix("docker://")
+        .map(str::to_string)
+}
+
+fn running_and_ready(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    status.phase.as_deref() == Some("Running") && ready && container_id(pod).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
+    let env = TestEnv::new("deploy").await?;
+    let up = env.device_up("a", 10).await?;
+    let node = up.name.clone();
+    let configmaps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.name);
+    configmaps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": "greeting" }, "data": { "text": "hello from a configmap" } }))?,
+        )
+        .await?;
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": "web", "namespace": env.name },
+        "spec": {
+            "replicas": 3,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": merge(placement(&node), json!({
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "web",
+                        "image": BUSYBOX,
+                        "command": ["sh", "-c", "echo \"$GREETING\"; exec sleep 3600"],
+                        "env": [
+                            { "name": "GREETING", "valueFrom": { "configMapKeyRef": { "name": "greeting", "key": "text" } } },
+                            { "name": "PLAIN", "value": "plain-value" },
+                            { "name": "MY_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                        ],
+                    }],
+                })),
+            },
+        },
+    });
+    let path = env.dir.join("deployment.json");
+    std::fs::write(&path, deployment.to_string())?;
+    env.cluster
+        .kubectl(&["apply", "-f", &path.to_string_lossy()])?;
+
+    let pods = wait_for("3 pods Running and Ready", RUN_TIMEOUT, || async {
+        let pods = pods_of(&env, "app=web").await.ok()?;
+        (pods.len() == 3 && pods.iter().all(running_and_ready)).then_some(pods)
+    })
+    .await?;
+    for pod in &pods {
+        let status = pod.status.clone().unwrap_or_default();
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some(node.as_str())
+        );
+        assert!(
+            status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty()),
+            "{status:?}"
+        );
+        assert!(
+            status.host_ip.is_some() && status.start_time.is_some(),
+            "{status:?}"
+        );
+        let c = &status.container_statuses.clone().unwrap_or_default()[0];
+        assert!(
+            c.ready && c.started == Some(true) && c.restart_count == 0,
+            "{c:?}"
+        );
+        assert!(
+            c.state.as_ref().and_then(|s| s.running.as_ref()).is_some(),
+            "{c:?}"
+        );
+        assert!(!c.image_id.is_empty());
+        let id = container_id(pod).expect("container id");
+        assert!(container_exists(&id)?, "container {id} not in dockerd");
+        let env_vars = container_env(&id)?;
+        assert!(
+            env_vars.contains(&"GREETING=hello from a configmap".to_string()),
+            "{env_vars:?}"
+        );
+        assert!(
+            env_vars.contains(&"PLAIN=plain-value".to_string()),
+            "{env_vars:?}"
+        );
+        assert!(
+            env_vars.contains(&format!(
+                "MY_POD={}",
+                pod.metadata.name.clone().unwrap_or_default()
+            )),
+            "{env_vars:?}"
+        );
+    }
+
+    // Scale down: two pods go, and so do their containers.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(env.client.clone(), &env.name);
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 1 } })),
+        )
+        .await?;
+    let ids: Vec<String> = pods.iter().filter_map(container_id).collect();
+    wait_for(
+        "scaled down to 1 pod, 2 containers removed",
+        RUN_TIMEOUT,
+        || async {
+            let left = pods_of(&env, "app=web").await.ok()?;
+            let gone = ids
+                .iter()
+                .filter(|id| !container_exists(id).unwrap_or(true))
+                .count();
+            (left.len() == 1 && gone == 2).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates a bare pod on the test's device.
+async fn create_pod(
+    env: &TestEnv,
+    node: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<Pod> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    let pod = json!({
+        "metadata": { "name": name, "labels": { "test": name } },
+        "spec": merge(placement(node), spec),
+    });
+    Ok(api
+        .create(&PostParams::default(), &serde_json::from_value(pod)?)
+        .await?)
+}
+
+fn busybox(name: &str, script: &str) -> serde_json::Value {
+    json!({ "name": name, "image": BUSYBOX, "command": ["sh", "-c", script] })
+}
+
+async fn wait_pod<T>(
+    env: &TestEnv,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Pod) -> Option<T>,
+) -> anyhow::Result<T> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    wait_for(&format!("pod {name}: {what}"), timeout, || async {
+        let pod = api.get_opt(name).await.ok()??;
+        check(&pod)
+    })
+    .await
+}
+
+fn first_container(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    first_container(pod)?.state?.waiting?.reason
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_to_completion_reports_exit_codes() -> anyhow::Result<()> {
+    let env = TestEnv::new("exit").await?;
+    let up = env.device_up("a", 10).await?;
+    let never = json!({ "restartPolicy": "Never" });
+    create_pod(
+        &env,
+        &up.name,
+        "ok",
+        merge(
+            never.clone(),
+            json!({ "containers": [busybox("main", "echo done; exit 0")] }),
+        ),
+    )
+    .await?;
+    create_pod(
+        &env,
+        &up.name,
+        "three",
+        merge(never, json!({ "containers": [busybox("main", "exit 3")] })),
+    )
+    .await?;
+    wait_pod(&env, "ok", "Succeeded", RUN_TIMEOUT, |p| {
+        let c = first_container(p)?;
+        let t = c.state?.terminated?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")
+            && t.exit_code == 0
+            && t.reason.as_deref() == Some("Completed"))
+        .then_some(())
+    })
+    .await?;
+    wait_pod(&env, "three", "Failed with exit code 3", RUN_TIMEOUT, |p| {
+        let t = first_container(p)?.state?.terminated?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")
+            && t.exit_code == 3
+            && t.reason.as_deref() == Some("Error"))
+        .then_some(())
+    })
+    .await?;
+    // A Job sees the same truth.
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": { "name": "job", "namespace": env.name },
+        "spec": {
+            "backoffLimit": 0,
+            "template": { "spec": merge(placement(&up.name), json!({
+                "restartPolicy": "Never",
+                "containers": [busybox("main", "exit 0")],
+            })) },
+        },
+    });
+    let path = env.dir.join("job.json");
+    std::fs::write(&path, job.to_string())?;
+    env.cluster
+        .kubectl(&["apply", "-f", &path.to_string_lossy()])?;
+    env.cluster.kubectl(&[
+        "wait",
+        "-n",
+        &env.name,
+        "--for=condition=Complete",
+        "--timeout=90s",
+        "job/job",
+    ])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_containers_run_first_in_order() -> anyhow::Result<()> {
+    let env = TestEnv::new("init").await?;
+    let up = env.device_up("a", 10).await?;
+    create_pod(
+        &env,
+        &up.name,
+        "init",
+        json!({
+            "initContainers": [busybox("first", "exit 0"), busybox("second", "sleep 1")],
+            "containers": [busybox("main", "exec sleep 3600")],
+        }),
+    )
+    .await?;
+    let pod = wait_pod(
+        &env,
+        "init",
+        "Running after its init containers",
+        RUN_TIMEOUT,
+        |p| (p.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| p.clone()),
+    )
+    .await?;
+    let status = pod.status.unwrap_or_default();
+    let init = status.init_container_statuses.unwrap_or_default();
+    assert_eq!(init.len(), 2);
+    let finished: Vec<_> = init
+        .iter()
+        .map(|c| {
+            c.state
+                .clone()
+                .and_then(|s| s.terminated)
+                .expect("init terminated")
+        })
+        .collect();
+    assert!(finished.iter().all(|t| t.exit_code == 0));
+    let main_started =
+        first_container_running_since(&status.container_statuses.unwrap_or_default()[0]);
+    assert!(
+        finished[0].finished_at.as_ref().map(|t| t.0)
+            <= finished[1].started_at.as_ref().map(|t| t.0)
+    );
+    assert!(finished[1].finished_at.as_ref().map(|t| t.0) <= main_started);
+    assert!(
+        status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Initialized" && c.status == "True")
+    );
+    Ok(())
+}
+
+fn first_container_running_since(
+    c: &k8s_openapi::api::core::v1::ContainerStatus,
+) -> Option<k8s_openapi::jiff::Timestamp> {
+    c.state.clone()?.running?.started_at.map(|t| t.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crashing_container_backs_off() -> anyhow::Result<()> {
+    let env = TestEnv::new("crash").await?;
+    let up = env.device_up("a", 10).await?;
+    create_pod(
+        &env,
+        &up.name,
+        "crash",
+        json!({ "containers": [busybox("main", "exit 1")] }),
+    )
+    .await?;
+    wait_pod(
+        &env,
+        "crash",
+        "CrashLoopBackOff with restarts",
+        Duration::from_secs(120),
+        |p| {
+            let c = first_container(p)?;
+            let last = c.last_state.clone()?.terminated?;
+            (waiting_reason(p).as_deref() == Some("CrashLoopBackOff")
+                && c.restart_count >= 2
+                && last.exit_code == 1)
+                .then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unpullable_image_and_missing_secret_say_why() -> anyhow::Result<()> {
+    let env = TestEnv::new("why").await?;
+    let up = env.device_up("a", 10).await?;
+    // A registry that refuses connections: the pull fails at once.
+    create_pod(&env, &up.name, "noimage", json!({
+        "containers": [{ "name": "main", "image": "127.0.0.1:1/missing:1", "imagePullPolicy": "IfNotPresent" }],
+    }))
+    .await?;
+    create_pod(&env, &up.name, "nosecret", json!({
+        "containers": [merge(busybox("main", "sleep 3600"), json!({
+            "env": [{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "absent", "key": "token" } } }],
+        }))],
+    }))
+    .await?;
+    wait_pod(&env, "noimage", "ErrImagePull", RUN_TIMEOUT, |p| {
+        (waiting_reason(p).as_deref() == Some("ErrImagePull")).then_some(())
+    })
+    .await?;
+    wait_pod(&env, "noimage", "ImagePullBackOff", RUN_TIMEOUT, |p| {
+        (waiting_reason(p).as_deref() == Some("ImagePullBackOff")).then_some(())
+    })
+    .await?;
+    let message = wait_pod(
+        &env,
+        "nosecret",
+        "CreateContainerConfigError",
+        RUN_TIMEOUT,
+        |p| {
+            let w = first_container(p)?.state?.waiting?;
+            (w.reason.as_deref() == Some("CreateContainerConfigError"))
+                .then_some(w.message.unwrap_or_default())
+        },
+    )
+    .await?;
+    assert!(message.contains("absent"), "{message}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletion_honours_the_grace_period_and_force() -> anyhow::Result<()> {
+    let env = TestEnv::new("grace").await?;
+    let up = env.device_up("a", 10).await?;
+    // Exits as soon as SIGTERM arrives.
+    let polite = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    // Ignores SIGTERM: only SIGKILL after the grace period ends it.
+    let stubborn = "trap '' TERM; while true; do sleep 1; done";
+    for (name, script) in [
+        ("polite", polite),
+        ("stubborn", stubborn),
+        ("forced", stubborn),
+    ] {
+        create_pod(
+            &env,
+            &up.name,
+            name,
+            json!({
+                "terminationGracePeriodSeconds": 8,
+                "containers": [busybox("main", script)],
+            }),
+        )
+        .await?;
+    }
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    let mut ids = std::collections::HashMap::new();
+    for name in ["polite", "stubborn", "forced"] {
+        let pod = wait_pod(&env, name, "Running", RUN_TIMEOUT, |p| {
+            running_and_ready(p).then(|| p.clone())
+        })
+        .await?;
+        ids.insert(name, container_id(&pod).expect("container id"));
+    }
+    let gone = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            let started = std::time::Instant::now();
+            wait_for(
+                &format!("{name} removed"),
+                Duration::from_secs(60),
+                || async { api.get_opt(name).await.ok()?.is_none().then_some(()) },
+            )
+            .await
+            .map(|()| started.elapsed())
+        }
+    };
+    api.delete("polite", &DeleteParams::default()).await?;
+    let polite_took = gone("polite").await?;
+    api.delete("stubborn", &DeleteParams::default()).await?;
+    let stubborn_took = gone("stubborn").await?;
+    eprintln!("polite pod gone after {polite_took:?}, stubborn after {stubborn_took:?}");
+    assert!(
+        polite_took < Duration::from_secs(6),
+        "SIGTERM not delivered: {polite_took:?}"
+    );
+    assert!(
+        stubborn_took >= Duration::from_secs(7),
+        "grace period cut short: {stubborn_took:?}"
+    );
+    assert!(!container_exists(&ids["polite"])? && !container_exists(&ids["stubborn"])?);
+
+    // Force: the object goes at once, the container shortly after, grace or not.
+    env.cluster.kubectl(&[
+        "delete",
+        "pod",
+        "forced",
+        "-n",
+        &env.name,
+        "--grace-period=0",
+        "--force",
+    ])?;
+    let forced = ids["forced"].clone();
+    wait_for(
+        "the forced pod's container removed",
+        Duration::from_secs(6),
+        || async { (!container_exists(&forced).unwrap_or(true)).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
