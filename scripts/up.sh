@@ -14,12 +14,15 @@ echo $! > "$state/demo.pid"
 for _ in $(seq 1 600); do
   if [ -f "$state/kubeconfig" ]; then
     cat <<TXT
-Up: a Kubernetes v1.37 control plane, aranya, and the device 'demo-device' (its Node is Ready).
+Up: a Kubernetes v1.37 control plane, aranya, and the device 'demo-device' (its Node is Ready),
+running the sample Deployment hello-edge (deploy/sample-deployment.yaml) in Docker.
 
 Try:
   .local/bin/kubectl --kubeconfig .local/kubeconfig get nodes -o wide
   .local/bin/kubectl --kubeconfig .local/kubeconfig get edgedevices
   .local/bin/kubectl --kubeconfig .local/kubeconfig describe node demo-device
+  .local/bin/kubectl --kubeconfig .local/kubeconfig get pods -o wide
+  docker ps --filter label=io.arhat.device=demo-device
 Logs: .local/logs/{aranya,arhat}.log, .local/testbed/logs/, .local/demo.log
 Stop: make down
 TXT

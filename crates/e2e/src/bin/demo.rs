@@ -59,14 +59,15 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "device:\n  name: {DEVICE}\nconnectivity:\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{}\n        caFile: {}\n        serverName: localhost\nnode:\n  storagePath: /\n",
+            "device:\n  name: {DEVICE}\nconnectivity:\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{}\n        caFile: {}\n        serverName: localhost\nnode:\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {}\n",
             cli.grpc_port,
-            cluster.ca_file.display()
+            cluster.ca_file.display(),
+            e2e::process::pause_binary()?.display(),
         ),
     )?;
     let mut arhat = std::process::Command::new(binary("arhat")?);
     arhat.arg("--config").arg(&config);
-    let _arhat = Proc::spawn("arhat", arhat, &logs.join("arhat.log"))?;
+    let arhat = Proc::spawn("arhat", arhat, &logs.join("arhat.log"))?;
 
     cluster
         .kubectl(&[
@@ -76,6 +77,16 @@ async fn main() -> anyhow::Result<()> {
             &format!("node/{DEVICE}"),
         ])
         .context("waiting for the device's Node to be Ready (see .local/logs)")?;
+    let sample = repo_root().join("deploy/sample-deployment.yaml");
+    cluster.kubectl(&["apply", "-f", &sample.to_string_lossy()])?;
+    cluster
+        .kubectl(&[
+            "rollout",
+            "status",
+            "deployment/hello-edge",
+            "--timeout=180s",
+        ])
+        .context("waiting for the sample Deployment on the device (see .local/logs)")?;
 
     // The matching kubectl, then the kubeconfig last: its presence means "up".
     let bin = state.join("bin");
@@ -102,5 +113,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(state.join("kubeconfig"));
+    drop(arhat);
+    e2e::images::remove_device_containers(DEVICE);
     Ok(())
 }
