@@ -4,6 +4,7 @@
 
 mod spec;
 mod status;
+mod volume;
 
 use std::collections::{HashMap, HashSet};
 

@@ -130,7 +130,14 @@ impl Agent {
                     docker.remove_container(&o.id).await?;
                 }
                 let host_ip = nodeinfo::host_ip().unwrap_or_default();
-                (Some(PodManager::new(Arc::new(docker), host_ip)), version)
+                (
+                    Some(PodManager::new(
+                        Arc::new(docker),
+                        host_ip,
+                        config.runtime.data_dir.clone(),
+                    )),
+                    version,
+                )
             }
         };
         info!(runtime = %runtime_version, "container runtime ready");

@@ -57,6 +57,9 @@ pub struct RuntimeConfig {
     /// The static `pause` binary the pod sandbox image is built from.
     #[serde(default = "default_pause_binary")]
     pub pause_binary: PathBuf,
+    /// Where pod volumes live on the device.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
 }
 
 impl Default for RuntimeConfig {
@@ -64,6 +67,7 @@ impl Default for RuntimeConfig {
         Self {
             kind: RuntimeKind::default(),
             pause_binary: default_pause_binary(),
+            data_dir: default_data_dir(),
         }
     }
 }
@@ -76,6 +80,10 @@ pub enum RuntimeKind {
     Docker,
     /// No runtime: the device reports itself but runs no pods.
     None,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/arhat")
 }
 
 fn default_pause_binary() -> PathBuf {

@@ -255,10 +255,11 @@ impl TestEnv {
     pub fn arhat_config(&self, device: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(format!("arhat-{device}.yaml"));
         let config = format!(
-            "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: 200ms\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: 2s\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\nlog:\n  level: info,arhat=debug,connectivity=debug\n",
+            "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: 200ms\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: 2s\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: info,arhat=debug,connectivity=debug\n",
             port = self.grpc_port,
             ca = self.cluster.ca_file.display(),
             pause = crate::process::pause_binary()?.display(),
+            data = self.dir.join(format!("arhat-data-{device}")).display(),
         );
         std::fs::write(&path, config)?;
         Ok(path)

@@ -101,3 +101,16 @@ pub fn remove_device_containers(device: &str) {
         let _ = docker(&args);
     }
 }
+
+/// Runs a command in a container through dockerd; its stdout.
+pub fn exec(id: &str, command: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec!["exec", id];
+    args.extend_from_slice(command);
+    let out = docker(&args)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "docker exec {command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

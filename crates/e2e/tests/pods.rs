@@ -502,3 +502,83 @@ async fn deletion_honours_the_grace_period_and_force() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn volumes_carry_configmaps_secrets_init_output_and_the_token() -> anyhow::Result<()> {
+    use k8s_openapi::api::{authentication::v1::TokenReview, core::v1::Secret};
+    let env = TestEnv::new("volumes").await?;
+    let up = env.device_up("a", 10).await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.name);
+    configmaps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({ "metadata": { "name": "conf" }, "data": { "a": "alpha", "b": "beta" } }),
+            )?,
+        )
+        .await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({ "metadata": { "name": "sec" }, "stringData": { "token": "s3cret" } }),
+            )?,
+        )
+        .await?;
+    create_pod(&env, &up.name, "vols", json!({
+        "volumes": [
+            { "name": "conf", "configMap": { "name": "conf" } },
+            { "name": "sec", "secret": { "secretName": "sec", "defaultMode": 256 } },
+            { "name": "work", "emptyDir": {} },
+            { "name": "meta", "downwardAPI": { "items": [{ "path": "labels", "fieldRef": { "fieldPath": "metadata.labels" } }] } },
+        ],
+        "initContainers": [merge(busybox("prepare", "echo from-init > /work/msg"), json!({
+            "volumeMounts": [{ "name": "work", "mountPath": "/work" }],
+        }))],
+        "containers": [merge(busybox("main", "exec sleep 3600"), json!({
+            "volumeMounts": [
+                { "name": "conf", "mountPath": "/etc/conf", "readOnly": true },
+                { "name": "conf", "mountPath": "/etc/a-only", "subPath": "a" },
+                { "name": "sec", "mountPath": "/etc/sec" },
+                { "name": "work", "mountPath": "/work" },
+                { "name": "meta", "mountPath": "/etc/meta" },
+            ],
+        }))],
+    }))
+    .await?;
+    let pod = wait_pod(&env, "vols", "Running", RUN_TIMEOUT, |p| {
+        running_and_ready(p).then(|| p.clone())
+    })
+    .await?;
+    let id = container_id(&pod).expect("container id");
+    let read = |path: &str| e2e::images::exec(&id, &["cat", path]);
+    assert_eq!(read("/etc/conf/a")?, "alpha");
+    assert_eq!(read("/etc/conf/b")?, "beta");
+    assert_eq!(read("/etc/a-only")?, "alpha");
+    assert_eq!(read("/etc/sec/token")?, "s3cret");
+    assert_eq!(read("/work/msg")?.trim(), "from-init");
+    assert!(read("/etc/meta/labels")?.contains("test=\"vols\""));
+    assert_eq!(
+        e2e::images::exec(&id, &["stat", "-c", "%a", "/etc/sec/token"])?.trim(),
+        "400"
+    );
+    assert!(
+        e2e::images::exec(&id, &["sh", "-c", "echo x > /etc/conf/new"]).is_err(),
+        "readOnly mount was writable"
+    );
+
+    // The service-account token every pod gets, accepted by the apiserver.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(read(&format!("{sa}/namespace"))?, env.name);
+    assert!(read(&format!("{sa}/ca.crt"))?.contains("BEGIN CERTIFICATE"));
+    let token = read(&format!("{sa}/token"))?;
+    let reviews: Api<TokenReview> = Api::all(env.client.clone());
+    let review: TokenReview = serde_json::from_value(json!({ "spec": { "token": token } }))?;
+    let answer = reviews.create(&PostParams::default(), &review).await?;
+    let status = answer.status.expect("review status");
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    let user = status.user.and_then(|u| u.username).unwrap_or_default();
+    assert_eq!(user, format!("system:serviceaccount:{}:default", env.name));
+    Ok(())
+}

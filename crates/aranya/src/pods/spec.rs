@@ -28,6 +28,10 @@ pub enum SpecError {
     },
     #[error("unsupported field path {0:?}")]
     FieldPath(String),
+    #[error("volume {volume:?}: {kind} volumes are not supported on edge devices yet")]
+    UnsupportedVolume { volume: String, kind: &'static str },
+    #[error("volume {volume:?}: service account token: {reason}")]
+    Token { volume: String, reason: String },
     #[error(transparent)]
     Kube(#[from] kube::Error),
 }
@@ -50,7 +54,12 @@ pub async fn device_spec(client: &Client, pod: &Pod) -> Result<api::PodSpec, Spe
     for c in spec.init_containers.iter().flatten() {
         init_containers.push(container(&mut lookup, pod, c).await?);
     }
+    let mut volumes = Vec::new();
+    for v in spec.volumes.iter().flatten() {
+        volumes.push(super::volume::resolve(&mut lookup, pod, v).await?);
+    }
     Ok(api::PodSpec {
+        volumes,
         uid: pod.uid().unwrap_or_default(),
         namespace: namespace.clone(),
         name: pod.name_any(),
@@ -66,15 +75,15 @@ pub async fn device_spec(client: &Client, pod: &Pod) -> Result<api::PodSpec, Spe
     })
 }
 
-struct Lookup<'a> {
-    client: &'a Client,
-    namespace: &'a str,
+pub(super) struct Lookup<'a> {
+    pub(super) client: &'a Client,
+    pub(super) namespace: &'a str,
     config_maps: BTreeMap<String, Option<ConfigMap>>,
     secrets: BTreeMap<String, Option<Secret>>,
 }
 
 impl Lookup<'_> {
-    async fn config_map(&mut self, name: &str) -> Result<Option<&ConfigMap>, SpecError> {
+    pub(super) async fn config_map(&mut self, name: &str) -> Result<Option<&ConfigMap>, SpecError> {
         if !self.config_maps.contains_key(name) {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
             self.config_maps
@@ -83,7 +92,7 @@ impl Lookup<'_> {
         Ok(self.config_maps.get(name).and_then(Option::as_ref))
     }
 
-    async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, SpecError> {
+    pub(super) async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, SpecError> {
         if !self.secrets.contains_key(name) {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
             self.secrets
@@ -93,7 +102,7 @@ impl Lookup<'_> {
     }
 }
 
-fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, String> {
+pub(super) fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, String> {
     let mut data = cm.data.clone().unwrap_or_default();
     for (k, v) in cm.binary_data.iter().flatten() {
         data.insert(k.clone(), String::from_utf8_lossy(&v.0).into_owned());
@@ -101,7 +110,7 @@ fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, String> {
     data
 }
 
-fn secret_data(s: &Secret) -> BTreeMap<String, String> {
+pub(super) fn secret_data(s: &Secret) -> BTreeMap<String, String> {
     let mut data: BTreeMap<String, String> = s
         .data
         .iter()
@@ -181,6 +190,59 @@ async fn container(
         memory_bytes: quantity("memory").map_or(0, |v| v as u64),
         tty: c.tty.unwrap_or(false),
         stdin: c.stdin.unwrap_or(false),
+        mounts: c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| api::VolumeMount {
+                volume: m.name.clone(),
+                mount_path: m.mount_path.clone(),
+                sub_path: m.sub_path.clone().unwrap_or_default(),
+                read_only: m.read_only.unwrap_or(false),
+            })
+            .collect(),
+    })
+}
+
+/// A metadata field as the downward API renders it.
+pub(super) fn field_value(pod: &Pod, path: &str) -> Option<String> {
+    let kv = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Some(match path {
+        "metadata.name" => pod.name_any(),
+        "metadata.namespace" => pod.namespace().unwrap_or_default(),
+        "metadata.uid" => pod.uid().unwrap_or_default(),
+        "metadata.labels" => kv(pod.labels()),
+        "metadata.annotations" => kv(pod.annotations()),
+        "spec.nodeName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        p => {
+            if let Some(key) = p
+                .strip_prefix("metadata.labels['")
+                .and_then(|k| k.strip_suffix("']"))
+            {
+                pod.labels().get(key).cloned().unwrap_or_default()
+            } else if let Some(key) = p
+                .strip_prefix("metadata.annotations['")
+                .and_then(|k| k.strip_suffix("']"))
+            {
+                pod.annotations().get(key).cloned().unwrap_or_default()
+            } else {
+                return None;
+            }
+        }
     })
 }
 
@@ -229,41 +291,13 @@ async fn env_value(
     }
     if let Some(f) = &from.field_ref {
         let path = f.field_path.as_str();
-        let value = match path {
-            "metadata.name" => pod.name_any(),
-            "metadata.namespace" => pod.namespace().unwrap_or_default(),
-            "metadata.uid" => pod.uid().unwrap_or_default(),
-            "spec.nodeName" => pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            "spec.serviceAccountName" => pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_default(),
-            // Known only on the device; resolved there in a later release.
-            "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
-                return Ok(None);
-            }
-            p => {
-                if let Some(key) = p
-                    .strip_prefix("metadata.labels['")
-                    .and_then(|k| k.strip_suffix("']"))
-                {
-                    pod.labels().get(key).cloned().unwrap_or_default()
-                } else if let Some(key) = p
-                    .strip_prefix("metadata.annotations['")
-                    .and_then(|k| k.strip_suffix("']"))
-                {
-                    pod.annotations().get(key).cloned().unwrap_or_default()
-                } else {
-                    return Err(SpecError::FieldPath(p.to_string()));
-                }
-            }
-        };
-        return Ok(Some(value));
+        // Known only on the device; resolved there in a later release.
+        if path.starts_with("status.") {
+            return Ok(None);
+        }
+        return field_value(pod, path)
+            .map(Some)
+            .ok_or_else(|| SpecError::FieldPath(path.to_string()));
     }
     // resourceFieldRef: resolved on the device in a later release.
     Ok(None)

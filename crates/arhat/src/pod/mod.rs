@@ -4,6 +4,7 @@
 
 pub mod serve;
 mod status;
+pub mod volumes;
 mod worker;
 
 use std::{
@@ -34,6 +35,7 @@ struct Entry {
 pub struct PodManager<R: Runtime> {
     runtime: Arc<R>,
     host_ip: String,
+    data_dir: std::path::PathBuf,
     pods: Mutex<HashMap<String, Entry>>,
     /// UIDs whose status changed since the last report.
     dirty: Arc<Mutex<HashSet<String>>>,
@@ -49,10 +51,11 @@ impl<R: Runtime> std::fmt::Debug for PodManager<R> {
 }
 
 impl<R: Runtime> PodManager<R> {
-    pub fn new(runtime: Arc<R>, host_ip: String) -> Arc<Self> {
+    pub fn new(runtime: Arc<R>, host_ip: String, data_dir: std::path::PathBuf) -> Arc<Self> {
         Arc::new(Self {
             runtime,
             host_ip,
+            data_dir,
             pods: Mutex::new(HashMap::new()),
             dirty: Arc::default(),
             changed: Arc::default(),
@@ -96,7 +99,13 @@ impl<R: Runtime> PodManager<R> {
                 changed.notify_one();
             }
         };
-        let worker = worker::Worker::new(self.runtime.clone(), spec, self.host_ip.clone(), publish);
+        let worker = worker::Worker::new(
+            self.runtime.clone(),
+            spec,
+            self.host_ip.clone(),
+            self.data_dir.clone(),
+            publish,
+        );
         tokio::spawn(
             async move {
                 worker.run(delete_rx).await;

@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,7 +16,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, status};
-use crate::runtime::{ContainerSpec, ContainerState, Runtime, RuntimeError, Sandbox, SandboxSpec};
+use crate::runtime::{
+    ContainerSpec, ContainerState, Mount, Runtime, RuntimeError, Sandbox, SandboxSpec,
+};
 
 /// A container that ran this long has its back-off forgotten.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
@@ -38,6 +41,9 @@ pub struct Worker<R: Runtime> {
     state: Arc<Mutex<State>>,
     publish: Arc<dyn Fn(PodStatus) + Send + Sync>,
     sandbox: Option<Sandbox>,
+    data_dir: PathBuf,
+    /// Host path of each volume, once prepared.
+    volumes: HashMap<String, PathBuf>,
 }
 
 impl<R: Runtime> Worker<R> {
@@ -45,6 +51,7 @@ impl<R: Runtime> Worker<R> {
         runtime: Arc<R>,
         spec: PodSpec,
         host_ip: String,
+        data_dir: PathBuf,
         publish: impl Fn(PodStatus) + Send + Sync + 'static,
     ) -> Self {
         let status = status::initial(&spec, &host_ip);
@@ -57,6 +64,8 @@ impl<R: Runtime> Worker<R> {
             })),
             publish: Arc::new(publish),
             sandbox: None,
+            data_dir,
+            volumes: HashMap::new(),
         }
     }
 
@@ -122,6 +131,7 @@ impl<R: Runtime> Worker<R> {
             s.start_time = now;
         });
         self.sandbox = Some(sandbox);
+        self.volumes = self.prepare_volumes().await;
         for i in 0..self.spec.init_containers.len() {
             if !self.run_init(i).await {
                 return;
@@ -155,6 +165,63 @@ impl<R: Runtime> Worker<R> {
                 }
             }
         }
+    }
+
+    /// Creates the pod's volumes, retrying (with the reason shown) until it works.
+    async fn prepare_volumes(&self) -> HashMap<String, PathBuf> {
+        let mut delay = Duration::from_secs(2);
+        loop {
+            match super::volumes::prepare(&self.data_dir, &self.spec) {
+                Ok(paths) => {
+                    self.update(|s| {
+                        if s.reason == "FailedMount" {
+                            s.reason.clear();
+                            s.message.clear();
+                        }
+                    });
+                    return paths;
+                }
+                Err(e) => {
+                    warn!(error = %e, "preparing volumes");
+                    self.update(|s| {
+                        s.reason = "FailedMount".into();
+                        s.message = e.to_string();
+                    });
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// The container's volume mounts as host binds.
+    fn mounts(&self, c: &Container) -> Result<Vec<Mount>, String> {
+        c.mounts
+            .iter()
+            .map(|m| {
+                let volume = self
+                    .volumes
+                    .get(&m.volume)
+                    .ok_or_else(|| format!("volume {:?} is not defined in the pod", m.volume))?;
+                let host_path = if m.sub_path.is_empty() {
+                    volume.clone()
+                } else {
+                    let path = super::volumes::contained(volume, &m.sub_path)
+                        .ok_or_else(|| format!("subPath {:?} leaves its volume", m.sub_path))?;
+                    // As a kubelet: a missing subPath is created as a directory.
+                    if !path.exists() {
+                        std::fs::create_dir_all(&path)
+                            .map_err(|e| format!("subPath {:?}: {e}", m.sub_path))?;
+                    }
+                    path
+                };
+                Ok(Mount {
+                    host_path,
+                    container_path: m.mount_path.clone(),
+                    read_only: m.read_only,
+                })
+            })
+            .collect()
     }
 
     /// Runs init container `i` to success; false if the pod failed for good.
@@ -231,7 +298,18 @@ impl<R: Runtime> Worker<R> {
             };
             list.get(i).map_or(0, |s| s.restart_count)
         };
+        let mounts = match self.mounts(&c) {
+            Ok(m) => m,
+            Err(message) => {
+                let e = RuntimeError::Failed {
+                    op: "mounting volumes",
+                    reason: message,
+                };
+                return self.failed_to_run(kind, i, "CreateContainerConfigError", &e);
+            }
+        };
         let spec = ContainerSpec {
+            mounts,
             pod_uid: self.spec.uid.clone(),
             namespace: self.spec.namespace.clone(),
             pod_name: self.spec.name.clone(),
@@ -410,6 +488,12 @@ impl<R: Runtime> Worker<R> {
             if let Err(e) = self.runtime.remove_container(id).await {
                 warn!(error = %e, "removing a container");
             }
+        }
+        let dir = super::volumes::pod_dir(&self.data_dir, &self.spec.uid);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(dir = %dir.display(), error = %e, "removing the pod's volumes");
         }
         self.update(|s| {
             for c in s.init_containers.iter_mut().chain(s.containers.iter_mut()) {

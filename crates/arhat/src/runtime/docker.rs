@@ -262,6 +262,15 @@ impl Runtime for Docker {
                 spec.attempt,
             )),
             host_config: Some(HostConfig {
+                binds: Some(
+                    spec.mounts
+                        .iter()
+                        .map(|m| {
+                            let mode = if m.read_only { ":ro" } else { "" };
+                            format!("{}:{}{mode}", m.host_path.display(), m.container_path)
+                        })
+                        .collect(),
+                ),
                 network_mode: Some(format!("container:{}", sandbox.id)),
                 ipc_mode: Some(format!("container:{}", sandbox.id)),
                 nano_cpus: (spec.cpu_millis > 0)

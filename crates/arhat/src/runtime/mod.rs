@@ -68,6 +68,15 @@ pub struct ContainerSpec {
     pub memory_bytes: u64,
     pub tty: bool,
     pub stdin: bool,
+    pub mounts: Vec<Mount>,
+}
+
+/// A host path bound into a container.
+#[derive(Debug, Clone, Default)]
+pub struct Mount {
+    pub host_path: std::path::PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
 }
 
 /// A container's state as the runtime reports it.
