@@ -93,6 +93,7 @@ async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
                             { "name": "GREETING", "valueFrom": { "configMapKeyRef": { "name": "greeting", "key": "text" } } },
                             { "name": "PLAIN", "value": "plain-value" },
                             { "name": "MY_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                            { "name": "MY_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
                         ],
                     }],
                 })),
@@ -151,6 +152,8 @@ async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
             )),
             "{env_vars:?}"
         );
+        let ip = status.pod_ip.clone().unwrap_or_default();
+        assert!(env_vars.contains(&format!("MY_IP={ip}")), "{env_vars:?}");
     }
 
     // Scale down: two pods go, and so do their containers.

@@ -135,6 +135,7 @@ async fn container(
                 Some(cm) => env.extend(config_map_data(cm).into_iter().map(|(k, v)| api::EnvVar {
                     name: format!("{prefix}{k}"),
                     value: v,
+                    field_path: String::new(),
                 })),
                 None if optional(r.optional) => {}
                 None => return Err(SpecError::ConfigMapNotFound(r.name.clone())),
@@ -145,6 +146,7 @@ async fn container(
                 Some(s) => env.extend(secret_data(s).into_iter().map(|(k, v)| api::EnvVar {
                     name: format!("{prefix}{k}"),
                     value: v,
+                    field_path: String::new(),
                 })),
                 None if optional(r.optional) => {}
                 None => return Err(SpecError::SecretNotFound(r.name.clone())),
@@ -152,10 +154,23 @@ async fn container(
         }
     }
     for e in c.env.iter().flatten() {
-        if let Some(value) = env_value(lookup, pod, e).await? {
+        let device_field = e
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+            .filter(|p| p.starts_with("status."));
+        if let Some(field_path) = device_field {
+            env.push(api::EnvVar {
+                name: e.name.clone(),
+                value: String::new(),
+                field_path,
+            });
+        } else if let Some(value) = env_value(lookup, pod, e).await? {
             env.push(api::EnvVar {
                 name: e.name.clone(),
                 value,
+                field_path: String::new(),
             });
         }
     }
@@ -291,10 +306,6 @@ async fn env_value(
     }
     if let Some(f) = &from.field_ref {
         let path = f.field_path.as_str();
-        // Known only on the device; resolved there in a later release.
-        if path.starts_with("status.") {
-            return Ok(None);
-        }
         return field_value(pod, path)
             .map(Some)
             .ok_or_else(|| SpecError::FieldPath(path.to_string()));

@@ -322,7 +322,7 @@ impl<R: Runtime> Worker<R> {
             env: c
                 .env
                 .iter()
-                .map(|e| (e.name.clone(), e.value.clone()))
+                .map(|e| (e.name.clone(), self.env_value(e)))
                 .collect(),
             cpu_millis: c.cpu_millis,
             memory_bytes: c.memory_bytes,
@@ -390,6 +390,20 @@ impl<R: Runtime> Worker<R> {
             s.started = false;
         });
         code
+    }
+
+    /// An env value, filling in what only the device knows.
+    fn env_value(&self, e: &proto::api::EnvVar) -> String {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match e.field_path.as_str() {
+            "" => e.value.clone(),
+            "status.podIP" | "status.podIPs" => state.status.pod_ip.clone(),
+            "status.hostIP" | "status.hostIPs" => state.status.host_ip.clone(),
+            _ => String::new(),
+        }
     }
 
     /// Keeps the latest dead instance of each container (for `logs --previous`)
