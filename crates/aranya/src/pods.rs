@@ -2,6 +2,7 @@
 //! written back as a kubelet writes it, and deleted like a kubelet deletes
 //! (containers stopped with the grace period first, then a zero-grace delete).
 
+mod events;
 mod spec;
 mod status;
 mod volume;
@@ -253,6 +254,9 @@ impl PodSync {
         };
         let namespace = pod.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        if !status.events.is_empty() {
+            events::record(&self.client, &pod, &self.node, &status.events).await;
+        }
         if status.removed {
             self.deleting.remove(&status.uid);
             if pod.metadata.deletion_timestamp.is_some() {

@@ -156,6 +156,10 @@ async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
         assert!(env_vars.contains(&format!("MY_IP={ip}")), "{env_vars:?}");
     }
 
+    // `kubectl describe pod` tells the story.
+    let first = pods[0].metadata.name.clone().unwrap_or_default();
+    wait_events(&env, &first, &["Pulled", "Created", "Started"]).await?;
+
     // Scale down: two pods go, and so do their containers.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(env.client.clone(), &env.name);
@@ -217,6 +221,38 @@ async fn wait_pod<T>(
         check(&pod)
     })
     .await
+}
+
+/// Reasons of the events recorded for a pod, waiting until `want` are all there.
+async fn wait_events(env: &TestEnv, pod: &str, want: &[&str]) -> anyhow::Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Event;
+    let api: Api<Event> = Api::namespaced(env.client.clone(), &env.name);
+    wait_for(
+        &format!("events {want:?} for {pod}"),
+        Duration::from_secs(30),
+        || async {
+            let events = api
+                .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
+                .await
+                .ok()?;
+            let reasons: Vec<String> = events
+                .items
+                .iter()
+                .filter_map(|e| e.reason.clone())
+                .collect();
+            want.iter()
+                .all(|w| reasons.iter().any(|r| r == w))
+                .then_some(reasons)
+        },
+    )
+    .await
+    .map_err(|e| {
+        let all = env
+            .cluster
+            .kubectl(&["get", "events", "-n", &env.name])
+            .unwrap_or_default();
+        anyhow::anyhow!("{e}\nevents in the namespace:\n{all}")
+    })
 }
 
 fn first_container(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
@@ -383,6 +419,7 @@ async fn crashing_container_backs_off() -> anyhow::Result<()> {
         },
     )
     .await?;
+    wait_events(&env, "crash", &["Created", "Started", "BackOff"]).await?;
     Ok(())
 }
 
@@ -409,6 +446,7 @@ async fn unpullable_image_and_missing_secret_say_why() -> anyhow::Result<()> {
         (waiting_reason(p).as_deref() == Some("ImagePullBackOff")).then_some(())
     })
     .await?;
+    wait_events(&env, "noimage", &["Pulling", "Failed", "BackOff"]).await?;
     let message = wait_pod(
         &env,
         "nosecret",
@@ -485,6 +523,7 @@ async fn deletion_honours_the_grace_period_and_force() -> anyhow::Result<()> {
         "grace period cut short: {stubborn_took:?}"
     );
     assert!(!container_exists(&ids["polite"])? && !container_exists(&ids["stubborn"])?);
+    wait_events(&env, "polite", &["Killing"]).await?;
 
     // Force: the object goes at once, the container shortly after, grace or not.
     env.cluster.kubectl(&[

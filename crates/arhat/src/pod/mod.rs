@@ -39,6 +39,8 @@ pub struct PodManager<R: Runtime> {
     pods: Mutex<HashMap<String, Entry>>,
     /// UIDs whose status changed since the last report.
     dirty: Arc<Mutex<HashSet<String>>>,
+    /// Events not reported yet, by UID.
+    events: Arc<Mutex<HashMap<String, Vec<proto::api::PodEvent>>>>,
     changed: Arc<Notify>,
 }
 
@@ -58,6 +60,7 @@ impl<R: Runtime> PodManager<R> {
             data_dir,
             pods: Mutex::new(HashMap::new()),
             dirty: Arc::default(),
+            events: Arc::default(),
             changed: Arc::default(),
         })
     }
@@ -88,9 +91,19 @@ impl<R: Runtime> PodManager<R> {
         info!(parent: &span, "starting pod");
         let publish = {
             let dirty = self.dirty.clone();
+            let events = self.events.clone();
             let changed = self.changed.clone();
             let uid = uid.clone();
-            move |s: PodStatus| {
+            move |mut s: PodStatus| {
+                if !s.events.is_empty() {
+                    let mut pending = events
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    pending
+                        .entry(uid.clone())
+                        .or_default()
+                        .append(&mut s.events);
+                }
                 status_tx.send_replace(s);
                 dirty
                     .lock()
@@ -151,6 +164,13 @@ impl<R: Runtime> PodManager<R> {
         self.lock().remove(uid);
         let mut last = status.borrow().clone();
         last.removed = true;
+        // The teardown's events (Killing) go with the final status.
+        last.events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid)
+            .unwrap_or_default();
         last
     }
 
@@ -194,8 +214,16 @@ impl<R: Runtime> PodManager<R> {
             };
             let statuses: Vec<PodStatus> = {
                 let pods = self.lock();
+                let mut events = self
+                    .events
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 uids.iter()
-                    .filter_map(|u| pods.get(u).map(|e| e.status.borrow().clone()))
+                    .filter_map(|u| {
+                        let mut status = pods.get(u)?.status.borrow().clone();
+                        status.events = events.remove(u).unwrap_or_default();
+                        Some(status)
+                    })
                     .collect()
             };
             if !statuses.is_empty() {

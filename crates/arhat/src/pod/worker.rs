@@ -83,6 +83,29 @@ impl<R: Runtime> Worker<R> {
         (self.publish)(snapshot);
     }
 
+    /// Records a kubelet-style event (sent with the next status report).
+    fn event(&self, on: Option<(Kind, usize)>, warning: bool, reason: &str, message: String) {
+        let (container, init_container) = on.map_or((String::new(), false), |(kind, i)| {
+            (self.container(kind, i).name.clone(), kind == Kind::Init)
+        });
+        let mut snapshot = {
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.status.clone()
+        };
+        snapshot.events.push(proto::api::PodEvent {
+            r#type: if warning { "Warning" } else { "Normal" }.into(),
+            reason: reason.into(),
+            message,
+            container,
+            init_container,
+            time: now(),
+        });
+        (self.publish)(snapshot);
+    }
+
     fn container(&self, kind: Kind, i: usize) -> &Container {
         match kind {
             Kind::Init => &self.spec.init_containers[i],
@@ -183,6 +206,7 @@ impl<R: Runtime> Worker<R> {
                 }
                 Err(e) => {
                     warn!(error = %e, "preparing volumes");
+                    self.event(None, true, "FailedMount", e.to_string());
                     self.update(|s| {
                         s.reason = "FailedMount".into();
                         s.message = e.to_string();
@@ -267,6 +291,15 @@ impl<R: Runtime> Worker<R> {
         let delay = *backoff;
         *backoff = (*backoff * 2).min(BACKOFF_MAX);
         let name = self.container(kind, i).name.clone();
+        self.event(
+            Some((kind, i)),
+            true,
+            "BackOff",
+            format!(
+                "Back-off restarting failed container {name} in pod {}_{}",
+                self.spec.name, self.spec.namespace
+            ),
+        );
         self.update_container(kind, i, |c| {
             c.last_state = c.state.take();
             c.restart_count += 1;
@@ -337,9 +370,21 @@ impl<R: Runtime> Worker<R> {
             Err(e) => return self.failed_to_run(kind, i, "CreateContainerError", &e),
         };
         self.remember(kind, i, &id);
+        self.event(
+            Some((kind, i)),
+            false,
+            "Created",
+            format!("Created container: {}", c.name),
+        );
         if let Err(e) = self.runtime.start_container(&id).await {
             return self.failed_to_run(kind, i, "RunContainerError", &e);
         }
+        self.event(
+            Some((kind, i)),
+            false,
+            "Started",
+            format!("Started container {}", c.name),
+        );
         let runtime_id = format!("{}://{id}", self.runtime.name());
         let started_at = match self.runtime.inspect_container(&id).await {
             Ok(info) => match info.state {
@@ -428,6 +473,7 @@ impl<R: Runtime> Worker<R> {
 
     fn failed_to_run(&self, kind: Kind, i: usize, reason: &str, e: &RuntimeError) -> i64 {
         warn!(error = %e, reason, "container did not run");
+        self.event(Some((kind, i)), true, "Failed", format!("Error: {e}"));
         self.update_container(kind, i, |s| {
             s.state = Some(status::waiting(reason, &e.to_string()));
         });
@@ -437,43 +483,112 @@ impl<R: Runtime> Worker<R> {
     /// Makes the image present per the pull policy; waits with ErrImagePull /
     /// ImagePullBackOff until it is.
     async fn ensure_image(&self, kind: Kind, i: usize, c: &Container) -> String {
+        let on = Some((kind, i));
         let mut backoff = BACKOFF_INITIAL;
         loop {
             let present = self.runtime.image_id(&c.image).await.ok().flatten();
+            let pull = async {
+                self.event(on, false, "Pulling", format!("Pulling image {:?}", c.image));
+                let started = Instant::now();
+                let pulled = self.runtime.pull_image(&c.image).await;
+                if pulled.is_ok() {
+                    let took = started.elapsed().as_secs_f64();
+                    let message = format!("Successfully pulled image {:?} in {took:.3}s", c.image);
+                    self.event(on, false, "Pulled", message);
+                }
+                pulled
+            };
             let result = match (c.image_pull_policy.as_str(), present) {
-                ("Always", _) => self.runtime.pull_image(&c.image).await,
-                (_, Some(id)) => Ok(id),
+                ("Always", _) => pull.await,
+                (_, Some(id)) => {
+                    let message =
+                        format!("Container image {:?} already present on machine", c.image);
+                    self.event(on, false, "Pulled", message);
+                    Ok(id)
+                }
                 ("Never", None) => Err(RuntimeError::ImageNotFound {
                     image: c.image.clone(),
                     reason: "not present and the pull policy is Never".into(),
                 }),
-                (_, None) => self.runtime.pull_image(&c.image).await,
+                (_, None) => pull.await,
             };
-            match result {
+            let e = match result {
                 Ok(id) => return id,
-                Err(e) => {
-                    let never = matches!(e, RuntimeError::ImageNotFound { .. })
-                        && c.image_pull_policy == "Never";
-                    let first = if never {
-                        "ErrImageNeverPull"
-                    } else {
-                        "ErrImagePull"
-                    };
-                    warn!(image = %c.image, error = %e, "image not available");
-                    let message = e.to_string();
-                    // As a kubelet: the pull error, then the back-off until the next try.
-                    self.update_container(kind, i, |s| {
-                        s.state = Some(status::waiting(first, &message))
-                    });
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let backing_off = format!("Back-off pulling image {:?}: {message}", c.image);
-                    self.update_container(kind, i, |s| {
-                        s.state = Some(status::waiting("ImagePullBackOff", &backing_off));
-                    });
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
+                Err(e) => e,
+            };
+            let never =
+                matches!(e, RuntimeError::ImageNotFound { .. }) && c.image_pull_policy == "Never";
+            let first = if never {
+                "ErrImageNeverPull"
+            } else {
+                "ErrImagePull"
+            };
+            warn!(image = %c.image, error = %e, "image not available");
+            let message = e.to_string();
+            self.event(
+                on,
+                true,
+                "Failed",
+                format!("Failed to pull image {:?}: {message}", c.image),
+            );
+            // As a kubelet: the pull error, then the back-off until the next try.
+            self.update_container(kind, i, |s| {
+                s.state = Some(status::waiting(first, &message))
+            });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let backing_off = format!("Back-off pulling image {:?}: {message}", c.image);
+            self.event(
+                on,
+                false,
+                "BackOff",
+                format!("Back-off pulling image {:?}", c.image),
+            );
+            self.update_container(kind, i, |s| {
+                s.state = Some(status::waiting("ImagePullBackOff", &backing_off));
+            });
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Records Killing for every container still running.
+    fn killing_events(&self) {
+        let running: Vec<(Kind, usize)> = {
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let is_running = |c: &proto::api::ContainerStatus| {
+                matches!(
+                    c.state.as_ref().and_then(|x| x.state.as_ref()),
+                    Some(Phase::Running(_))
+                )
+            };
+            let init = state
+                .status
+                .init_containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (Kind::Init, i, c));
+            let app = state
+                .status
+                .containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (Kind::App, i, c));
+            init.chain(app)
+                .filter(|(_, _, c)| is_running(c))
+                .map(|(k, i, _)| (k, i))
+                .collect()
+        };
+        for (kind, i) in running {
+            let name = self.container(kind, i).name.clone();
+            self.event(
+                Some((kind, i)),
+                false,
+                "Killing",
+                format!("Stopping container {name}"),
+            );
         }
     }
 
@@ -490,6 +605,7 @@ impl<R: Runtime> Worker<R> {
             containers = ids.len(),
             "stopping pod"
         );
+        self.killing_events();
         let stops = ids.iter().map(|id| self.runtime.stop_container(id, grace));
         for r in join_all(stops).await {
             if let Err(e) = r
