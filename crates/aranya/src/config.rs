@@ -66,6 +66,10 @@ pub struct RunConfig {
     /// while its device reconnects.
     #[arg(long, value_parser = parse_seconds, default_value = "20")]
     pub reconnect_grace: Duration,
+    /// How often pods are re-sent to their devices, refreshing service-account
+    /// tokens (valid an hour) and ConfigMap/Secret volume content.
+    #[arg(long, value_parser = parse_seconds, default_value = "1200")]
+    pub pod_refresh: Duration,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

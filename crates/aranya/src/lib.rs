@@ -99,6 +99,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         kubelet_port: cfg.kubelet_port,
         kubelet_version: kubelet_version(&client).await?,
         reconnect_grace: cfg.reconnect_grace,
+        pod_refresh: cfg.pod_refresh,
     });
     let listener = bind(cfg.grpc_listen).await?;
     info!(address = %listener.local_addr()?, "gRPC endpoint listening");

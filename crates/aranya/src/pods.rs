@@ -29,10 +29,19 @@ pub struct PodSyncHandle {
 }
 
 /// Starts syncing the pods bound to `node`; stops when the handle's senders are dropped.
-pub fn spawn(client: Client, node: String) -> (PodSyncHandle, tokio::task::JoinHandle<()>) {
+/// How often pods are re-sent to the device so projected tokens (valid for an
+/// hour) and ConfigMap/Secret volume content stay fresh.
+pub const DEFAULT_REFRESH: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
+pub fn spawn(
+    client: Client,
+    node: String,
+    refresh: std::time::Duration,
+) -> (PodSyncHandle, tokio::task::JoinHandle<()>) {
     let (session_tx, session_rx) = watch::channel(None);
     let (reports_tx, reports_rx) = mpsc::channel(256);
     let sync = PodSync {
+        refresh,
         pods: Api::all(client.clone()),
         client,
         node,
@@ -54,6 +63,7 @@ pub fn spawn(client: Client, node: String) -> (PodSyncHandle, tokio::task::JoinH
 }
 
 struct PodSync {
+    refresh: std::time::Duration,
     client: Client,
     pods: Api<Pod>,
     node: String,
@@ -73,8 +83,16 @@ impl PodSync {
         let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
         let mut events = watcher(self.pods.clone(), config).default_backoff().boxed();
         let mut listing: Option<HashSet<String>> = None;
+        let mut refresh =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.refresh, self.refresh);
         loop {
             tokio::select! {
+                _ = refresh.tick() => {
+                    let pods: Vec<Pod> = self.known.values().filter(|p| p.metadata.deletion_timestamp.is_none()).cloned().collect();
+                    for pod in pods {
+                        self.ensure_on_device(pod);
+                    }
+                }
                 event = events.next() => match event {
                     Some(Ok(watcher::Event::Init)) => listing = Some(HashSet::new()),
                     Some(Ok(watcher::Event::InitApply(pod))) => {

@@ -63,6 +63,8 @@ pub struct NodeEnv {
     /// After aranya starts, a Ready Node keeps its status this long while its
     /// device reconnects, so an aranya restart looks like nothing to the cluster.
     pub reconnect_grace: Duration,
+    /// How often pods are re-sent so tokens and volume content stay fresh.
+    pub pod_refresh: Duration,
 }
 
 impl std::fmt::Debug for NodeEnv {
@@ -95,7 +97,7 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
     let span = tracing::info_span!("node", node = %name);
     let (pods, pods_task) = {
         let _entered = span.enter();
-        let (handle, task) = crate::pods::spawn(env.client.clone(), name.clone());
+        let (handle, task) = crate::pods::spawn(env.client.clone(), name.clone(), env.pod_refresh);
         (handle, task)
     };
     let node = VirtualNode {

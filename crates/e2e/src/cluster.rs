@@ -238,7 +238,9 @@ impl TestEnv {
             .arg("--grpc-tls-key")
             .arg(&c.grpc_key)
             .args(["--node-address", "127.0.0.1", "--kubelet-port", "10250"])
-            .args(["--reconnect-grace", "10"]);
+            .args(["--reconnect-grace", "10"])
+            // Fast volume refresh, so tests see updates and new tokens quickly.
+            .args(["--pod-refresh", "5"]);
         Ok(cmd)
     }
 

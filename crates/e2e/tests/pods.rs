@@ -622,5 +622,24 @@ async fn volumes_carry_configmaps_secrets_init_output_and_the_token() -> anyhow:
     assert_eq!(status.authenticated, Some(true), "{status:?}");
     let user = status.user.and_then(|u| u.username).unwrap_or_default();
     assert_eq!(user, format!("system:serviceaccount:{}:default", env.name));
+
+    // Updates reach the files, and the token is renewed, without a restart.
+    configmaps
+        .patch(
+            "conf",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "a": "omega" } })),
+        )
+        .await?;
+    wait_for(
+        "the ConfigMap update in the container",
+        Duration::from_secs(30),
+        || async { (read("/etc/conf/a").ok()?.as_str() == "omega").then_some(()) },
+    )
+    .await?;
+    wait_for("a renewed token", Duration::from_secs(30), || async {
+        (read(&format!("{sa}/token")).ok()? != token).then_some(())
+    })
+    .await?;
     Ok(())
 }

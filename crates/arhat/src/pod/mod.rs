@@ -79,6 +79,11 @@ impl<R: Runtime> PodManager<R> {
     pub fn ensure(self: &Arc<Self>, spec: PodSpec) -> PodStatus {
         let mut pods = self.lock();
         if let Some(entry) = pods.get(&spec.uid) {
+            // A re-send carries fresh volume content (a refreshed token, an
+            // updated ConfigMap): rewrite it in place, as a kubelet does.
+            if let Err(e) = volumes::prepare(&self.data_dir, &spec) {
+                warn!(uid = %spec.uid, error = %e, "refreshing volumes");
+            }
             return entry.status.borrow().clone();
         }
         let initial = status::initial(&spec, &self.host_ip);
