@@ -11,7 +11,7 @@ HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/host: //p')
 # The pod sandbox's process, linked statically so the infra image needs nothing else.
 export ARANYA_PAUSE_BINARY ?= $(CARGO_TARGET_DIR)/static/$(HOST_TRIPLE)/release/pause
 
-.PHONY: up down test deps docker build kube pause lint clean
+.PHONY: up down test bench deps docker build kube pause lint clean
 
 up: deps docker build kube pause
 	@scripts/up.sh "$(CARGO_TARGET_DIR)/debug/demo"
@@ -22,6 +22,11 @@ down:
 test: deps docker lint build kube pause
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+
+# Pod start through aranya/arhat vs the same containers created directly (release builds).
+bench: deps docker kube pause
+	$(CARGO) build --release --workspace --bins
+	$(CARGO_TARGET_DIR)/release/bench-pods --pods 20
 
 deps:
 	@scripts/deps.sh

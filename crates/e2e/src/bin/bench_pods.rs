@@ -1,0 +1,181 @@
+//! Benchmark: a pod bound to a virtual node until it is Running on the device,
+//! against creating the same sandbox and app container directly through the
+//! same Docker engine, in the same run. Prints both and their ratio.
+//!
+//! `make bench` runs it (needs what `make test` needs: Docker, the test bed).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arhat::runtime::{ContainerSpec, Runtime, SandboxSpec, docker::Docker};
+use clap::Parser;
+use e2e::{
+    Cluster, Proc,
+    images::{BUSYBOX, ensure_busybox, remove_device_containers},
+    process::{binary, pause_binary},
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+    runtime::wait::{await_condition, conditions::is_pod_running},
+};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    /// Pods per side (run one after another).
+    #[arg(long, default_value_t = 20)]
+    pods: usize,
+}
+
+const DEVICE: &str = "bench-device";
+const NAMESPACE: &str = "default";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    ensure_busybox()?;
+    let cp = testbed::ControlPlane::start(Default::default()).await?;
+    let dir = cp.dir().join("bench");
+    let cluster = Cluster::prepare(&cp, &dir).await?;
+    let client = cluster.client().await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+
+    let mut aranya = std::process::Command::new(binary("aranya")?);
+    aranya
+        .env("RUST_LOG", "warn")
+        .arg("--kubeconfig")
+        .arg(&cluster.aranya_kubeconfig)
+        .args([
+            "--namespace",
+            "default",
+            "--grpc-listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--grpc-tls-cert")
+        .arg(&cluster.grpc_cert)
+        .arg("--grpc-tls-key")
+        .arg(&cluster.grpc_key);
+    let _aranya = Proc::spawn("aranya", aranya, &dir.join("aranya.log"))?;
+    let device = json!({
+        "apiVersion": "aranya.arhat.dev/v1alpha1", "kind": "EdgeDevice",
+        "metadata": { "name": DEVICE },
+        "spec": { "connectivity": { "methods": [{ "name": "grpc" }] }, "pod": { "allocatable": cli.pods + 5 } },
+    });
+    let path = dir.join("device.json");
+    std::fs::write(&path, device.to_string())?;
+    cluster.kubectl(&["apply", "-f", &path.to_string_lossy()])?;
+    let config = dir.join("arhat.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "device:\n  name: {DEVICE}\nconnectivity:\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {}\n        serverName: localhost\nnode:\n  storagePath: /\nruntime:\n  pauseBinary: {}\n  dataDir: {}\nlog:\n  level: warn\n",
+            cluster.ca_file.display(),
+            pause_binary()?.display(),
+            dir.join("arhat-data").display(),
+        ),
+    )?;
+    let mut arhat = std::process::Command::new(binary("arhat")?);
+    arhat.arg("--config").arg(&config);
+    let arhat = Proc::spawn("arhat", arhat, &dir.join("arhat.log"))?;
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=120s",
+            &format!("node/{DEVICE}"),
+        ])
+        .context("the bench device's Node never became Ready")?;
+
+    // Baseline: the same sandbox and container, straight through the engine.
+    let docker = Docker::connect(pause_binary()?, "bench-direct").await?;
+    let mut direct = Vec::new();
+    for i in 0..=cli.pods {
+        let uid = format!("direct-{i}");
+        let started = Instant::now();
+        let sandbox = docker
+            .create_sandbox(&SandboxSpec {
+                pod_uid: uid.clone(),
+                namespace: NAMESPACE.into(),
+                name: uid.clone(),
+                hostname: uid.clone(),
+                host_network: false,
+            })
+            .await?;
+        let spec = ContainerSpec {
+            pod_uid: uid.clone(),
+            namespace: NAMESPACE.into(),
+            pod_name: uid.clone(),
+            name: "main".into(),
+            image: BUSYBOX.into(),
+            command: vec!["sleep".into(), "3600".into()],
+            ..Default::default()
+        };
+        let id = docker.create_container(&sandbox, &spec).await?;
+        docker.start_container(&id).await?;
+        // The first round warms caches (the pause image import) and is not counted.
+        if i > 0 {
+            direct.push(started.elapsed());
+        }
+    }
+    remove_device_containers("bench-direct");
+
+    // Through the cluster: created, scheduled, bound, sent, run, reported Running.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut via = Vec::new();
+    for i in 0..=cli.pods {
+        let name = format!("bench-{i}");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "nodeSelector": { "kubernetes.io/hostname": DEVICE },
+                "tolerations": [{ "key": "aranya.arhat.dev/edge-device", "operator": "Exists", "effect": "NoSchedule" }],
+                "automountServiceAccountToken": false,
+                "containers": [{ "name": "main", "image": BUSYBOX, "command": ["sleep", "3600"] }],
+            },
+        }))?;
+        let started = Instant::now();
+        pods.create(&PostParams::default(), &pod).await?;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(pods.clone(), &name, is_pod_running()),
+        )
+        .await
+        .context("pod never Running")??;
+        if i > 0 {
+            via.push(started.elapsed());
+        }
+    }
+    for i in 0..=cli.pods {
+        let _ = pods
+            .delete(
+                &format!("bench-{i}"),
+                &DeleteParams::default().grace_period(0),
+            )
+            .await;
+    }
+    drop(arhat);
+    remove_device_containers(DEVICE);
+
+    let mean =
+        |v: &[Duration]| v.iter().sum::<Duration>() / u32::try_from(v.len().max(1)).unwrap_or(1);
+    let (d, p) = (mean(&direct), mean(&via));
+    println!("pods per side: {}", cli.pods);
+    println!(
+        "direct sandbox + container, mean: {:.1} ms",
+        d.as_secs_f64() * 1e3
+    );
+    println!(
+        "pod created -> Running via aranya/arhat, mean: {:.1} ms",
+        p.as_secs_f64() * 1e3
+    );
+    println!(
+        "ratio (via / direct): {:.2}",
+        p.as_secs_f64() / d.as_secs_f64()
+    );
+    Ok(())
+}
