@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure a Docker engine answers on the default socket: installs Debian's
-# docker.io (and busybox-static, for locally built test images) when missing,
+# docker.io (and busybox-static for locally built test images, docker-registry
+# and htpasswd for pull tests) when missing,
 # and starts dockerd when it is not running. Containers fail with
 # "setrlimit: operation not permitted" in sandboxes whose hard limits are
 # below Docker's defaults, so the daemon gets default ulimits within them;
@@ -15,6 +16,9 @@ answers() { docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&1; }
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
+# A real image registry (with htpasswd auth) for pull tests.
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "docker: ${missing[*]} missing and not root: install them (apt-get install -y ${missing[*]})" >&2

@@ -3,6 +3,7 @@
 //! (containers stopped with the grace period first, then a zero-grace delete).
 
 mod events;
+mod pull;
 mod spec;
 mod status;
 mod volume;

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod images;
 pub mod process;
+pub mod registry;
 pub mod wait;
 
 pub use cluster::{Cluster, TestEnv};

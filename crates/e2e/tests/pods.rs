@@ -643,3 +643,73 @@ async fn volumes_carry_configmaps_secrets_init_output_and_the_token() -> anyhow:
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_images_pull_with_image_pull_secrets() -> anyhow::Result<()> {
+    let env = TestEnv::new("pull").await?;
+    let registry = e2e::registry::Registry::shared(&env.cluster.dir).await?;
+    let up = env.device_up("a", 10).await?;
+    env.cluster.kubectl(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "-n",
+        &env.name,
+        &format!("--docker-server={}", registry.address),
+        &format!("--docker-username={}", registry.username),
+        &format!("--docker-password={}", registry.password),
+    ])?;
+    let image = registry.private_image();
+    let container = |name: &str| json!({ "name": name, "image": image, "imagePullPolicy": "Always", "command": ["sleep", "3600"] });
+    create_pod(
+        &env,
+        &up.name,
+        "private",
+        json!({
+            "imagePullSecrets": [{ "name": "regcred" }],
+            "containers": [container("main")],
+        }),
+    )
+    .await?;
+    create_pod(
+        &env,
+        &up.name,
+        "nocreds",
+        json!({ "containers": [container("main")] }),
+    )
+    .await?;
+    let pod = wait_pod(
+        &env,
+        "private",
+        "Running from the private registry",
+        RUN_TIMEOUT,
+        |p| running_and_ready(p).then(|| p.clone()),
+    )
+    .await?;
+    let c = first_container(&pod).expect("status");
+    assert_eq!(c.image, image);
+    assert!(!c.image_id.is_empty());
+    let reasons = wait_events(&env, "private", &["Pulling", "Pulled", "Started"]).await?;
+    assert!(reasons.iter().any(|r| r == "Pulled"));
+    let message = wait_pod(
+        &env,
+        "nocreds",
+        "ErrImagePull without credentials",
+        RUN_TIMEOUT,
+        |p| {
+            let w = first_container(p)?.state?.waiting?;
+            matches!(
+                w.reason.as_deref(),
+                Some("ErrImagePull") | Some("ImagePullBackOff")
+            )
+            .then(|| w.message.unwrap_or_default())
+        },
+    )
+    .await?;
+    assert!(
+        message.contains("auth") || message.contains("denied"),
+        "{message}"
+    );
+    Ok(())
+}

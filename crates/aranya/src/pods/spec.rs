@@ -46,13 +46,14 @@ pub async fn device_spec(client: &Client, pod: &Pod) -> Result<api::PodSpec, Spe
         config_maps: BTreeMap::new(),
         secrets: BTreeMap::new(),
     };
+    let credentials = super::pull::Credentials::of(&mut lookup, pod).await?;
     let mut containers = Vec::new();
     for c in &spec.containers {
-        containers.push(container(&mut lookup, pod, c).await?);
+        containers.push(container(&mut lookup, pod, c, &credentials).await?);
     }
     let mut init_containers = Vec::new();
     for c in spec.init_containers.iter().flatten() {
-        init_containers.push(container(&mut lookup, pod, c).await?);
+        init_containers.push(container(&mut lookup, pod, c, &credentials).await?);
     }
     let mut volumes = Vec::new();
     for v in spec.volumes.iter().flatten() {
@@ -125,6 +126,7 @@ async fn container(
     lookup: &mut Lookup<'_>,
     pod: &Pod,
     c: &Container,
+    credentials: &super::pull::Credentials,
 ) -> Result<api::Container, SpecError> {
     let mut env: Vec<api::EnvVar> = Vec::new();
     for from in c.env_from.iter().flatten() {
@@ -180,7 +182,9 @@ async fn container(
         .and_then(|r| r.limits.clone())
         .unwrap_or_default();
     let quantity = |name: &str| limits.get(name).and_then(|q| resources::parse(&q.0));
+    let image = c.image.clone().unwrap_or_default();
     Ok(api::Container {
+        pull_auth: credentials.for_image(&image),
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
         command: c.command.clone().unwrap_or_default(),

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, status};
 use crate::runtime::{
-    ContainerSpec, ContainerState, Mount, Runtime, RuntimeError, Sandbox, SandboxSpec,
+    ContainerSpec, ContainerState, Mount, PullAuth, Runtime, RuntimeError, Sandbox, SandboxSpec,
 };
 
 /// A container that ran this long has its back-off forgotten.
@@ -490,7 +490,12 @@ impl<R: Runtime> Worker<R> {
             let pull = async {
                 self.event(on, false, "Pulling", format!("Pulling image {:?}", c.image));
                 let started = Instant::now();
-                let pulled = self.runtime.pull_image(&c.image).await;
+                let auth = c.pull_auth.as_ref().map(|a| PullAuth {
+                    server: a.server.clone(),
+                    username: a.username.clone(),
+                    password: a.password.clone(),
+                });
+                let pulled = self.runtime.pull_image(&c.image, auth.as_ref()).await;
                 if pulled.is_ok() {
                     let took = started.elapsed().as_secs_f64();
                     let message = format!("Successfully pulled image {:?} in {took:.3}s", c.image);

@@ -16,8 +16,8 @@ use futures::StreamExt;
 
 use super::{
     ContainerInfo, ContainerSpec, ContainerState, LABEL_ATTEMPT, LABEL_CONTAINER, LABEL_DEVICE,
-    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, Runtime, RuntimeError, SANDBOX,
-    Sandbox, SandboxSpec,
+    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, PullAuth, Runtime, RuntimeError,
+    SANDBOX, Sandbox, SandboxSpec,
 };
 
 /// The infra image arhat builds from its own static `pause` binary.
@@ -159,11 +159,21 @@ impl Runtime for Docker {
         }
     }
 
-    async fn pull_image(&self, image: &str) -> Result<String, RuntimeError> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&PullAuth>,
+    ) -> Result<String, RuntimeError> {
         let options = CreateImageOptionsBuilder::default()
             .from_image(image)
             .build();
-        let mut progress = self.client.create_image(Some(options), None, None);
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let mut progress = self.client.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
             if let Err(e) = step {
                 let reason = match &e {

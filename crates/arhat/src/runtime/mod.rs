@@ -71,6 +71,22 @@ pub struct ContainerSpec {
     pub mounts: Vec<Mount>,
 }
 
+/// Registry credentials for a pull. Never logged.
+#[derive(Clone, Default)]
+pub struct PullAuth {
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for PullAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullAuth")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A host path bound into a container.
 #[derive(Debug, Clone, Default)]
 pub struct Mount {
@@ -119,8 +135,12 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         image: &str,
     ) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;
-    /// Pulls the image; returns its id.
-    fn pull_image(&self, image: &str) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Pulls the image (with the registry's credentials, if any); returns its id.
+    fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&PullAuth>,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
     fn create_sandbox(
         &self,
         spec: &SandboxSpec,
