@@ -114,3 +114,24 @@ pub fn exec(id: &str, command: &[&str]) -> anyhow::Result<String> {
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// A container's memory limit and CPU quota (nano CPUs), as dockerd applies them.
+pub fn container_limits(id: &str) -> anyhow::Result<(i64, i64)> {
+    let out = docker(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+        id,
+    ])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "inspect {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text
+        .split_whitespace()
+        .map(|p| p.parse::<i64>().unwrap_or(-1));
+    Ok((parts.next().unwrap_or(-1), parts.next().unwrap_or(-1)))
+}

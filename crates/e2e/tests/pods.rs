@@ -88,12 +88,15 @@ async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
                     "containers": [{
                         "name": "web",
                         "image": BUSYBOX,
+                        "resources": { "limits": { "memory": "64Mi", "cpu": "250m" } },
                         "command": ["sh", "-c", "echo \"$GREETING\"; exec sleep 3600"],
                         "env": [
                             { "name": "GREETING", "valueFrom": { "configMapKeyRef": { "name": "greeting", "key": "text" } } },
                             { "name": "PLAIN", "value": "plain-value" },
                             { "name": "MY_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
                             { "name": "MY_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
+                            { "name": "MEM_MI", "valueFrom": { "resourceFieldRef": { "resource": "limits.memory", "divisor": "1Mi" } } },
+                            { "name": "CPU_LIMIT", "valueFrom": { "resourceFieldRef": { "resource": "limits.cpu" } } },
                         ],
                     }],
                 })),
@@ -154,6 +157,12 @@ async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
         );
         let ip = status.pod_ip.clone().unwrap_or_default();
         assert!(env_vars.contains(&format!("MY_IP={ip}")), "{env_vars:?}");
+        // resourceFieldRef: 64Mi in Mi; 250m rounds up to 1 CPU, as a kubelet does.
+        assert!(env_vars.contains(&"MEM_MI=64".to_string()), "{env_vars:?}");
+        assert!(
+            env_vars.contains(&"CPU_LIMIT=1".to_string()),
+            "{env_vars:?}"
+        );
     }
 
     // `kubectl describe pod` tells the story.

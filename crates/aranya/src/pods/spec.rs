@@ -45,6 +45,7 @@ pub async fn device_spec(client: &Client, pod: &Pod) -> Result<api::PodSpec, Spe
         namespace: &namespace,
         config_maps: BTreeMap::new(),
         secrets: BTreeMap::new(),
+        node: None,
     };
     let credentials = super::pull::Credentials::of(&mut lookup, pod).await?;
     let mut containers = Vec::new();
@@ -81,6 +82,7 @@ pub(super) struct Lookup<'a> {
     pub(super) namespace: &'a str,
     config_maps: BTreeMap<String, Option<ConfigMap>>,
     secrets: BTreeMap<String, Option<Secret>>,
+    node: Option<Option<k8s_openapi::api::core::v1::Node>>,
 }
 
 impl Lookup<'_> {
@@ -91,6 +93,31 @@ impl Lookup<'_> {
                 .insert(name.to_string(), api.get_opt(name).await?);
         }
         Ok(self.config_maps.get(name).and_then(Option::as_ref))
+    }
+
+    /// The node's allocatable amount of `resource`, in base units.
+    async fn node_allocatable(
+        &mut self,
+        pod: &Pod,
+        resource: &str,
+    ) -> Result<Option<f64>, SpecError> {
+        if self.node.is_none() {
+            let name = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+            self.node = Some(api.get_opt(&name).await?);
+        }
+        Ok(self
+            .node
+            .as_ref()
+            .and_then(Option::as_ref)
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.allocatable.as_ref())
+            .and_then(|a| a.get(resource))
+            .and_then(|q| resources::parse(&q.0)))
     }
 
     pub(super) async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, SpecError> {
@@ -314,6 +341,54 @@ async fn env_value(
             .map(Some)
             .ok_or_else(|| SpecError::FieldPath(path.to_string()));
     }
-    // resourceFieldRef: resolved on the device in a later release.
+    if let Some(r) = &from.resource_field_ref {
+        return resource_value(lookup, pod, r).await.map(Some);
+    }
     Ok(None)
+}
+
+/// A container's limit or request, divided by the divisor and rounded up as a
+/// kubelet does; an unset limit is the node's allocatable amount.
+async fn resource_value(
+    lookup: &mut Lookup<'_>,
+    pod: &Pod,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> Result<String, SpecError> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let container = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| {
+            r.container_name
+                .as_deref()
+                .is_none_or(|n| n.is_empty() || n == c.name)
+        });
+    let (kind, resource) = r
+        .resource
+        .split_once('.')
+        .ok_or_else(|| SpecError::FieldPath(r.resource.clone()))?;
+    let resources = container
+        .and_then(|c| c.resources.clone())
+        .unwrap_or_default();
+    let set = match kind {
+        "limits" => resources.limits,
+        "requests" => resources.requests,
+        _ => return Err(SpecError::FieldPath(r.resource.clone())),
+    };
+    let mut value = set
+        .as_ref()
+        .and_then(|m| m.get(resource))
+        .and_then(|q| resources::parse(&q.0));
+    if value.is_none() && kind == "limits" {
+        value = lookup.node_allocatable(pod, resource).await?;
+    }
+    let value = value.unwrap_or(0.0);
+    let divisor = r
+        .divisor
+        .as_ref()
+        .and_then(|d| resources::parse(&d.0))
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
+    Ok(format!("{}", (value / divisor).ceil() as u64))
 }
