@@ -722,3 +722,37 @@ async fn private_images_pull_with_image_pull_secrets() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_ports_are_published_on_the_device() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let env = TestEnv::new("hostport").await?;
+    let up = env.device_up("a", 10).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    create_pod(&env, &up.name, "web", json!({
+        "containers": [merge(busybox("httpd", "echo served-from-the-edge > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"), json!({
+            "ports": [{ "containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1" }],
+        }))],
+    }))
+    .await?;
+    wait_pod(&env, "web", "Running", RUN_TIMEOUT, |p| {
+        running_and_ready(p).then_some(())
+    })
+    .await?;
+    let body = wait_for(
+        "an answer on the host port",
+        Duration::from_secs(20),
+        || async {
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            conn.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).ok()?;
+            answer.contains("served-from-the-edge").then_some(answer)
+        },
+    )
+    .await?;
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    Ok(())
+}

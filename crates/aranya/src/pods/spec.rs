@@ -230,6 +230,8 @@ async fn container(
                 name: p.name.clone().unwrap_or_default(),
                 container_port: u32::try_from(p.container_port).unwrap_or(0),
                 protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                host_port: p.host_port.and_then(|h| u32::try_from(h).ok()).unwrap_or(0),
+                host_ip: p.host_ip.clone().unwrap_or_default(),
             })
             .collect(),
         cpu_millis: quantity("cpu").map_or(0, |v| (v * 1000.0).round() as u64),

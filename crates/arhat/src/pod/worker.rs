@@ -17,7 +17,8 @@ use tracing::{debug, info, warn};
 
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, status};
 use crate::runtime::{
-    ContainerSpec, ContainerState, Mount, PullAuth, Runtime, RuntimeError, Sandbox, SandboxSpec,
+    ContainerSpec, ContainerState, Mount, PortMapping, PullAuth, Runtime, RuntimeError, Sandbox,
+    SandboxSpec,
 };
 
 /// A container that ran this long has its back-off forgotten.
@@ -172,6 +173,19 @@ impl<R: Runtime> Worker<R> {
             name: self.spec.name.clone(),
             hostname: self.spec.hostname.clone(),
             host_network: self.spec.host_network,
+            ports: self
+                .spec
+                .containers
+                .iter()
+                .flat_map(|c| &c.ports)
+                .filter(|p| p.host_port > 0 && !self.spec.host_network)
+                .map(|p| PortMapping {
+                    container_port: u16::try_from(p.container_port).unwrap_or(0),
+                    protocol: p.protocol.to_ascii_lowercase(),
+                    host_port: u16::try_from(p.host_port).unwrap_or(0),
+                    host_ip: p.host_ip.clone(),
+                })
+                .collect(),
         };
         let mut delay = Duration::from_secs(1);
         loop {

@@ -198,6 +198,12 @@ impl Runtime for Docker {
         self.ensure_pause_image().await?;
         let name = container_name(SANDBOX, &spec.name, &spec.namespace, &spec.pod_uid, 0);
         let body = ContainerCreateBody {
+            exposed_ports: (!spec.ports.is_empty()).then(|| {
+                spec.ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.container_port, p.protocol))
+                    .collect()
+            }),
             image: Some(PAUSE_IMAGE.to_string()),
             hostname: (!spec.host_network && !spec.hostname.is_empty())
                 .then(|| spec.hostname.clone()),
@@ -213,6 +219,21 @@ impl Runtime for Docker {
                 network_mode: Some(if spec.host_network { "host" } else { "bridge" }.to_string()),
                 // The pod's containers join its IPC namespace.
                 ipc_mode: Some("shareable".to_string()),
+                port_bindings: (!spec.ports.is_empty()).then(|| {
+                    spec.ports
+                        .iter()
+                        .map(|p| {
+                            let binding = bollard::models::PortBinding {
+                                host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
+                                host_port: Some(p.host_port.to_string()),
+                            };
+                            (
+                                format!("{}/{}", p.container_port, p.protocol),
+                                Some(vec![binding]),
+                            )
+                        })
+                        .collect()
+                }),
                 ..Default::default()
             }),
             ..Default::default()

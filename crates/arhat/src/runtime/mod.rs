@@ -42,6 +42,17 @@ pub struct SandboxSpec {
     pub name: String,
     pub hostname: String,
     pub host_network: bool,
+    /// Ports published on the device: the sandbox owns the pod's network.
+    pub ports: Vec<PortMapping>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortMapping {
+    pub container_port: u16,
+    /// "tcp", "udp" or "sctp".
+    pub protocol: String,
+    pub host_port: u16,
+    pub host_ip: String,
 }
 
 #[derive(Debug, Clone)]

@@ -104,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
                 name: uid.clone(),
                 hostname: uid.clone(),
                 host_network: false,
+                ports: Vec::new(),
             })
             .await?;
         let spec = ContainerSpec {
