@@ -341,6 +341,29 @@ async fn run_to_completion_reports_exit_codes() -> anyhow::Result<()> {
         "--timeout=90s",
         "job/job",
     ])?;
+    // A Job whose pod exits 3 fails, and says so.
+    let failing = job
+        .to_string()
+        .replace("\"name\":\"job\"", "\"name\":\"failing\"")
+        .replace("exit 0", "exit 3");
+    std::fs::write(&path, failing)?;
+    env.cluster
+        .kubectl(&["apply", "-f", &path.to_string_lossy()])?;
+    env.cluster.kubectl(&[
+        "wait",
+        "-n",
+        &env.name,
+        "--for=condition=Failed",
+        "--timeout=90s",
+        "job/failing",
+    ])?;
+    let failed = pods_of(&env, "job-name=failing").await?;
+    let code = failed
+        .first()
+        .and_then(first_container)
+        .and_then(|c| c.state?.terminated)
+        .map(|t| t.exit_code);
+    assert_eq!(code, Some(3));
     Ok(())
 }
 
@@ -588,6 +611,8 @@ async fn volumes_carry_configmaps_secrets_init_output_and_the_token() -> anyhow:
             "volumeMounts": [{ "name": "work", "mountPath": "/work" }],
         }))],
         "containers": [merge(busybox("main", "exec sleep 3600"), json!({
+            "env": [{ "name": "SECRET_TOKEN", "valueFrom": { "secretKeyRef": { "name": "sec", "key": "token" } } }],
+            "envFrom": [{ "configMapRef": { "name": "conf" }, "prefix": "CONF_" }],
             "volumeMounts": [
                 { "name": "conf", "mountPath": "/etc/conf", "readOnly": true },
                 { "name": "conf", "mountPath": "/etc/a-only", "subPath": "a" },
@@ -604,6 +629,13 @@ async fn volumes_carry_configmaps_secrets_init_output_and_the_token() -> anyhow:
     .await?;
     let id = container_id(&pod).expect("container id");
     let read = |path: &str| e2e::images::exec(&id, &["cat", path]);
+    let vars = container_env(&id)?;
+    for want in ["SECRET_TOKEN=s3cret", "CONF_a=alpha", "CONF_b=beta"] {
+        assert!(
+            vars.iter().any(|v| v == want),
+            "{want} missing from {vars:?}"
+        );
+    }
     assert_eq!(read("/etc/conf/a")?, "alpha");
     assert_eq!(read("/etc/conf/b")?, "beta");
     assert_eq!(read("/etc/a-only")?, "alpha");
