@@ -256,13 +256,14 @@ impl TestEnv {
     /// Writes an arhat config for `device` dialing this test's aranya.
     pub fn arhat_config(&self, device: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(format!("arhat-{device}.yaml"));
-        let config = format!(
-            "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: 200ms\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: 2s\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: info,arhat=debug,connectivity=debug\n",
-            port = self.grpc_port,
-            ca = self.cluster.ca_file.display(),
-            pause = crate::process::pause_binary()?.display(),
-            data = self.dir.join(format!("arhat-data-{device}")).display(),
-        );
+        let config = arhat_config_yaml(&ArhatConfig {
+            device,
+            port: self.grpc_port,
+            ca_file: &self.cluster.ca_file,
+            data_dir: &self.dir.join(format!("arhat-data-{device}")),
+            log: "info,arhat=debug,connectivity=debug",
+            quick: true,
+        })?;
         std::fs::write(&path, config)?;
         Ok(path)
     }
@@ -356,6 +357,37 @@ pub struct DeviceUp {
     pub arhat: Proc,
     /// The Node as it first was Ready.
     pub node: Node,
+}
+
+/// What differs between the agents the harness, demo and benchmark start.
+#[derive(Debug)]
+pub struct ArhatConfig<'a> {
+    pub device: &'a str,
+    /// aranya's gRPC port on loopback.
+    pub port: u16,
+    pub ca_file: &'a Path,
+    pub data_dir: &'a Path,
+    pub log: &'a str,
+    /// Short back-off and status interval, for tests.
+    pub quick: bool,
+}
+
+/// An arhat config dialing aranya on loopback and running pods in Docker.
+pub fn arhat_config_yaml(c: &ArhatConfig<'_>) -> anyhow::Result<String> {
+    let (backoff, interval) = if c.quick {
+        ("200ms", "2s")
+    } else {
+        ("500ms", "10s")
+    };
+    Ok(format!(
+        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n",
+        device = c.device,
+        port = c.port,
+        ca = c.ca_file.display(),
+        pause = crate::process::pause_binary()?.display(),
+        data = c.data_dir.display(),
+        log = c.log,
+    ))
 }
 
 pub fn node_ready(node: &Node) -> Option<(String, String)> {

@@ -63,21 +63,20 @@ pub fn container_exists(id: &str) -> anyhow::Result<bool> {
     Ok(docker(&["container", "inspect", id])?.status.success())
 }
 
-/// A container's environment, as dockerd reports it.
-pub fn container_env(id: &str) -> anyhow::Result<Vec<String>> {
-    let out = docker(&[
-        "container",
-        "inspect",
-        "--format",
-        "{{json .Config.Env}}",
-        id,
-    ])?;
+/// `docker container inspect --format FORMAT id`.
+fn inspect(id: &str, format: &str) -> anyhow::Result<String> {
+    let out = docker(&["container", "inspect", "--format", format, id])?;
     anyhow::ensure!(
         out.status.success(),
         "inspect {id}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A container's environment, as dockerd reports it.
+pub fn container_env(id: &str) -> anyhow::Result<Vec<String>> {
+    Ok(serde_json::from_str(&inspect(id, "{{json .Config.Env}}")?)?)
 }
 
 /// Removes every container an agent for `device` created (tests leave them
@@ -117,19 +116,7 @@ pub fn exec(id: &str, command: &[&str]) -> anyhow::Result<String> {
 
 /// A container's memory limit and CPU quota (nano CPUs), as dockerd applies them.
 pub fn container_limits(id: &str) -> anyhow::Result<(i64, i64)> {
-    let out = docker(&[
-        "container",
-        "inspect",
-        "--format",
-        "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
-        id,
-    ])?;
-    anyhow::ensure!(
-        out.status.success(),
-        "inspect {id}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = inspect(id, "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}")?;
     let mut parts = text
         .split_whitespace()
         .map(|p| p.parse::<i64>().unwrap_or(-1));

@@ -130,6 +130,58 @@ impl Lookup<'_> {
     }
 }
 
+/// Where a key-value source lives: kubelets treat both kinds alike.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Store {
+    ConfigMap,
+    Secret,
+}
+
+impl Store {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "configmap",
+            Self::Secret => "secret",
+        }
+    }
+
+    fn missing(self, name: &str) -> SpecError {
+        match self {
+            Self::ConfigMap => SpecError::ConfigMapNotFound(name.to_string()),
+            Self::Secret => SpecError::SecretNotFound(name.to_string()),
+        }
+    }
+}
+
+impl Lookup<'_> {
+    /// The named object's data; `Ok(None)` when it is absent and `optional`.
+    pub(super) async fn data(
+        &mut self,
+        store: Store,
+        name: &str,
+        optional: Option<bool>,
+    ) -> Result<Option<BTreeMap<String, String>>, SpecError> {
+        let data = match store {
+            Store::ConfigMap => self.config_map(name).await?.map(config_map_data),
+            Store::Secret => self.secret(name).await?.map(secret_data),
+        };
+        match data {
+            Some(d) => Ok(Some(d)),
+            None if optional.unwrap_or(false) => Ok(None),
+            None => Err(store.missing(name)),
+        }
+    }
+
+    pub(super) fn key_missing(&self, store: Store, name: &str, key: &str) -> SpecError {
+        SpecError::KeyNotFound {
+            kind: store.kind(),
+            namespace: self.namespace.to_string(),
+            name: name.to_string(),
+            key: key.to_string(),
+        }
+    }
+}
+
 pub(super) fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, String> {
     let mut data = cm.data.clone().unwrap_or_default();
     for (k, v) in cm.binary_data.iter().flatten() {
@@ -158,27 +210,21 @@ async fn container(
     let mut env: Vec<api::EnvVar> = Vec::new();
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        let optional = |o: Option<bool>| o.unwrap_or(false);
-        if let Some(r) = &from.config_map_ref {
-            match lookup.config_map(&r.name).await? {
-                Some(cm) => env.extend(config_map_data(cm).into_iter().map(|(k, v)| api::EnvVar {
+        let sources = [
+            from.config_map_ref
+                .as_ref()
+                .map(|r| (Store::ConfigMap, &r.name, r.optional)),
+            from.secret_ref
+                .as_ref()
+                .map(|r| (Store::Secret, &r.name, r.optional)),
+        ];
+        for (store, name, optional) in sources.into_iter().flatten() {
+            if let Some(data) = lookup.data(store, name, optional).await? {
+                env.extend(data.into_iter().map(|(k, v)| api::EnvVar {
                     name: format!("{prefix}{k}"),
                     value: v,
                     field_path: String::new(),
-                })),
-                None if optional(r.optional) => {}
-                None => return Err(SpecError::ConfigMapNotFound(r.name.clone())),
-            }
-        }
-        if let Some(r) = &from.secret_ref {
-            match lookup.secret(&r.name).await? {
-                Some(s) => env.extend(secret_data(s).into_iter().map(|(k, v)| api::EnvVar {
-                    name: format!("{prefix}{k}"),
-                    value: v,
-                    field_path: String::new(),
-                })),
-                None if optional(r.optional) => {}
-                None => return Err(SpecError::SecretNotFound(r.name.clone())),
+                }));
             }
         }
     }
@@ -303,38 +349,22 @@ async fn env_value(
     let Some(from) = &e.value_from else {
         return Ok(Some(e.value.clone().unwrap_or_default()));
     };
-    if let Some(r) = &from.config_map_key_ref {
-        let optional = r.optional.unwrap_or(false);
-        return match lookup.config_map(&r.name).await? {
-            Some(cm) => match config_map_data(cm).remove(&r.key) {
-                Some(v) => Ok(Some(v)),
-                None if optional => Ok(None),
-                None => Err(SpecError::KeyNotFound {
-                    kind: "configmap",
-                    namespace: lookup.namespace.to_string(),
-                    name: r.name.clone(),
-                    key: r.key.clone(),
-                }),
-            },
-            None if optional => Ok(None),
-            None => Err(SpecError::ConfigMapNotFound(r.name.clone())),
+    let key_ref = [
+        from.config_map_key_ref
+            .as_ref()
+            .map(|r| (Store::ConfigMap, &r.name, &r.key, r.optional)),
+        from.secret_key_ref
+            .as_ref()
+            .map(|r| (Store::Secret, &r.name, &r.key, r.optional)),
+    ];
+    if let Some((store, name, key, optional)) = key_ref.into_iter().flatten().next() {
+        let Some(mut data) = lookup.data(store, name, optional).await? else {
+            return Ok(None);
         };
-    }
-    if let Some(r) = &from.secret_key_ref {
-        let optional = r.optional.unwrap_or(false);
-        return match lookup.secret(&r.name).await? {
-            Some(s) => match secret_data(s).remove(&r.key) {
-                Some(v) => Ok(Some(v)),
-                None if optional => Ok(None),
-                None => Err(SpecError::KeyNotFound {
-                    kind: "secret",
-                    namespace: lookup.namespace.to_string(),
-                    name: r.name.clone(),
-                    key: r.key.clone(),
-                }),
-            },
-            None if optional => Ok(None),
-            None => Err(SpecError::SecretNotFound(r.name.clone())),
+        return match data.remove(key) {
+            Some(v) => Ok(Some(v)),
+            None if optional.unwrap_or(false) => Ok(None),
+            None => Err(lookup.key_missing(store, name, key)),
         };
     }
     if let Some(f) = &from.field_ref {

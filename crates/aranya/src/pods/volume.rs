@@ -10,7 +10,7 @@ use k8s_openapi::api::{
 use kube::{Api, ResourceExt, api::PostParams};
 use proto::api;
 
-use super::spec::{Lookup, SpecError, config_map_data, field_value, secret_data};
+use super::spec::{Lookup, SpecError, Store, field_value};
 
 /// Token lifetime asked for; the device gets a fresh one when it is re-sent.
 const TOKEN_SECONDS: i64 = 3607;
@@ -31,11 +31,31 @@ pub(super) async fn resolve(
         })
     } else if let Some(cm) = &v.config_map {
         let mode = mode(cm.default_mode, 0o644);
-        files(config_map_files(lookup, &cm.name, cm.items.as_deref(), cm.optional, mode).await?)
+        files(
+            store_files(
+                lookup,
+                Store::ConfigMap,
+                &cm.name,
+                cm.items.as_deref(),
+                cm.optional,
+                mode,
+            )
+            .await?,
+        )
     } else if let Some(s) = &v.secret {
         let mode = mode(s.default_mode, 0o644);
         let name = s.secret_name.clone().unwrap_or_default();
-        files(secret_files(lookup, &name, s.items.as_deref(), s.optional, mode).await?)
+        files(
+            store_files(
+                lookup,
+                Store::Secret,
+                &name,
+                s.items.as_deref(),
+                s.optional,
+                mode,
+            )
+            .await?,
+        )
     } else if let Some(d) = &v.downward_api {
         files(downward_files(
             pod,
@@ -48,13 +68,28 @@ pub(super) async fn resolve(
         for source in p.sources.iter().flatten() {
             if let Some(cm) = &source.config_map {
                 all.extend(
-                    config_map_files(lookup, &cm.name, cm.items.as_deref(), cm.optional, default)
-                        .await?,
+                    store_files(
+                        lookup,
+                        Store::ConfigMap,
+                        &cm.name,
+                        cm.items.as_deref(),
+                        cm.optional,
+                        default,
+                    )
+                    .await?,
                 );
             }
             if let Some(s) = &source.secret {
                 all.extend(
-                    secret_files(lookup, &s.name, s.items.as_deref(), s.optional, default).await?,
+                    store_files(
+                        lookup,
+                        Store::Secret,
+                        &s.name,
+                        s.items.as_deref(),
+                        s.optional,
+                        default,
+                    )
+                    .await?,
                 );
             }
             if let Some(d) = &source.downward_api {
@@ -138,47 +173,20 @@ fn pick(
     }
 }
 
-async fn config_map_files(
+/// A ConfigMap's or Secret's keys as files.
+async fn store_files(
     lookup: &mut Lookup<'_>,
+    store: Store,
     name: &str,
     items: Option<&[KeyToPath]>,
     optional: Option<bool>,
     default: u32,
 ) -> Result<Vec<api::VolumeFile>, SpecError> {
-    let namespace = lookup.namespace.to_string();
-    match lookup.config_map(name).await? {
-        Some(cm) => pick(config_map_data(cm), items, default, |key| {
-            SpecError::KeyNotFound {
-                kind: "configmap",
-                namespace: namespace.clone(),
-                name: name.to_string(),
-                key: key.to_string(),
-            }
+    match lookup.data(store, name, optional).await? {
+        Some(data) => pick(data, items, default, |key| {
+            lookup.key_missing(store, name, key)
         }),
-        None if optional.unwrap_or(false) => Ok(Vec::new()),
-        None => Err(SpecError::ConfigMapNotFound(name.to_string())),
-    }
-}
-
-async fn secret_files(
-    lookup: &mut Lookup<'_>,
-    name: &str,
-    items: Option<&[KeyToPath]>,
-    optional: Option<bool>,
-    default: u32,
-) -> Result<Vec<api::VolumeFile>, SpecError> {
-    let namespace = lookup.namespace.to_string();
-    match lookup.secret(name).await? {
-        Some(s) => pick(secret_data(s), items, default, |key| {
-            SpecError::KeyNotFound {
-                kind: "secret",
-                namespace: namespace.clone(),
-                name: name.to_string(),
-                key: key.to_string(),
-            }
-        }),
-        None if optional.unwrap_or(false) => Ok(Vec::new()),
-        None => Err(SpecError::SecretNotFound(name.to_string())),
+        None => Ok(Vec::new()),
     }
 }
 

@@ -45,6 +45,21 @@ impl Docker {
         })
     }
 
+    async fn create_named(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        op: &'static str,
+    ) -> Result<String, RuntimeError> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = self
+            .client
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| failed(op, e))?;
+        Ok(created.id)
+    }
+
     async fn ensure_pause_image(&self) -> Result<(), RuntimeError> {
         if self.client.inspect_image(PAUSE_IMAGE).await.is_ok() {
             return Ok(());
@@ -238,18 +253,13 @@ impl Runtime for Docker {
             }),
             ..Default::default()
         };
-        let created = self
-            .client
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                body,
-            )
-            .await
-            .map_err(|e| failed("creating the sandbox", e))?;
-        self.start_container(&created.id).await?;
+        let id = self
+            .create_named(&name, body, "creating the sandbox")
+            .await?;
+        self.start_container(&id).await?;
         let inspect = self
             .client
-            .inspect_container(&created.id, None)
+            .inspect_container(&id, None)
             .await
             .map_err(|e| failed("inspecting the sandbox", e))?;
         let ip = inspect
@@ -259,7 +269,7 @@ impl Runtime for Docker {
                 nets.into_values()
                     .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
             });
-        Ok(Sandbox { id: created.id, ip })
+        Ok(Sandbox { id, ip })
     }
 
     async fn create_container(
@@ -312,15 +322,7 @@ impl Runtime for Docker {
             }),
             ..Default::default()
         };
-        let created = self
-            .client
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                body,
-            )
-            .await
-            .map_err(|e| failed("creating a container", e))?;
-        Ok(created.id)
+        self.create_named(&name, body, "creating a container").await
     }
 
     async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {

@@ -11,6 +11,7 @@ use arhat::runtime::{ContainerSpec, Runtime, SandboxSpec, docker::Docker};
 use clap::Parser;
 use e2e::{
     Cluster, Proc,
+    cluster::{ArhatConfig, arhat_config_yaml},
     images::{BUSYBOX, ensure_busybox, remove_device_containers},
     process::{binary, pause_binary},
 };
@@ -70,15 +71,15 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&path, device.to_string())?;
     cluster.kubectl(&["apply", "-f", &path.to_string_lossy()])?;
     let config = dir.join("arhat.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "device:\n  name: {DEVICE}\nconnectivity:\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {}\n        serverName: localhost\nnode:\n  storagePath: /\nruntime:\n  pauseBinary: {}\n  dataDir: {}\nlog:\n  level: warn\n",
-            cluster.ca_file.display(),
-            pause_binary()?.display(),
-            dir.join("arhat-data").display(),
-        ),
-    )?;
+    let yaml = arhat_config_yaml(&ArhatConfig {
+        device: DEVICE,
+        port,
+        ca_file: &cluster.ca_file,
+        data_dir: &dir.join("arhat-data"),
+        log: "warn",
+        quick: false,
+    })?;
+    std::fs::write(&config, yaml)?;
     let mut arhat = std::process::Command::new(binary("arhat")?);
     arhat.arg("--config").arg(&config);
     let arhat = Proc::spawn("arhat", arhat, &dir.join("arhat.log"))?;

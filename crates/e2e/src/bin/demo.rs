@@ -5,7 +5,11 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use e2e::{Cluster, Proc, cluster::repo_root, process::binary};
+use e2e::{
+    Cluster, Proc,
+    cluster::{ArhatConfig, arhat_config_yaml, repo_root},
+    process::binary,
+};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -56,15 +60,15 @@ async fn main() -> anyhow::Result<()> {
             .to_string_lossy(),
     ])?;
     let config = state.join("arhat.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "device:\n  name: {DEVICE}\nconnectivity:\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{}\n        caFile: {}\n        serverName: localhost\nnode:\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {}\n",
-            cli.grpc_port,
-            cluster.ca_file.display(),
-            e2e::process::pause_binary()?.display(),
-        ),
-    )?;
+    let yaml = arhat_config_yaml(&ArhatConfig {
+        device: DEVICE,
+        port: cli.grpc_port,
+        ca_file: &cluster.ca_file,
+        data_dir: &state.join("arhat-data"),
+        log: "info",
+        quick: false,
+    })?;
+    std::fs::write(&config, yaml)?;
     let mut arhat = std::process::Command::new(binary("arhat")?);
     arhat.arg("--config").arg(&config);
     let arhat = Proc::spawn("arhat", arhat, &logs.join("arhat.log"))?;
