@@ -4,10 +4,12 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
+use k8s_openapi::api::{
+    certificates::v1::CertificateSigningRequest, coordination::v1::Lease, core::v1::Node,
+};
 use kube::{
     Api, Client, ResourceExt,
-    api::DeleteParams,
+    api::{DeleteParams, ListParams},
     runtime::{
         Controller,
         controller::Action,
@@ -110,6 +112,13 @@ async fn cleanup(device: Arc<EdgeDevice>, ctx: &Context) -> Result<Action, kube:
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), LEASE_NAMESPACE);
     delete_if_present(nodes.delete(&name, &DeleteParams::default()).await)?;
     delete_if_present(leases.delete(&name, &DeleteParams::default()).await)?;
+    let csrs: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    let mine =
+        ListParams::default().labels(&format!("{}={name}", crate::kubelet::cert::LABEL_NODE));
+    delete_if_present(
+        csrs.delete_collection(&DeleteParams::default(), &mine)
+            .await,
+    )?;
     Ok(Action::await_change())
 }
 

@@ -5,6 +5,7 @@
 //! - [`controller`]: EdgeDevice reconcile (finalizer, virtual node lifetime).
 //! - [`virtualnode`]: the Node object, its status and its Lease.
 //! - [`hub`]: devices arriving over any transport: handshake, sessions.
+//! - [`kubelet`]: the kubelet endpoint (so far: per-node serving certificates).
 //! - [`pods`]: pods bound to a virtual node, run on its device.
 //! - [`leader`]: one active replica at a time.
 
@@ -12,6 +13,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod hub;
+pub mod kubelet;
 pub mod leader;
 pub mod pods;
 pub mod resources;
@@ -100,6 +102,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         kubelet_version: kubelet_version(&client).await?,
         reconnect_grace: cfg.reconnect_grace,
         pod_refresh: cfg.pod_refresh,
+        serving: kubelet::cert::ServingCerts::default(),
     });
     let listener = bind(cfg.grpc_listen).await?;
     info!(address = %listener.local_addr()?, "gRPC endpoint listening");

@@ -65,6 +65,8 @@ pub struct NodeEnv {
     pub reconnect_grace: Duration,
     /// How often pods are re-sent so tokens and volume content stay fresh.
     pub pod_refresh: Duration,
+    /// Every node's kubelet serving certificate.
+    pub serving: crate::kubelet::cert::ServingCerts,
 }
 
 impl std::fmt::Debug for NodeEnv {
@@ -100,9 +102,16 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
         let (handle, task) = crate::pods::spawn(env.client.clone(), name.clone(), env.pod_refresh);
         (handle, task)
     };
+    let serving_task = tokio::spawn(
+        env.serving
+            .clone()
+            .maintain(env.client.clone(), name.clone(), vec![env.node_address])
+            .instrument(span.clone()),
+    );
     let node = VirtualNode {
         pods,
         pods_task,
+        serving_task,
         nodes: Api::all(env.client.clone()),
         leases: Api::namespaced(env.client.clone(), LEASE_NAMESPACE),
         devices: Api::all(env.client.clone()),
@@ -145,6 +154,7 @@ struct VirtualNode {
     report_tx: mpsc::Sender<NodeStatus>,
     pods: PodSyncHandle,
     pods_task: tokio::task::JoinHandle<()>,
+    serving_task: tokio::task::JoinHandle<()>,
     node_uid: Option<String>,
     known: Known,
     started: tokio::time::Instant,
@@ -699,5 +709,7 @@ impl Drop for VirtualNode {
             session.close("virtual node stopped");
         }
         self.pods_task.abort();
+        self.serving_task.abort();
+        self.env.serving.remove(&self.name);
     }
 }

@@ -354,6 +354,14 @@ async fn edge_device_deleted_removes_node_and_lease() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // Its serving-certificate requests go too.
+    let csrs: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
+        Api::all(env.client.clone());
+    let selector = format!("aranya.arhat.dev/serving-node={name}");
+    let left = csrs
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?;
+    assert!(left.items.is_empty(), "{} CSRs left", left.items.len());
     // And it stays gone (the agent keeps dialing, and is refused).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(env.nodes().get_opt(&name).await?.is_none());
@@ -454,5 +462,78 @@ async fn invalid_edge_devices_are_refused_naming_the_field() -> anyhow::Result<(
             "case {i}: expected {field} in: {stderr}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelet_serving_certificate_is_issued_for_the_node() -> anyhow::Result<()> {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    let env = TestEnv::new("serving").await?;
+    let up = env.device_up("a", 3).await?;
+    let csrs: Api<CertificateSigningRequest> = Api::all(env.client.clone());
+    let selector = format!("aranya.arhat.dev/serving-node={}", up.name);
+    let csr = wait_for(
+        "an issued serving certificate",
+        Duration::from_secs(60),
+        || async {
+            let list = csrs
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            list.items.into_iter().find(|c| {
+                c.status
+                    .as_ref()
+                    .and_then(|s| s.certificate.as_ref())
+                    .is_some()
+            })
+        },
+    )
+    .await?;
+    assert_eq!(csr.spec.signer_name, "kubernetes.io/kubelet-serving");
+    let status = csr.status.clone().unwrap_or_default();
+    assert!(
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Approved" && c.status == "True")
+    );
+    let cert = env.dir.join("serving.crt");
+    std::fs::write(&cert, &status.certificate.expect("certificate").0)?;
+    let openssl = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new("openssl").args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let cert_path = cert.to_string_lossy().into_owned();
+    let text = openssl(&[
+        "x509",
+        "-in",
+        &cert_path,
+        "-noout",
+        "-subject",
+        "-ext",
+        "subjectAltName,extendedKeyUsage",
+    ])?;
+    assert!(
+        text.contains(&format!("CN = system:node:{}", up.name))
+            || text.contains(&format!("CN=system:node:{}", up.name)),
+        "{text}"
+    );
+    assert!(text.contains("system:nodes"), "{text}");
+    assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    // Signed by the cluster CA the apiserver trusts for kubelets.
+    let verified = openssl(&[
+        "verify",
+        "-CAfile",
+        &env.cluster.ca_file.to_string_lossy(),
+        &cert_path,
+    ])?;
+    assert!(verified.contains(": OK"), "{verified}");
     Ok(())
 }
