@@ -96,6 +96,26 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// aranya for this cluster: its identity, its gRPC endpoint on loopback.
+    pub fn aranya_command(
+        &self,
+        namespace: &str,
+        grpc_port: u16,
+        log: &str,
+    ) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(crate::process::binary("aranya")?);
+        cmd.env("RUST_LOG", log)
+            .arg("--kubeconfig")
+            .arg(&self.aranya_kubeconfig)
+            .args(["--namespace", namespace])
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
+            .arg("--grpc-tls-cert")
+            .arg(&self.grpc_cert)
+            .arg("--grpc-tls-key")
+            .arg(&self.grpc_key);
+        Ok(cmd)
+    }
+
     /// Runs the test bed's kubectl as admin; fails with its stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.kubectl_output(args)?;
@@ -221,22 +241,16 @@ impl TestEnv {
     }
 
     pub fn aranya_command(&self, identity: &str) -> anyhow::Result<Command> {
-        let c = self.cluster;
-        let mut cmd = Command::new(crate::process::binary("aranya")?);
-        cmd.env("RUST_LOG", "info,aranya=debug,connectivity=debug")
-            .arg("--kubeconfig")
-            .arg(&c.aranya_kubeconfig)
-            .args(["--namespace", &self.name])
-            .args(["--identity", identity])
+        let mut cmd = self.cluster.aranya_command(
+            &self.name,
+            self.grpc_port,
+            "info,aranya=debug,connectivity=debug",
+        )?;
+        cmd.args(["--identity", identity])
             .args([
                 "--edge-device-selector",
                 &format!("{TEST_LABEL}={}", self.name),
             ])
-            .args(["--grpc-listen", &format!("127.0.0.1:{}", self.grpc_port)])
-            .arg("--grpc-tls-cert")
-            .arg(&c.grpc_cert)
-            .arg("--grpc-tls-key")
-            .arg(&c.grpc_key)
             .args(["--node-address", "127.0.0.1", "--kubelet-port", "10250"])
             .args(["--reconnect-grace", "10"])
             // Fast volume refresh, so tests see updates and new tokens quickly.

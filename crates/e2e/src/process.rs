@@ -53,6 +53,13 @@ pub fn pause_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Starts arhat with `config`, logging to `log`.
+pub fn start_arhat(name: &str, config: &Path, log: &Path) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(binary("arhat")?);
+    cmd.arg("--config").arg(config);
+    Proc::spawn(name, cmd, log)
+}
+
 /// A running aranya or arhat, stopped when dropped.
 #[derive(Debug)]
 pub struct Proc {

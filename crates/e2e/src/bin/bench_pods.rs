@@ -13,7 +13,7 @@ use e2e::{
     Cluster, Proc,
     cluster::{ArhatConfig, arhat_config_yaml},
     images::{BUSYBOX, ensure_busybox, remove_device_containers},
-    process::{binary, pause_binary},
+    process::{pause_binary, start_arhat},
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -46,21 +46,7 @@ async fn main() -> anyhow::Result<()> {
         .local_addr()?
         .port();
 
-    let mut aranya = std::process::Command::new(binary("aranya")?);
-    aranya
-        .env("RUST_LOG", "warn")
-        .arg("--kubeconfig")
-        .arg(&cluster.aranya_kubeconfig)
-        .args([
-            "--namespace",
-            "default",
-            "--grpc-listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--grpc-tls-cert")
-        .arg(&cluster.grpc_cert)
-        .arg("--grpc-tls-key")
-        .arg(&cluster.grpc_key);
+    let aranya = cluster.aranya_command("default", port, "warn")?;
     let _aranya = Proc::spawn("aranya", aranya, &dir.join("aranya.log"))?;
     let device = json!({
         "apiVersion": "aranya.arhat.dev/v1alpha1", "kind": "EdgeDevice",
@@ -80,9 +66,7 @@ async fn main() -> anyhow::Result<()> {
         quick: false,
     })?;
     std::fs::write(&config, yaml)?;
-    let mut arhat = std::process::Command::new(binary("arhat")?);
-    arhat.arg("--config").arg(&config);
-    let arhat = Proc::spawn("arhat", arhat, &dir.join("arhat.log"))?;
+    let arhat = start_arhat("arhat", &config, &dir.join("arhat.log"))?;
     cluster
         .kubectl(&[
             "wait",

@@ -8,7 +8,7 @@ use clap::Parser;
 use e2e::{
     Cluster, Proc,
     cluster::{ArhatConfig, arhat_config_yaml, repo_root},
-    process::binary,
+    process::start_arhat,
 };
 
 #[derive(Debug, Parser)]
@@ -39,17 +39,7 @@ async fn main() -> anyhow::Result<()> {
         .context("starting the control plane")?;
     let cluster = Cluster::prepare(&cp, &state.join("aranya")).await?;
 
-    let mut aranya = std::process::Command::new(binary("aranya")?);
-    aranya
-        .env("RUST_LOG", "info")
-        .arg("--kubeconfig")
-        .arg(&cluster.aranya_kubeconfig)
-        .args(["--namespace", "default"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{}", cli.grpc_port)])
-        .arg("--grpc-tls-cert")
-        .arg(&cluster.grpc_cert)
-        .arg("--grpc-tls-key")
-        .arg(&cluster.grpc_key);
+    let aranya = cluster.aranya_command("default", cli.grpc_port, "info")?;
     let _aranya = Proc::spawn("aranya", aranya, &logs.join("aranya.log"))?;
 
     cluster.kubectl(&[
@@ -69,9 +59,7 @@ async fn main() -> anyhow::Result<()> {
         quick: false,
     })?;
     std::fs::write(&config, yaml)?;
-    let mut arhat = std::process::Command::new(binary("arhat")?);
-    arhat.arg("--config").arg(&config);
-    let arhat = Proc::spawn("arhat", arhat, &logs.join("arhat.log"))?;
+    let arhat = start_arhat("arhat", &config, &logs.join("arhat.log"))?;
 
     cluster
         .kubectl(&[
