@@ -178,18 +178,8 @@ impl PodSync {
             let header = Open {
                 kind: Some(Kind::EnsurePod(proto::api::EnsurePod {})),
             };
-            let result = async {
-                let mut stream = session.open(&header).await?;
-                stream.call::<_, PodStatus>(&spec).await
-            }
-            .await;
-            match result {
-                Ok(Some(status)) => {
-                    let _ = reports.send(status).await;
-                }
-                Ok(None) => warn!(%uid, "device answered no pod status"),
-                Err(e) => warn!(%uid, error = %e, "sending pod to the device"),
-            }
+            let answer = session.request(&header, &spec).await;
+            forward_answer(&reports, &uid, "sending the pod to the device", answer).await;
         });
     }
 
@@ -209,18 +199,14 @@ impl PodSync {
             let header = Open {
                 kind: Some(Kind::DeletePod(proto::api::DeletePod {})),
             };
-            let result = async {
-                let mut stream = session.open(&header).await?;
-                stream.call::<_, PodStatus>(&request).await
-            }
+            let answer = session.request(&header, &request).await;
+            forward_answer(
+                &reports,
+                &request.uid,
+                "deleting the pod on the device",
+                answer,
+            )
             .await;
-            match result {
-                Ok(Some(status)) => {
-                    let _ = reports.send(status).await;
-                }
-                Ok(None) => warn!(uid = %request.uid, "device answered no status for a delete"),
-                Err(e) => warn!(uid = %request.uid, error = %e, "deleting a pod on the device"),
-            }
         });
     }
 
@@ -236,12 +222,10 @@ impl PodSync {
             let header = Open {
                 kind: Some(Kind::ListPods(ListPods {})),
             };
-            let listed = async {
-                let mut stream = session.open(&header).await?;
-                stream.call::<_, PodStatusList>(&ListPods {}).await
-            }
-            .await;
-            match listed {
+            match session
+                .request::<_, PodStatusList>(&header, &ListPods {})
+                .await
+            {
                 Ok(Some(list)) => {
                     for status in list.pods {
                         if !known.contains(&status.uid) {
@@ -316,5 +300,21 @@ impl PodSync {
                 e => warn!(pod = %pod.name_any(), error = %e, "writing pod status"),
             }
         }
+    }
+}
+
+/// Hands the device's answer about one pod to the status writer.
+async fn forward_answer(
+    reports: &mpsc::Sender<PodStatus>,
+    uid: &str,
+    what: &str,
+    answer: Result<Option<PodStatus>, connectivity::StreamError>,
+) {
+    match answer {
+        Ok(Some(status)) => {
+            let _ = reports.send(status).await;
+        }
+        Ok(None) => warn!(%uid, "{what}: the device answered no pod status"),
+        Err(e) => warn!(%uid, error = %e, "{what}"),
     }
 }

@@ -284,13 +284,9 @@ impl VirtualNode {
                 let header = Open {
                     kind: Some(Kind::GetNodeStatus(GetNodeStatus {})),
                 };
-                let result = async {
-                    let mut stream = session.open(&header).await?;
-                    stream
-                        .call::<GetNodeStatus, NodeStatus>(&GetNodeStatus {})
-                        .await
-                }
-                .await;
+                let result = session
+                    .request::<_, NodeStatus>(&header, &GetNodeStatus {})
+                    .await;
                 match result {
                     Ok(Some(status)) => {
                         let _ = reports.send(status).await;

@@ -121,6 +121,16 @@ impl SessionHandle {
         self.open_raw(header.encode_to_vec().into(), None).await
     }
 
+    /// One request on a new stream: sends `request`, finishes, and returns the
+    /// single answer (`None` if the peer finished without one).
+    pub async fn request<Req: Message, Resp: Message + Default>(
+        &self,
+        header: &proto::api::Open,
+        request: &Req,
+    ) -> Result<Option<Resp>, StreamError> {
+        self.open(header).await?.call(request).await
+    }
+
     pub async fn open_raw(
         &self,
         header: Bytes,
