@@ -181,6 +181,15 @@ impl Stream {
         }
     }
 
+    /// The next raw bytes, starting with any received past the last message:
+    /// for streams that open with a message and carry raw bytes after it.
+    pub async fn recv_bytes(&mut self) -> Result<Option<Bytes>, StreamError> {
+        if self.reader.buffered() > 0 {
+            return Ok(Some(self.reader.take_buffered()));
+        }
+        self.recv().await
+    }
+
     /// Sends one message and finishes, then reads the one answer and the end.
     pub async fn call<Req: Message, Resp: Message + Default>(
         &mut self,

@@ -67,6 +67,12 @@ impl MessageReader {
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
+
+    /// Takes what was received past the last message, for a stream that
+    /// switches from messages to raw bytes.
+    pub fn take_buffered(&mut self) -> bytes::Bytes {
+        self.buf.split().freeze()
+    }
 }
 
 /// Encodes a message with its length prefix, ready for a stream.
