@@ -53,9 +53,15 @@ pub struct RunConfig {
     /// aranya's kubelet listener.
     #[arg(long, default_value = "127.0.0.1")]
     pub node_address: std::net::IpAddr,
-    /// Port of aranya's kubelet listener, advertised in every Node.
-    #[arg(long, default_value_t = 10250)]
-    pub kubelet_port: u16,
+    /// Ports of the kubelet endpoint, one per virtual node (advertised in its
+    /// Node's daemonEndpoints): `first-last`, or `0` for any free port.
+    #[arg(long, value_parser = PortRange::parse, default_value = "10250-10999")]
+    pub kubelet_ports: PortRange,
+    /// PEM bundle of the CA that signs client certificates of kubelet callers
+    /// (the apiserver's). Default: `client-ca-file` of the ConfigMap
+    /// kube-system/extension-apiserver-authentication, followed as it changes.
+    #[arg(long)]
+    pub kubelet_client_ca: Option<PathBuf>,
     /// Install or update the EdgeDevice CRD at start.
     #[arg(long, default_value_t = false)]
     pub install_crd: bool,
@@ -72,9 +78,71 @@ pub struct RunConfig {
     pub pod_refresh: Duration,
 }
 
+/// Where per-node kubelet listeners bind: an inclusive range, or any free port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRange {
+    Any,
+    Range(u16, u16),
+}
+
+impl PortRange {
+    fn parse(s: &str) -> Result<Self, String> {
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|e| format!("{p:?} is not a port: {e}"))
+        };
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(s)?, port(s)?),
+        };
+        match (first, last) {
+            (0, 0) => Ok(Self::Any),
+            (0, _) => Err("a port range cannot start at 0".into()),
+            (a, b) if a > b => Err(format!("{a} is above {b}")),
+            (a, b) => Ok(Self::Range(a, b)),
+        }
+    }
+
+    /// The ports to try, in order.
+    pub fn candidates(self) -> Box<dyn Iterator<Item = u16> + Send> {
+        match self {
+            Self::Any => Box::new(std::iter::once(0)),
+            Self::Range(a, b) => Box::new(a..=b),
+        }
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.trim_end_matches('s')
         .parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortRange;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(PortRange::parse("0"), Ok(PortRange::Any));
+        assert_eq!(
+            PortRange::parse("10250"),
+            Ok(PortRange::Range(10250, 10250))
+        );
+        assert_eq!(
+            PortRange::parse("10250-10252"),
+            Ok(PortRange::Range(10250, 10252))
+        );
+        assert_eq!(
+            PortRange::parse("10250-10252")
+                .map(|r| r.candidates().collect::<Vec<_>>())
+                .unwrap_or_default(),
+            vec![10250, 10251, 10252]
+        );
+        assert!(PortRange::parse("10252-10250").is_err());
+        assert!(PortRange::parse("0-5").is_err());
+        assert!(PortRange::parse("x").is_err());
+    }
 }

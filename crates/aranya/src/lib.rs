@@ -5,7 +5,7 @@
 //! - [`controller`]: EdgeDevice reconcile (finalizer, virtual node lifetime).
 //! - [`virtualnode`]: the Node object, its status and its Lease.
 //! - [`hub`]: devices arriving over any transport: handshake, sessions.
-//! - [`kubelet`]: the kubelet endpoint (so far: per-node serving certificates).
+//! - [`kubelet`]: the kubelet endpoint of every virtual node.
 //! - [`pods`]: pods bound to a virtual node, run on its device.
 //! - [`leader`]: one active replica at a time.
 
@@ -98,11 +98,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let env = Arc::new(virtualnode::NodeEnv {
         client: client.clone(),
         node_address: cfg.node_address,
-        kubelet_port: cfg.kubelet_port,
+        kubelet: kubelet_endpoint(&cfg, &client).await?,
         kubelet_version: kubelet_version(&client).await?,
         reconnect_grace: cfg.reconnect_grace,
         pod_refresh: cfg.pod_refresh,
-        serving: kubelet::cert::ServingCerts::default(),
     });
     let listener = bind(cfg.grpc_listen).await?;
     info!(address = %listener.local_addr()?, "gRPC endpoint listening");
@@ -139,6 +138,42 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         elector.release().await;
     }
     outcome
+}
+
+/// The kubelet endpoint's shared parts: who may call it, and where it binds.
+async fn kubelet_endpoint(
+    cfg: &RunConfig,
+    client: &kube::Client,
+) -> anyhow::Result<Arc<kubelet::Kubelet>> {
+    let ca = match &cfg.kubelet_client_ca {
+        Some(path) => {
+            let ca = kubelet::auth::ClientCa::from_pem_file(path)
+                .with_context(|| format!("--kubelet-client-ca {}", path.display()))?;
+            ca.spawn_refresh_file(path.clone(), Duration::from_secs(300));
+            ca
+        }
+        None => {
+            let ca = kubelet::auth::ClientCa::from_cluster(client).await.context(
+                "reading the cluster's client CA (kube-system/extension-apiserver-authentication); \
+                 pass --kubelet-client-ca to name it instead",
+            )?;
+            ca.spawn_refresh(client.clone(), Duration::from_secs(300));
+            ca
+        }
+    };
+    let bind = if cfg.node_address.is_ipv6() {
+        std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    };
+    Ok(kubelet::Kubelet::new(
+        client.clone(),
+        kubelet::auth::Auth::new(client.clone(), ca),
+        kubelet::cert::ServingCerts::default(),
+        cfg.kubelet_ports,
+        bind,
+        cfg.namespace.clone(),
+    ))
 }
 
 async fn bind(address: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

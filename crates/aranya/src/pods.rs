@@ -135,6 +135,10 @@ impl PodSync {
     }
 
     fn on_pod(&mut self, pod: Pod) {
+        // The device host's pod is served by aranya, never run on the device.
+        if crate::kubelet::hostpod::is_any_host_pod(&pod) {
+            return;
+        }
         let uid = pod.uid().unwrap_or_default();
         let deleting = pod.metadata.deletion_timestamp.is_some();
         self.known.insert(uid.clone(), pod.clone());

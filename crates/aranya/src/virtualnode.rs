@@ -58,22 +58,20 @@ pub enum NodeCmd {
 pub struct NodeEnv {
     pub client: Client,
     pub node_address: IpAddr,
-    pub kubelet_port: u16,
+    /// Every node's kubelet endpoint.
+    pub kubelet: Arc<crate::kubelet::Kubelet>,
     pub kubelet_version: String,
     /// After aranya starts, a Ready Node keeps its status this long while its
     /// device reconnects, so an aranya restart looks like nothing to the cluster.
     pub reconnect_grace: Duration,
     /// How often pods are re-sent so tokens and volume content stay fresh.
     pub pod_refresh: Duration,
-    /// Every node's kubelet serving certificate.
-    pub serving: crate::kubelet::cert::ServingCerts,
 }
 
 impl std::fmt::Debug for NodeEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeEnv")
             .field("node_address", &self.node_address)
-            .field("kubelet_port", &self.kubelet_port)
             .field("kubelet_version", &self.kubelet_version)
             .finish_non_exhaustive()
     }
@@ -103,15 +101,29 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
         (handle, task)
     };
     let serving_task = tokio::spawn(
-        env.serving
+        env.kubelet
+            .serving()
             .clone()
             .maintain(env.client.clone(), name.clone(), vec![env.node_address])
             .instrument(span.clone()),
     );
+    let (kubelet_port, kubelet_task) = {
+        let _entered = span.enter();
+        match env.kubelet.serve(&name, pods.session.subscribe()) {
+            Ok((port, task)) => (port, Some(task)),
+            Err(e) => {
+                warn!(error = %e, "no kubelet endpoint for this node: logs and exec will not reach it");
+                (0, None)
+            }
+        }
+    };
     let node = VirtualNode {
         pods,
         pods_task,
         serving_task,
+        kubelet_port,
+        kubelet_task,
+        host_pod: None,
         nodes: Api::all(env.client.clone()),
         leases: Api::namespaced(env.client.clone(), LEASE_NAMESPACE),
         devices: Api::all(env.client.clone()),
@@ -155,6 +167,11 @@ struct VirtualNode {
     pods: PodSyncHandle,
     pods_task: tokio::task::JoinHandle<()>,
     serving_task: tokio::task::JoinHandle<()>,
+    kubelet_port: u16,
+    kubelet_task: Option<tokio::task::JoinHandle<()>>,
+    /// The host pod's last synced state: the Node it belongs to and whether
+    /// the device was connected.
+    host_pod: Option<(String, bool)>,
     node_uid: Option<String>,
     known: Known,
     started: tokio::time::Instant,
@@ -502,7 +519,7 @@ impl VirtualNode {
         let now = Timestamp::now().to_string();
         let mut status = json!({
             "addresses": [{ "type": "InternalIP", "address": self.env.node_address.to_string() }],
-            "daemonEndpoints": { "kubeletEndpoint": { "Port": self.env.kubelet_port } },
+            "daemonEndpoints": { "kubeletEndpoint": { "Port": self.kubelet_port } },
         });
         let ready = self.ready_condition(&now);
         if let Some(ready) = &ready {
@@ -569,8 +586,33 @@ impl VirtualNode {
                 debug!("node status written");
                 self.last_status = Some(fingerprint);
                 self.write_device_status(ready.as_ref()).await;
+                self.sync_host_pod().await;
             }
             Err(e) => warn!(error = %e, "writing node status"),
+        }
+    }
+
+    async fn sync_host_pod(&mut self) {
+        let Some(node_uid) = self.node_uid.clone() else {
+            return;
+        };
+        let state = (node_uid, self.connected());
+        if self.host_pod.as_ref() == Some(&state) {
+            return;
+        }
+        let kubelet = &self.env.kubelet;
+        match crate::kubelet::hostpod::sync(
+            &self.env.client,
+            kubelet.host_namespace(),
+            &self.name,
+            &state.0,
+            &self.env.node_address.to_string(),
+            state.1,
+        )
+        .await
+        {
+            Ok(()) => self.host_pod = Some(state),
+            Err(e) => warn!(error = %e, "syncing the host pod"),
         }
     }
 
@@ -706,6 +748,9 @@ impl Drop for VirtualNode {
         }
         self.pods_task.abort();
         self.serving_task.abort();
-        self.env.serving.remove(&self.name);
+        if let Some(task) = &self.kubelet_task {
+            task.abort();
+        }
+        self.env.kubelet.serving().remove(&self.name);
     }
 }

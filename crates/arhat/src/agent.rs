@@ -302,6 +302,10 @@ async fn serve(
                     Ok(Some(Kind::ListPods(_))) => {
                         crate::pod::serve::list(&mut stream, pods.as_ref()).await
                     }
+                    Ok(Some(Kind::ContainerLogs(_))) => {
+                        crate::pod::logs::serve(&mut stream, pods.as_ref(), &sampler.config.host)
+                            .await
+                    }
                     Ok(other) => {
                         warn!(?other, "aranya opened a stream this agent does not serve");
                         stream.reset(ResetCode::Refused, "not served by this agent");

@@ -46,6 +46,25 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub host: HostConfig,
+}
+
+/// What the cloud may do on the device host itself (its virtual pod).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostConfig {
+    /// Files `kubectl logs` on the host pod shows, in this order; none
+    /// disables host logs.
+    #[serde(default)]
+    pub log_files: Vec<PathBuf>,
+    /// Commands on the host (`kubectl exec` on the host pod).
+    #[serde(default)]
+    pub allow_exec: bool,
+    #[serde(default)]
+    pub allow_attach: bool,
+    #[serde(default)]
+    pub allow_port_forward: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +298,15 @@ impl Config {
                 "initial must be above zero and max at least initial",
             ));
         }
+        for (i, path) in self.host.log_files.iter().enumerate() {
+            // The agent's working directory is no place to resolve against.
+            if !path.is_absolute() {
+                return Err(ConfigError::key(
+                    format!("host.logFiles[{i}]"),
+                    format!("{} is not an absolute path", path.display()),
+                ));
+            }
+        }
         if self.node.status_interval < Duration::from_secs(1) {
             return Err(ConfigError::key(
                 "node.statusInterval",
@@ -392,6 +420,28 @@ connectivity:
             Some("connectivity.methods[0].grpc.endpoint"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn host_defaults_to_nothing_allowed() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert!(config.host.log_files.is_empty());
+        assert!(!config.host.allow_exec && !config.host.allow_attach);
+        assert!(!config.host.allow_port_forward);
+    }
+
+    #[test]
+    fn relative_host_log_file_is_named() {
+        let bad = format!("{GOOD}host:\n  logFiles: [/var/log/syslog, messages]\n");
+        let err = Config::parse(&bad).expect_err("relative path");
+        assert_eq!(err.key_name(), Some("host.logFiles[1]"), "{err}");
+    }
+
+    #[test]
+    fn unknown_host_key_is_named() {
+        let bad = format!("{GOOD}host:\n  logfiles: []\n");
+        let err = Config::parse(&bad).expect_err("unknown key");
+        assert_eq!(err.key_name(), Some("host.logfiles"), "{err}");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! - [`nodeinfo`]: system identity and capacity from the host.
 //! - [`backoff`]: reconnect delays.
 //! - [`runtime`]: the container runtime seam (Docker first).
-//! - [`pod`]: pods by UID: sandbox, init and app containers, restarts, status.
+//! - [`pod`]: pods by UID: sandbox, init and app containers, restarts, status, logs.
+//! - [`host`]: the device host as its virtual pod (its log files).
 
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod host;
 pub mod nodeinfo;
 pub mod pod;
 pub mod runtime;

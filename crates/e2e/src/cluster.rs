@@ -109,6 +109,9 @@ impl Cluster {
             .arg(&self.aranya_kubeconfig)
             .args(["--namespace", namespace])
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
+            // Not loopback: the apiserver refuses to proxy to loopback nodes.
+            .args(["--node-address", &node_address().to_string()])
+            .args(["--kubelet-ports", "0"])
             .arg("--grpc-tls-cert")
             .arg(&self.grpc_cert)
             .arg("--grpc-tls-key")
@@ -251,7 +254,6 @@ impl TestEnv {
                 "--edge-device-selector",
                 &format!("{TEST_LABEL}={}", self.name),
             ])
-            .args(["--node-address", "127.0.0.1", "--kubelet-port", "10250"])
             .args(["--reconnect-grace", "10"])
             // Fast volume refresh, so tests see updates and new tokens quickly.
             .args(["--pod-refresh", "5"]);
@@ -269,6 +271,11 @@ impl TestEnv {
 
     /// Writes an arhat config for `device` dialing this test's aranya.
     pub fn arhat_config(&self, device: &str) -> anyhow::Result<PathBuf> {
+        self.arhat_config_with(device, "")
+    }
+
+    /// Like [`Self::arhat_config`], with extra top-level YAML (e.g. a `host:` section).
+    pub fn arhat_config_with(&self, device: &str, extra: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(format!("arhat-{device}.yaml"));
         let config = arhat_config_yaml(&ArhatConfig {
             device,
@@ -277,6 +284,7 @@ impl TestEnv {
             data_dir: &self.dir.join(format!("arhat-data-{device}")),
             log: "info,arhat=debug,connectivity=debug",
             quick: true,
+            extra,
         })?;
         std::fs::write(&path, config)?;
         Ok(path)
@@ -288,7 +296,18 @@ impl TestEnv {
         instance: &str,
         extra: &[&str],
     ) -> anyhow::Result<Proc> {
-        let config = self.arhat_config(device)?;
+        self.start_arhat_with(device, instance, extra, "")
+    }
+
+    /// Starts arhat with extra config YAML (see [`Self::arhat_config_with`]).
+    pub fn start_arhat_with(
+        &self,
+        device: &str,
+        instance: &str,
+        extra: &[&str],
+        config_yaml: &str,
+    ) -> anyhow::Result<Proc> {
+        let config = self.arhat_config_with(device, config_yaml)?;
         let mut cmd = Command::new(crate::process::binary("arhat")?);
         cmd.arg("--config").arg(&config).args(extra);
         Proc::spawn(
@@ -384,6 +403,8 @@ pub struct ArhatConfig<'a> {
     pub log: &'a str,
     /// Short back-off and status interval, for tests.
     pub quick: bool,
+    /// Appended as is: more top-level sections (e.g. `host:`).
+    pub extra: &'a str,
 }
 
 /// An arhat config dialing aranya on loopback and running pods in Docker.
@@ -394,14 +415,31 @@ pub fn arhat_config_yaml(c: &ArhatConfig<'_>) -> anyhow::Result<String> {
         ("500ms", "10s")
     };
     Ok(format!(
-        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n",
+        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n{extra}",
         device = c.device,
         port = c.port,
         ca = c.ca_file.display(),
         pause = crate::process::pause_binary()?.display(),
         data = c.data_dir.display(),
         log = c.log,
+        extra = c.extra,
     ))
+}
+
+/// The address virtual nodes advertise: this machine's address on its
+/// default route (the apiserver proxies nodes/proxy only to non-loopback
+/// addresses), loopback when there is none.
+pub fn node_address() -> IpAddr {
+    let probe = || -> std::io::Result<IpAddr> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        // Connecting a UDP socket sends nothing; it only picks the route.
+        socket.connect("192.0.2.1:9")?;
+        Ok(socket.local_addr()?.ip())
+    };
+    probe()
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 pub fn node_ready(node: &Node) -> Option<(String, String)> {

@@ -5,8 +5,11 @@
 //! Tests isolate by namespace (aranya's leader Lease) and by device name and a
 //! label selector (each test's aranya manages only its own EdgeDevices).
 
+pub mod bench;
 pub mod cluster;
 pub mod images;
+pub mod kubelet;
+pub mod pods;
 pub mod process;
 pub mod registry;
 pub mod wait;

@@ -96,15 +96,20 @@ async fn device_becomes_a_ready_node_with_its_real_facts() -> anyhow::Result<()>
 
     let addresses = status.addresses.unwrap_or_default();
     assert_eq!(addresses.len(), 1, "{addresses:?}");
+    // The address aranya was told to advertise (routable, not loopback).
+    let advertised = e2e::cluster::node_address().to_string();
     assert_eq!(
         (addresses[0].type_.as_str(), addresses[0].address.as_str()),
-        ("InternalIP", "127.0.0.1")
+        ("InternalIP", advertised.as_str())
     );
     let port = status
         .daemon_endpoints
         .and_then(|d| d.kubelet_endpoint)
-        .map(|e| e.port);
-    assert_eq!(port, Some(10250));
+        .map(|e| e.port)
+        .unwrap_or_default();
+    // The node's own kubelet port, listening.
+    assert!(port > 0, "no kubelet port advertised");
+    std::net::TcpStream::connect((advertised.as_str(), port as u16))?;
 
     let info = status.node_info.expect("nodeInfo");
     let uname_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
@@ -525,7 +530,8 @@ async fn kubelet_serving_certificate_is_issued_for_the_node() -> anyhow::Result<
         "{text}"
     );
     assert!(text.contains("system:nodes"), "{text}");
-    assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+    let san = format!("IP Address:{}", e2e::cluster::node_address());
+    assert!(text.contains(&san), "{text}");
     assert!(text.contains("TLS Web Server Authentication"), "{text}");
     // Signed by the cluster CA the apiserver trusts for kubelets.
     let verified = openssl(&[

@@ -6,6 +6,9 @@ use std::time::Duration;
 use e2e::{
     TestEnv,
     images::{BUSYBOX, container_env, container_exists},
+    pods::{
+        busybox, container_id, create_pod, merge, placement, pods_of, running_and_ready, wait_pod,
+    },
     wait_for,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -16,51 +19,6 @@ use kube::{
 use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Pod template parts that put a pod on the test's device.
-fn placement(node: &str) -> serde_json::Value {
-    json!({
-        "nodeSelector": { "kubernetes.io/hostname": node },
-        "tolerations": [{ "key": "aranya.arhat.dev/edge-device", "operator": "Exists", "effect": "NoSchedule" }],
-    })
-}
-
-fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
-    if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
-        for (k, v) in b {
-            a.insert(k.clone(), v.clone());
-        }
-    }
-    a
-}
-
-async fn pods_of(env: &TestEnv, selector: &str) -> anyhow::Result<Vec<Pod>> {
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
-    Ok(api
-        .list(&ListParams::default().labels(selector))
-        .await?
-        .items)
-}
-
-fn container_id(pod: &Pod) -> Option<String> {
-    let s = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
-    s.container_id
-        .as_ref()?
-        .strip_prefix("docker://")
-        .map(str::to_string)
-}
-
-fn running_and_ready(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else {
-        return false;
-    };
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    status.phase.as_deref() == Some("Running") && ready && container_id(pod).is_some()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
@@ -194,42 +152,6 @@ async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
-}
-
-/// Creates a bare pod on the test's device.
-async fn create_pod(
-    env: &TestEnv,
-    node: &str,
-    name: &str,
-    spec: serde_json::Value,
-) -> anyhow::Result<Pod> {
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
-    let pod = json!({
-        "metadata": { "name": name, "labels": { "test": name } },
-        "spec": merge(placement(node), spec),
-    });
-    Ok(api
-        .create(&PostParams::default(), &serde_json::from_value(pod)?)
-        .await?)
-}
-
-fn busybox(name: &str, script: &str) -> serde_json::Value {
-    json!({ "name": name, "image": BUSYBOX, "command": ["sh", "-c", script] })
-}
-
-async fn wait_pod<T>(
-    env: &TestEnv,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&Pod) -> Option<T>,
-) -> anyhow::Result<T> {
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
-    wait_for(&format!("pod {name}: {what}"), timeout, || async {
-        let pod = api.get_opt(name).await.ok()??;
-        check(&pod)
-    })
-    .await
 }
 
 /// Reasons of the events recorded for a pod, waiting until `want` are all there.

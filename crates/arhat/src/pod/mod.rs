@@ -2,6 +2,8 @@
 //! init containers in order, then its containers under the pod's restart
 //! policy with a kubelet's back-off; status published on every change.
 
+mod instance;
+pub mod logs;
 pub mod serve;
 mod status;
 pub mod volumes;
@@ -19,6 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::runtime::{LABEL_POD_UID, Runtime};
 
+pub use instance::LookupError;
 pub use status::phase;
 
 /// Crash back-off: 10 s doubling to 5 minutes, as a kubelet does.
@@ -205,6 +208,23 @@ impl<R: Runtime> PodManager<R> {
 
     pub fn status(&self, uid: &str) -> Option<PodStatus> {
         self.lock().get(uid).map(|e| e.status.borrow().clone())
+    }
+
+    /// The runtime id of the container instance whose log `kubectl logs`
+    /// means: the current one, or with `previous` the last one that ended.
+    /// The worker keeps both on the runtime (from creation on), so the id
+    /// read from the status can be read from the runtime.
+    pub fn container_instance(
+        &self,
+        uid: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<String, LookupError> {
+        let pods = self.lock();
+        let entry = pods.get(uid).ok_or_else(|| LookupError::NoPod {
+            uid: uid.to_string(),
+        })?;
+        instance::for_logs(&entry.status.borrow(), container, previous)
     }
 
     /// Waits for a change and returns the statuses that changed.

@@ -1,7 +1,7 @@
 //! Docker through its Engine API (bollard), negotiating the API version
 //! (Debian's dockerd speaks 1.41).
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use bollard::{
     Docker as Client,
@@ -9,15 +9,16 @@ use bollard::{
     models::{ContainerCreateBody, HostConfig},
     query_parameters::{
         CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-        RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+        LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+        WaitContainerOptionsBuilder,
     },
 };
 use futures::StreamExt;
 
 use super::{
     ContainerInfo, ContainerSpec, ContainerState, LABEL_ATTEMPT, LABEL_CONTAINER, LABEL_DEVICE,
-    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, PullAuth, Runtime, RuntimeError,
-    SANDBOX, Sandbox, SandboxSpec,
+    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, LogOptions, LogStream, PullAuth,
+    Runtime, RuntimeError, SANDBOX, Sandbox, SandboxSpec, docker_logs,
 };
 
 /// The infra image arhat builds from its own static `pause` binary.
@@ -28,6 +29,7 @@ pub struct Docker {
     client: Client,
     pause_binary: PathBuf,
     device: String,
+    logs: Arc<docker_logs::LogReader>,
 }
 
 impl Docker {
@@ -42,6 +44,7 @@ impl Docker {
             client,
             pause_binary,
             device: device.to_string(),
+            logs: Arc::new(docker_logs::LogReader::start().await?),
         })
     }
 
@@ -106,7 +109,7 @@ fn failed(op: &'static str, e: impl std::fmt::Display) -> RuntimeError {
     }
 }
 
-fn not_found_or(op: &'static str, id: &str, e: BollardError) -> RuntimeError {
+pub(super) fn not_found_or(op: &'static str, id: &str, e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404, ..
@@ -400,6 +403,35 @@ impl Runtime for Docker {
             image_id: i.image.unwrap_or_default(),
             state,
         })
+    }
+
+    async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream, RuntimeError> {
+        // The logs call reports a missing container only once its stream is
+        // polled, too late to refuse the request cleanly: ask first.
+        self.client
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| not_found_or("reading logs", id, e))?;
+        // Times always, so the caller can filter by the exact time and print
+        // or drop them as asked.
+        let mut query = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(options.follow);
+        if let Some(n) = options.tail_lines {
+            query = query.tail(&n.to_string());
+        }
+        // Docker's `since` is whole seconds (and 0 means none): round down so
+        // nothing wanted is lost; what is earlier is filtered out later.
+        if let Some(since) = options
+            .since
+            .and_then(|t| i32::try_from(t.as_second()).ok())
+            .filter(|s| *s > 0)
+        {
+            query = query.since(since);
+        }
+        Ok(self.logs.read(id, query.build()))
     }
 
     async fn list_pod_objects(&self) -> Result<Vec<Labelled>, RuntimeError> {

@@ -3,8 +3,12 @@
 //! fit the same calls.
 
 pub mod docker;
+mod docker_logs;
 
 use std::{collections::HashMap, future::Future, time::Duration};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
 
 /// Labels that tie runtime objects to pods, so a restarted agent finds what it
 /// created (by pod UID, since names are reused).
@@ -136,6 +140,43 @@ pub struct Labelled {
     pub running: bool,
 }
 
+/// Which output of the container a log entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    Stdout,
+    Stderr,
+}
+
+/// One entry of a container's log as the runtime recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// When the runtime recorded it; `None` for a piece that continues the
+    /// previous entry (a long line the runtime stored in parts), which shares
+    /// that entry's time.
+    pub time: Option<jiff::Timestamp>,
+    pub output: LogOutput,
+    /// The text, with its newline when the entry ends a line.
+    pub text: Bytes,
+}
+
+/// What to read of a container's log. Timestamps, exact time filtering and
+/// byte limits are applied by the caller on the entries, so every runtime
+/// honours them the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep streaming what the container writes until it exits.
+    pub follow: bool,
+    /// The last n lines only (the runtime's own count).
+    pub tail_lines: Option<u64>,
+    /// Entries before this time are not wanted. A hint: the runtime may return
+    /// earlier ones (Docker filters by whole seconds); the caller filters exactly.
+    pub since: Option<jiff::Timestamp>,
+}
+
+/// A container's log entries, oldest first; ends with the log (or, when
+/// following, when the container exits).
+pub type LogStream = BoxStream<'static, Result<LogEntry, RuntimeError>>;
+
 /// What pod management needs from a container runtime.
 pub trait Runtime: Send + Sync + 'static {
     /// `<name>://<version>`, as nodeInfo.containerRuntimeVersion and container IDs use.
@@ -177,6 +218,13 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<ContainerInfo, RuntimeError>> + Send;
+    /// The container's log. Fails with [`RuntimeError::NotFound`] before
+    /// anything is streamed if the container is gone.
+    fn logs(
+        &self,
+        id: &str,
+        options: &LogOptions,
+    ) -> impl Future<Output = Result<LogStream, RuntimeError>> + Send;
     /// Every sandbox and container this device's agent created, found by label.
     fn list_pod_objects(&self) -> impl Future<Output = Result<Vec<Labelled>, RuntimeError>> + Send;
 }

@@ -10,10 +10,9 @@ use anyhow::Context;
 use arhat::runtime::{ContainerSpec, Runtime, SandboxSpec, docker::Docker};
 use clap::Parser;
 use e2e::{
-    Cluster, Proc,
-    cluster::{ArhatConfig, arhat_config_yaml},
-    images::{BUSYBOX, ensure_busybox, remove_device_containers},
-    process::{pause_binary, start_arhat},
+    bench::BenchBed,
+    images::{BUSYBOX, remove_device_containers},
+    process::pause_binary,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -36,45 +35,8 @@ const NAMESPACE: &str = "default";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    ensure_busybox()?;
-    let cp = testbed::ControlPlane::start(Default::default()).await?;
-    let dir = cp.dir().join("bench");
-    let cluster = Cluster::prepare(&cp, &dir).await?;
-    let client = cluster.client().await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-
-    let aranya = cluster.aranya_command("default", port, "warn")?;
-    let _aranya = Proc::spawn("aranya", aranya, &dir.join("aranya.log"))?;
-    let device = json!({
-        "apiVersion": "aranya.arhat.dev/v1alpha1", "kind": "EdgeDevice",
-        "metadata": { "name": DEVICE },
-        "spec": { "connectivity": { "methods": [{ "name": "grpc" }] }, "pod": { "allocatable": cli.pods + 5 } },
-    });
-    let path = dir.join("device.json");
-    std::fs::write(&path, device.to_string())?;
-    cluster.kubectl(&["apply", "-f", &path.to_string_lossy()])?;
-    let config = dir.join("arhat.yaml");
-    let yaml = arhat_config_yaml(&ArhatConfig {
-        device: DEVICE,
-        port,
-        ca_file: &cluster.ca_file,
-        data_dir: &dir.join("arhat-data"),
-        log: "warn",
-        quick: false,
-    })?;
-    std::fs::write(&config, yaml)?;
-    let arhat = start_arhat("arhat", &config, &dir.join("arhat.log"))?;
-    cluster
-        .kubectl(&[
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=120s",
-            &format!("node/{DEVICE}"),
-        ])
-        .context("the bench device's Node never became Ready")?;
+    let bed = BenchBed::start(DEVICE, cli.pods + 5, "").await?;
+    let client = bed.client.clone();
 
     // Baseline: the same sandbox and container, straight through the engine.
     let docker = Docker::connect(pause_binary()?, "bench-direct").await?;
@@ -117,12 +79,9 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("bench-{i}");
         let pod: Pod = serde_json::from_value(json!({
             "metadata": { "name": name },
-            "spec": {
-                "nodeSelector": { "kubernetes.io/hostname": DEVICE },
-                "tolerations": [{ "key": "aranya.arhat.dev/edge-device", "operator": "Exists", "effect": "NoSchedule" }],
-                "automountServiceAccountToken": false,
+            "spec": e2e::pods::merge(bed.placement(), json!({
                 "containers": [{ "name": "main", "image": BUSYBOX, "command": ["sleep", "3600"] }],
-            },
+            })),
         }))?;
         let started = Instant::now();
         pods.create(&PostParams::default(), &pod).await?;
@@ -144,8 +103,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await;
     }
-    drop(arhat);
-    remove_device_containers(DEVICE);
+    drop(bed);
 
     let mean =
         |v: &[Duration]| v.iter().sum::<Duration>() / u32::try_from(v.len().max(1)).unwrap_or(1);

@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: &state.join("arhat-data"),
         log: "info",
         quick: false,
+        extra: "",
     })?;
     std::fs::write(&config, yaml)?;
     let arhat = start_arhat("arhat", &config, &logs.join("arhat.log"))?;

@@ -1,0 +1,112 @@
+//! What every benchmark starts: its own control plane, aranya, and one device
+//! whose agent runs pods in the local Docker engine.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::{
+    Cluster, Proc,
+    cluster::{ArhatConfig, arhat_config_yaml},
+    images::{ensure_busybox, remove_device_containers},
+    process::start_arhat,
+};
+
+pub struct BenchBed {
+    pub cp: testbed::ControlPlane,
+    pub cluster: Cluster,
+    pub client: kube::Client,
+    pub dir: PathBuf,
+    pub device: String,
+    _aranya: Proc,
+    arhat: Option<Proc>,
+}
+
+impl std::fmt::Debug for BenchBed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchBed")
+            .field("dir", &self.dir)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BenchBed {
+    /// Starts everything; returns once `device`'s Node is Ready.
+    pub async fn start(
+        device: &str,
+        allocatable_pods: usize,
+        arhat_extra: &str,
+    ) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        ensure_busybox()?;
+        let cp = testbed::ControlPlane::start(Default::default()).await?;
+        let dir = cp.dir().join("bench");
+        let cluster = Cluster::prepare(&cp, &dir).await?;
+        let client = cluster.client().await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let aranya = cluster.aranya_command("default", port, "warn")?;
+        let aranya = Proc::spawn("aranya", aranya, &dir.join("aranya.log"))?;
+        let manifest = json!({
+            "apiVersion": "aranya.arhat.dev/v1alpha1", "kind": "EdgeDevice",
+            "metadata": { "name": device },
+            "spec": { "connectivity": { "methods": [{ "name": "grpc" }] }, "pod": { "allocatable": allocatable_pods } },
+        });
+        let path = dir.join("device.json");
+        std::fs::write(&path, manifest.to_string())?;
+        cluster.kubectl(&["apply", "-f", &path.to_string_lossy()])?;
+        let config = dir.join("arhat.yaml");
+        let yaml = arhat_config_yaml(&ArhatConfig {
+            device,
+            port,
+            ca_file: &cluster.ca_file,
+            data_dir: &dir.join("arhat-data"),
+            log: "warn",
+            quick: false,
+            extra: arhat_extra,
+        })?;
+        std::fs::write(&config, yaml)?;
+        let arhat = start_arhat("arhat", &config, &dir.join("arhat.log"))?;
+        cluster
+            .kubectl(&[
+                "wait",
+                "--for=condition=Ready",
+                "--timeout=120s",
+                &format!("node/{device}"),
+            ])
+            .context("the bench device's Node never became Ready")?;
+        Ok(Self {
+            cp,
+            cluster,
+            client,
+            dir,
+            device: device.to_string(),
+            _aranya: aranya,
+            arhat: Some(arhat),
+        })
+    }
+
+    /// aranya's and arhat's process ids.
+    pub fn pids(&self) -> (u32, Option<u32>) {
+        (self._aranya.pid(), self.arhat.as_ref().map(Proc::pid))
+    }
+
+    /// Pod spec parts that put a pod on the bench device.
+    pub fn placement(&self) -> serde_json::Value {
+        json!({
+            "nodeSelector": { "kubernetes.io/hostname": self.device },
+            "tolerations": [{ "key": "aranya.arhat.dev/edge-device", "operator": "Exists", "effect": "NoSchedule" }],
+            "automountServiceAccountToken": false,
+        })
+    }
+}
+
+impl Drop for BenchBed {
+    fn drop(&mut self) {
+        drop(self.arhat.take());
+        remove_device_containers(&self.device);
+    }
+}

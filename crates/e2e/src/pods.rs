@@ -1,0 +1,93 @@
+//! Pods for tests: placed on a test's device, created, waited for.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
+use serde_json::json;
+
+use crate::{TestEnv, images::BUSYBOX, wait_for};
+
+/// Pod template parts that put a pod on the test's device.
+pub fn placement(node: &str) -> serde_json::Value {
+    json!({
+        "nodeSelector": { "kubernetes.io/hostname": node },
+        "tolerations": [{ "key": "aranya.arhat.dev/edge-device", "operator": "Exists", "effect": "NoSchedule" }],
+    })
+}
+
+pub fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
+    }
+    a
+}
+
+pub async fn pods_of(env: &TestEnv, selector: &str) -> anyhow::Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
+}
+
+pub fn container_id(pod: &Pod) -> Option<String> {
+    let s = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    s.container_id
+        .as_ref()?
+        .strip_prefix("docker://")
+        .map(str::to_string)
+}
+
+pub fn running_and_ready(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    status.phase.as_deref() == Some("Running") && ready && container_id(pod).is_some()
+}
+
+/// Creates a bare pod on the test's device.
+pub async fn create_pod(
+    env: &TestEnv,
+    node: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<Pod> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    let pod = json!({
+        "metadata": { "name": name, "labels": { "test": name } },
+        "spec": merge(placement(node), spec),
+    });
+    Ok(api
+        .create(&PostParams::default(), &serde_json::from_value(pod)?)
+        .await?)
+}
+
+pub fn busybox(name: &str, script: &str) -> serde_json::Value {
+    json!({ "name": name, "image": BUSYBOX, "command": ["sh", "-c", script] })
+}
+
+pub async fn wait_pod<T>(
+    env: &TestEnv,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Pod) -> Option<T>,
+) -> anyhow::Result<T> {
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    wait_for(&format!("pod {name}: {what}"), timeout, || async {
+        let pod = api.get_opt(name).await.ok()??;
+        check(&pod)
+    })
+    .await
+}
