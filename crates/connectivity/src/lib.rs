@@ -19,4 +19,4 @@ pub mod stream;
 
 pub use link::{Dialer, Link, TransportError};
 pub use session::{LinkState, SessionConfig, SessionHandle};
-pub use stream::{Stream, StreamError};
+pub use stream::{Stream, StreamError, StreamReceiver, StreamSender};

@@ -229,3 +229,186 @@ impl Drop for Stream {
 fn closed() -> StreamError {
     StreamError::SessionClosed("session driver stopped".to_string())
 }
+
+/// What the two halves of a split stream share, so the last one dropped
+/// resets the stream unless both directions ended.
+#[derive(Debug)]
+struct Shared {
+    id: StreamId,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    state: std::sync::Mutex<Ends>,
+}
+
+#[derive(Debug, Default)]
+struct Ends {
+    local_finished: bool,
+    peer_finished: bool,
+    ended: bool,
+}
+
+impl Shared {
+    fn ends(&self) -> std::sync::MutexGuard<'_, Ends> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn reset(&self, code: ResetCode, reason: &str) {
+        let mut ends = self.ends();
+        if !ends.ended {
+            ends.ended = true;
+            let _ = self.cmds.send(Cmd::Reset {
+                id: self.id,
+                code,
+                reason: reason.to_string(),
+            });
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let ends = self.ends();
+        if !(ends.ended || (ends.local_finished && ends.peer_finished)) {
+            let _ = self.cmds.send(Cmd::Reset {
+                id: self.id,
+                code: ResetCode::Cancelled,
+                reason: "stream dropped".to_string(),
+            });
+        }
+    }
+}
+
+/// The sending half of a split [`Stream`].
+#[derive(Debug)]
+pub struct StreamSender {
+    shared: std::sync::Arc<Shared>,
+}
+
+/// The receiving half of a split [`Stream`].
+#[derive(Debug)]
+pub struct StreamReceiver {
+    shared: std::sync::Arc<Shared>,
+    events: mpsc::UnboundedReceiver<StreamEvent>,
+    reader: MessageReader,
+}
+
+impl Stream {
+    /// Splits the stream so one task can send while another receives (a
+    /// single owner could deadlock: blocked sending for credit that only its
+    /// own reading would let the peer grant).
+    pub fn split(mut self) -> (StreamSender, StreamReceiver) {
+        let (_, dummy) = mpsc::unbounded_channel();
+        let events = std::mem::replace(&mut self.events, dummy);
+        let reader = std::mem::take(&mut self.reader);
+        let shared = std::sync::Arc::new(Shared {
+            id: self.id,
+            cmds: self.cmds.clone(),
+            state: std::sync::Mutex::new(Ends {
+                local_finished: self.local_finished,
+                peer_finished: self.peer_finished,
+                ended: self.ended,
+            }),
+        });
+        // The halves own the stream's fate now.
+        self.ended = true;
+        (
+            StreamSender {
+                shared: shared.clone(),
+            },
+            StreamReceiver {
+                shared,
+                events,
+                reader,
+            },
+        )
+    }
+}
+
+impl StreamSender {
+    pub async fn send(&mut self, data: Bytes) -> Result<(), StreamError> {
+        if self.shared.ends().local_finished {
+            return Err(StreamError::Finished);
+        }
+        let (reply, done) = oneshot::channel();
+        self.shared
+            .cmds
+            .send(Cmd::Send {
+                id: self.shared.id,
+                data,
+                reply,
+            })
+            .map_err(|_| closed())?;
+        done.await.map_err(|_| closed())?
+    }
+
+    pub async fn send_message<M: Message>(&mut self, message: &M) -> Result<(), StreamError> {
+        self.send(encode_message(message)).await
+    }
+
+    pub fn finish(&mut self) {
+        let mut ends = self.shared.ends();
+        if !ends.local_finished {
+            ends.local_finished = true;
+            let _ = self.shared.cmds.send(Cmd::Finish { id: self.shared.id });
+        }
+    }
+
+    pub fn reset(&mut self, code: ResetCode, reason: &str) {
+        self.shared.reset(code, reason);
+    }
+}
+
+impl StreamReceiver {
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, StreamError> {
+        if self.shared.ends().peer_finished {
+            return Ok(None);
+        }
+        match self.events.recv().await {
+            Some(StreamEvent::Data(data)) => {
+                let _ = self.shared.cmds.send(Cmd::Consume {
+                    id: self.shared.id,
+                    n: data.len(),
+                });
+                Ok(Some(data))
+            }
+            Some(StreamEvent::Finished) => {
+                self.shared.ends().peer_finished = true;
+                Ok(None)
+            }
+            Some(StreamEvent::Reset { code, reason }) => {
+                self.shared.ends().ended = true;
+                Err(StreamError::Reset { code, reason })
+            }
+            None => {
+                self.shared.ends().ended = true;
+                Err(closed())
+            }
+        }
+    }
+
+    pub async fn recv_message<M: Message + Default>(&mut self) -> Result<Option<M>, StreamError> {
+        loop {
+            if let Some(m) = self.reader.next_message()? {
+                return Ok(Some(m));
+            }
+            match self.recv().await? {
+                Some(bytes) => self.reader.push(&bytes),
+                None if self.reader.buffered() > 0 => return Err(StreamError::Truncated),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Raw bytes, starting with any buffered past the last message.
+    pub async fn recv_bytes(&mut self) -> Result<Option<Bytes>, StreamError> {
+        if self.reader.buffered() > 0 {
+            return Ok(Some(self.reader.take_buffered()));
+        }
+        self.recv().await
+    }
+
+    pub fn reset(&mut self, code: ResetCode, reason: &str) {
+        self.shared.reset(code, reason);
+    }
+}

@@ -18,7 +18,10 @@ use std::{
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::mpsc::{self, error::TrySendError},
+    sync::{
+        mpsc::{self, error::TrySendError},
+        watch,
+    },
     task::JoinHandle,
 };
 use tracing::{debug, trace};
@@ -83,7 +86,7 @@ impl StreamReader {
 #[derive(Debug, Clone)]
 pub struct StreamWriter {
     id: u32,
-    writes: mpsc::Sender<Write>,
+    writes: mpsc::Sender<Outbound>,
     control: mpsc::UnboundedSender<Control>,
     reset: Arc<AtomicBool>,
 }
@@ -108,7 +111,7 @@ impl StreamWriter {
             return Err(StreamClosed(self.id));
         }
         self.writes
-            .send(Write {
+            .send(Outbound::Data {
                 id: self.id,
                 data,
                 fin,
@@ -117,8 +120,15 @@ impl StreamWriter {
             .map_err(|_| StreamClosed(self.id))
     }
 
-    /// Ends the stream both ways at once.
-    pub fn reset(&self, status: RstStatus) {
+    /// Ends the stream both ways, after what was written before.
+    pub async fn reset(&self, status: RstStatus) {
+        self.reset.store(true, Ordering::Release);
+        let _ = self.writes.send(Outbound::Reset(self.id, status)).await;
+    }
+
+    /// Ends the stream both ways at once, overtaking queued writes (for
+    /// drop paths that cannot wait).
+    pub fn reset_now(&self, status: RstStatus) {
         self.reset.store(true, Ordering::Release);
         let _ = self.control.send(Control::Reset(self.id, status));
     }
@@ -145,15 +155,38 @@ impl Incoming {
 /// The connection as a whole.
 #[derive(Debug)]
 pub struct Session {
-    control: mpsc::UnboundedSender<Control>,
+    writes: mpsc::Sender<Outbound>,
     task: JoinHandle<Result<(), DriverError>>,
+    ended: watch::Receiver<bool>,
+}
+
+/// Closes a connection from anywhere.
+#[derive(Debug, Clone)]
+pub struct Closer(mpsc::Sender<Outbound>);
+
+impl Closer {
+    /// Tears the connection down as a kubelet does (streams cancelled, then
+    /// GOAWAY) once everything written before has gone out; does not wait
+    /// for the socket to close.
+    pub async fn close(&self) {
+        let _ = self.0.send(Outbound::Close).await;
+    }
 }
 
 impl Session {
+    pub fn closer(&self) -> Closer {
+        Closer(self.writes.clone())
+    }
+
+    /// Becomes true once the connection is over, however it ended.
+    pub fn ended(&self) -> watch::Receiver<bool> {
+        self.ended.clone()
+    }
+
     /// Tears the connection down as a kubelet does (streams cancelled, then
     /// GOAWAY) and waits for the socket to close.
     pub async fn close(self) -> Result<(), DriverError> {
-        let _ = self.control.send(Control::Close);
+        self.closer().close().await;
         self.finished().await
     }
 
@@ -174,18 +207,19 @@ pub enum DriverError {
     Panicked,
 }
 
+/// What goes out, in the order the application asked for it.
 #[derive(Debug)]
-struct Write {
-    id: u32,
-    data: Bytes,
-    fin: bool,
+enum Outbound {
+    Data { id: u32, data: Bytes, fin: bool },
+    Reset(u32, RstStatus),
+    Close,
 }
 
+/// What may overtake queued writes.
 #[derive(Debug)]
 enum Control {
     Consumed(u32, usize),
     Reset(u32, RstStatus),
-    Close,
 }
 
 /// Serves SPDY on `io` (the upgraded connection, after the 101).
@@ -195,20 +229,27 @@ where
 {
     let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_QUEUE);
     let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
+    let write_tx_session = write_tx.clone();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let driver = Driver {
         conn: Connection::server(config),
         accept: accept_tx,
         writes_tx: write_tx,
-        control_tx: control_tx.clone(),
+        control_tx,
         streams: HashMap::new(),
     };
-    let task = tokio::spawn(driver.run(io, write_rx, control_rx));
+    let (ended_tx, ended) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let outcome = driver.run(io, write_rx, control_rx).await;
+        let _ = ended_tx.send(true);
+        outcome
+    });
     (
         Incoming { streams: accept_rx },
         Session {
-            control: control_tx,
+            writes: write_tx_session,
             task,
+            ended,
         },
     )
 }
@@ -235,7 +276,7 @@ enum Delivery {
 struct Driver {
     conn: Connection,
     accept: mpsc::Sender<Stream>,
-    writes_tx: mpsc::Sender<Write>,
+    writes_tx: mpsc::Sender<Outbound>,
     control_tx: mpsc::UnboundedSender<Control>,
     streams: HashMap<u32, StreamSlot>,
 }
@@ -244,7 +285,7 @@ impl Driver {
     async fn run<IO>(
         mut self,
         io: IO,
-        mut writes: mpsc::Receiver<Write>,
+        mut writes: mpsc::Receiver<Outbound>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) -> Result<(), DriverError>
     where
@@ -254,6 +295,7 @@ impl Driver {
         let mut buf = vec![0u8; READ_BUFFER];
         let mut pending: Option<Delivery> = None;
         let mut reading = true;
+        let mut writes_open = true;
         let mut outcome = Ok(());
         loop {
             while pending.is_none() {
@@ -305,18 +347,29 @@ impl Driver {
                         reading = false;
                     }
                 },
-                Some(write) = writes.recv(), if take_writes => {
-                    if self.conn.send_data(write.id, &write.data, write.fin).is_err() {
-                        trace!(stream = write.id, "write to a closed SPDY stream dropped");
+                out = writes.recv(), if take_writes && writes_open => match out {
+                    // Every handle is gone: nobody can use the connection.
+                    None => {
+                        writes_open = false;
+                        self.conn.close();
                     }
-                }
-                command = control.recv() => match command {
-                    Some(Control::Consumed(id, n)) => self.conn.consumed(id, n),
-                    Some(Control::Reset(id, status)) => {
+                    Some(Outbound::Data { id, data, fin }) => {
+                        if self.conn.send_data(id, &data, fin).is_err() {
+                            trace!(stream = id, "write to a closed SPDY stream dropped");
+                        }
+                    }
+                    Some(Outbound::Reset(id, status)) => {
                         self.conn.reset(id, status);
                         self.lose(id);
                     }
-                    Some(Control::Close) | None => self.conn.close(),
+                    Some(Outbound::Close) => self.conn.close(),
+                },
+                Some(command) = control.recv() => match command {
+                    Control::Consumed(id, n) => self.conn.consumed(id, n),
+                    Control::Reset(id, status) => {
+                        self.conn.reset(id, status);
+                        self.lose(id);
+                    }
                 },
             }
         }

@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use k8s_openapi::api::core::v1::Pod;
-use proto::api::{ContainerLogs, LogsReply, LogsRequest, Open, logs_reply::Code, open::Kind};
+use proto::api::{ContainerLogs, LogsRequest, Open, StreamReply, open::Kind, stream_reply::Code};
 
 use super::{Body, Problem, hostpod, server::NodeEndpoint};
 
@@ -138,7 +138,7 @@ pub async fn serve(
     let mut stream = session.open(&header).await.map_err(lost)?;
     stream.send_message(&request).await.map_err(lost)?;
     stream.finish();
-    let reply: LogsReply = stream
+    let reply: StreamReply = stream
         .recv_message()
         .await
         .map_err(lost)?

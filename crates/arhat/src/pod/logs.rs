@@ -1,5 +1,5 @@
 //! `kubectl logs` on the device: aranya sends one [`LogsRequest`]; the answer
-//! is one [`LogsReply`] and, when it is OK, the log as raw bytes to the end.
+//! is one [`StreamReply`] and, when it is OK, the log as raw bytes to the end.
 //!
 //! The log is pulled from its source only as fast as the stream takes it
 //! (each send waits for the peer's credit), in batches so that short lines
@@ -13,7 +13,7 @@ use connectivity::{Stream, StreamError};
 use futures::{FutureExt, StreamExt, stream::BoxStream};
 use jiff::{SignedDuration, Timestamp};
 use proto::{
-    api::{LogsReply, LogsRequest, logs_reply::Code},
+    api::{LogsRequest, StreamReply, stream_reply::Code},
     session::ResetCode,
 };
 use tracing::{debug, warn};
@@ -258,7 +258,7 @@ async fn host_source(
 
 async fn refuse(stream: &mut Stream, refusal: Refusal) -> Result<(), StreamError> {
     debug!(code = ?refusal.code, message = %refusal.message, "logs refused");
-    let reply = LogsReply {
+    let reply = StreamReply {
         code: refusal.code.into(),
         message: refusal.message,
     };
@@ -329,7 +329,7 @@ where
         Err(_) => First::Nothing,
     };
     stream
-        .send_message(&LogsReply {
+        .send_message(&StreamReply {
             code: Code::Ok.into(),
             message: String::new(),
         })

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use connectivity::{Link, SessionConfig, SessionHandle, Stream, session};
 use futures::StreamExt;
 use proto::{
-    api::{ContainerLogs, LogsReply, LogsRequest, Open, PodSpec, logs_reply::Code, open::Kind},
+    api::{ContainerLogs, LogsRequest, Open, PodSpec, StreamReply, open::Kind, stream_reply::Code},
     session::{ResetCode, Role},
 };
 use tokio::sync::mpsc;
@@ -222,7 +222,7 @@ fn rig(pods: Option<Arc<PodManager<Fake>>>, host: HostConfig) -> Rig {
 }
 
 impl Rig {
-    async fn ask(&self, request: LogsRequest) -> (LogsReply, Stream) {
+    async fn ask(&self, request: LogsRequest) -> (StreamReply, Stream) {
         let header = Open {
             kind: Some(Kind::ContainerLogs(ContainerLogs {})),
         };
@@ -230,7 +230,7 @@ impl Rig {
         stream.send_message(&request).await.expect("request");
         stream.finish();
         let reply = stream
-            .recv_message::<LogsReply>()
+            .recv_message::<StreamReply>()
             .await
             .expect("reply")
             .expect("a reply");
@@ -238,7 +238,7 @@ impl Rig {
     }
 
     /// The reply, and the whole log with how many receives it took.
-    async fn read(&self, request: LogsRequest) -> (LogsReply, Vec<u8>, usize) {
+    async fn read(&self, request: LogsRequest) -> (StreamReply, Vec<u8>, usize) {
         let (reply, mut stream) = self.ask(request).await;
         let mut log = Vec::new();
         let mut receives = 0;
@@ -257,7 +257,7 @@ impl Rig {
     }
 }
 
-fn code(reply: &LogsReply) -> Code {
+fn code(reply: &StreamReply) -> Code {
     reply.code()
 }
 
