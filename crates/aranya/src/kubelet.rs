@@ -13,16 +13,22 @@
 //! - [`auth`]: callers authenticated and authorized like a kubelet does.
 //! - [`server`]: the listener and its routes.
 //! - [`logs`]: `/containerLogs`, streamed from the device.
+//! - [`exec`]: `/exec`, `/run` and `/attach`, bridged to the device's process.
+//! - [`portforward`]: `/portForward`, each connection dialed on the device.
+//! - [`upgrade`]: the SPDY upgrade and the device's answer before it.
 //! - [`podlist`]: `/pods` and `/runningpods/`.
 //! - [`hostpod`]: the device host as a pod.
 
 pub mod auth;
 pub mod cert;
+mod exec;
 pub mod hostpod;
 mod logs;
 mod podlist;
+mod portforward;
 mod server;
 mod tls;
+mod upgrade;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};

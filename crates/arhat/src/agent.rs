@@ -306,6 +306,13 @@ async fn serve(
                         crate::pod::logs::serve(&mut stream, pods.as_ref(), &sampler.config.host)
                             .await
                     }
+                    Ok(Some(Kind::Exec(_))) => {
+                        crate::pod::exec::serve(stream, pods.as_ref(), &sampler.config.host).await
+                    }
+                    Ok(Some(Kind::PortForward(_))) => {
+                        crate::pod::portforward::serve(stream, pods.as_ref(), &sampler.config.host)
+                            .await
+                    }
                     Ok(other) => {
                         warn!(?other, "aranya opened a stream this agent does not serve");
                         stream.reset(ResetCode::Refused, "not served by this agent");

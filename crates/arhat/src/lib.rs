@@ -7,12 +7,14 @@
 //! - [`backoff`]: reconnect delays.
 //! - [`runtime`]: the container runtime seam (Docker first).
 //! - [`pod`]: pods by UID: sandbox, init and app containers, restarts, status, logs.
-//! - [`host`]: the device host as its virtual pod (its log files).
+//! - [`host`]: the device host as its virtual pod (log files, commands).
+//! - [`netns`]: dialing inside a pod's network namespace (port-forward).
 
 pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod host;
+pub mod netns;
 pub mod nodeinfo;
 pub mod pod;
 pub mod runtime;

@@ -133,13 +133,19 @@ impl Cluster {
     }
 
     pub fn kubectl_output(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
-        Command::new(&self.kube_binary)
-            .arg("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.admin_kubeconfig)
-            .args(args)
+        self.kubectl_command(args)
             .output()
             .context("running kubectl")
+    }
+
+    /// The test bed's kubectl as admin, to be run as the caller likes.
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.kube_binary);
+        cmd.arg("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args);
+        cmd
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {

@@ -3,13 +3,12 @@
 //! is pulled from the session stream only as the client reads it, so a slow
 //! `kubectl logs -f` holds the device back instead of filling memory.
 
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use k8s_openapi::api::core::v1::Pod;
-use proto::api::{ContainerLogs, LogsRequest, Open, StreamReply, open::Kind, stream_reply::Code};
+use proto::api::{ContainerLogs, LogsRequest, Open, open::Kind};
 
-use super::{Body, Problem, hostpod, server::NodeEndpoint};
+use super::{Body, Problem, server::NodeEndpoint};
 
 /// The kubelet's log options, from the query string.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -78,21 +77,6 @@ fn flag(key: &str, value: &str) -> Result<bool, Problem> {
     }
 }
 
-/// Whether `pod` declares `container` (any kind, as `kubectl logs` allows).
-fn has_container(pod: &Pod, container: &str) -> bool {
-    pod.spec.as_ref().is_some_and(|s| {
-        s.containers.iter().any(|c| c.name == container)
-            || s.init_containers
-                .iter()
-                .flatten()
-                .any(|c| c.name == container)
-            || s.ephemeral_containers
-                .iter()
-                .flatten()
-                .any(|c| c.name == container)
-    })
-}
-
 pub async fn serve(
     endpoint: &NodeEndpoint,
     namespace: &str,
@@ -103,17 +87,7 @@ pub async fn serve(
     let options = Options::parse(query)?;
     let pod = endpoint.pod(namespace, pod_name).await?;
     let host = endpoint.is_host_pod(&pod);
-    let known = if host {
-        container == hostpod::CONTAINER
-    } else {
-        has_container(&pod, container)
-    };
-    if !known {
-        return Err(Problem::not_found(format!(
-            "container \"{container}\" not found in pod \"{namespace}/{pod_name}\""
-        )));
-    }
-    let session = endpoint.session()?;
+    endpoint.container(&pod, container)?;
     let request = LogsRequest {
         pod_uid: if host {
             String::new()
@@ -130,29 +104,10 @@ pub async fn serve(
         since_unix_nanos: options.since_unix_nanos,
         limit_bytes: options.limit_bytes,
     };
-    let lost =
-        |e: connectivity::StreamError| Problem::device(&endpoint.node, format!("failed: {e}"));
     let header = Open {
         kind: Some(Kind::ContainerLogs(ContainerLogs {})),
     };
-    let mut stream = session.open(&header).await.map_err(lost)?;
-    stream.send_message(&request).await.map_err(lost)?;
-    stream.finish();
-    let reply: StreamReply = stream
-        .recv_message()
-        .await
-        .map_err(lost)?
-        .ok_or_else(|| lost(connectivity::StreamError::Truncated))?;
-    let status = match reply.code() {
-        Code::Ok => StatusCode::OK,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::Forbidden => StatusCode::FORBIDDEN,
-        Code::BadRequest => StatusCode::BAD_REQUEST,
-        Code::Unavailable => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    if status != StatusCode::OK {
-        return Err(Problem::new(status, reply.message));
-    }
+    let stream = super::upgrade::ask_device(endpoint, &header, &request, true).await?;
     let chunks = futures::stream::unfold(Some(stream), |state| async move {
         let mut stream = state?;
         match stream.recv_bytes().await {

@@ -14,7 +14,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Body, Problem, auth::Auth, cert::ServingCerts, hostpod, logs, podlist, text};
+use super::{
+    Body, Problem, auth::Auth, cert::ServingCerts, exec, hostpod, logs, podlist, portforward, text,
+};
 use crate::config::PortRange;
 
 /// A TLS handshake that takes longer than this is abandoned.
@@ -215,12 +217,28 @@ impl NodeEndpoint {
             ["containerLogs", namespace, pod, container] if get => {
                 logs::serve(self, namespace, pod, container, request.uri().query()).await
             }
-            ["exec" | "attach" | "portForward" | "run", ..] => Err(Problem::new(
-                StatusCode::NOT_IMPLEMENTED,
-                format!(
-                    "/{path}: exec, attach, run and port-forward are not served by this aranya yet"
-                ),
-            )),
+            // A kubelet also takes the pod's UID before the container.
+            ["exec" | "run", namespace, pod, container]
+            | ["exec" | "run", namespace, pod, _, container] => {
+                let (namespace, pod, container) = (
+                    namespace.to_string(),
+                    pod.to_string(),
+                    container.to_string(),
+                );
+                exec::serve(self, request, &namespace, &pod, &container, false).await
+            }
+            ["attach", namespace, pod, container] | ["attach", namespace, pod, _, container] => {
+                let (namespace, pod, container) = (
+                    namespace.to_string(),
+                    pod.to_string(),
+                    container.to_string(),
+                );
+                exec::serve(self, request, &namespace, &pod, &container, true).await
+            }
+            ["portForward", namespace, pod] | ["portForward", namespace, pod, _] => {
+                let (namespace, pod) = (namespace.to_string(), pod.to_string());
+                portforward::serve(self, request, &namespace, &pod).await
+            }
             _ => Err(Problem::not_found(format!(
                 "no kubelet endpoint at /{path}"
             ))),
@@ -257,6 +275,33 @@ impl NodeEndpoint {
                 self.node
             ))),
         }
+    }
+
+    /// Ok if `pod` has `container` (any kind, as kubectl allows), or, for
+    /// the host pod, it is the host container; 404 naming it otherwise.
+    pub(super) fn container(&self, pod: &Pod, container: &str) -> Result<(), Problem> {
+        let known = if self.is_host_pod(pod) {
+            container == hostpod::CONTAINER
+        } else {
+            pod.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .any(|c| c.name == container)
+                    || s.ephemeral_containers
+                        .iter()
+                        .flatten()
+                        .any(|c| c.name == container)
+            })
+        };
+        if known {
+            return Ok(());
+        }
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        Err(Problem::not_found(format!(
+            "container \"{container}\" not found in pod \"{ns}/{name}\""
+        )))
     }
 
     /// Whether `pod` is this node's device host pod.

@@ -21,6 +21,11 @@ pub enum LookupError {
         container: String,
         reason: String,
     },
+    /// exec, attach and port-forward need it running.
+    #[error("container \"{container}\" in pod \"{pod}\" is not running")]
+    NotRunning { pod: String, container: String },
+    #[error("pod \"{pod}\" has no running container to forward ports into")]
+    NoneRunning { pod: String },
     /// Ended without an instance to show (it never got one).
     #[error("container \"{container}\" in pod \"{pod}\" is terminated")]
     Terminated { pod: String, container: String },
@@ -117,6 +122,43 @@ pub fn for_logs(
             reason: "no logs yet".to_string(),
         },
     })
+}
+
+fn running_id(c: &ContainerStatus) -> Option<String> {
+    match c.state.as_ref().and_then(|s| s.state.as_ref()) {
+        Some(State::Running(_)) if !c.container_id.is_empty() => Some(runtime_id(&c.container_id)),
+        _ => None,
+    }
+}
+
+/// The runtime id of `container` if it runs now (exec and attach).
+pub fn running(status: &PodStatus, container: &str) -> Result<String, LookupError> {
+    let pod = format!("{}/{}", status.namespace, status.name);
+    let c = status
+        .init_containers
+        .iter()
+        .chain(&status.containers)
+        .find(|c| c.name == container)
+        .ok_or_else(|| LookupError::NoContainer {
+            pod: pod.clone(),
+            container: container.to_string(),
+        })?;
+    running_id(c).ok_or(LookupError::NotRunning {
+        pod,
+        container: container.to_string(),
+    })
+}
+
+/// Any running container of the pod: all share its network namespace.
+pub fn any_running(status: &PodStatus) -> Result<String, LookupError> {
+    status
+        .containers
+        .iter()
+        .chain(&status.init_containers)
+        .find_map(running_id)
+        .ok_or_else(|| LookupError::NoneRunning {
+            pod: format!("{}/{}", status.namespace, status.name),
+        })
 }
 
 #[cfg(test)]

@@ -18,10 +18,12 @@ use proto::{
 };
 use tracing::{debug, warn};
 
-use super::{LookupError, PodManager};
+use super::{
+    PodManager,
+    reply::{Refusal, refuse},
+};
 use crate::{
     config::HostConfig,
-    host::logs::HostLogsError,
     runtime::{LogEntry, LogOptions, Runtime, RuntimeError},
 };
 
@@ -34,60 +36,6 @@ const BATCH: usize = 32 * 1024;
 const FIRST_WAIT: Duration = Duration::from_millis(200);
 /// While the source is quiet, how often to check the client is still there.
 const PROBE: Duration = Duration::from_secs(1);
-
-/// A request answered with no log: the reply's code and message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Refusal {
-    pub code: Code,
-    pub message: String,
-}
-
-impl Refusal {
-    fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<LookupError> for Refusal {
-    fn from(e: LookupError) -> Self {
-        let code = if e.is_not_found() {
-            Code::NotFound
-        } else {
-            Code::BadRequest
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-impl From<RuntimeError> for Refusal {
-    fn from(e: RuntimeError) -> Self {
-        let code = match e {
-            RuntimeError::NotFound(_) => Code::NotFound,
-            _ => Code::Unavailable,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-impl From<HostLogsError> for Refusal {
-    fn from(e: HostLogsError) -> Self {
-        let code = match e {
-            HostLogsError::NoneReadable(_) => Code::NotFound,
-            HostLogsError::Io(_) => Code::Unavailable,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-impl From<std::io::Error> for Refusal {
-    fn from(e: std::io::Error) -> Self {
-        HostLogsError::Io(e).into()
-    }
-}
 
 /// The request's options, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,17 +202,6 @@ async fn host_source(
         ));
     }
     Ok(crate::host::logs::open(host.log_files.clone(), options.follow, options.tail_lines).await?)
-}
-
-async fn refuse(stream: &mut Stream, refusal: Refusal) -> Result<(), StreamError> {
-    debug!(code = ?refusal.code, message = %refusal.message, "logs refused");
-    let reply = StreamReply {
-        code: refusal.code.into(),
-        message: refusal.message,
-    };
-    stream.send_message(&reply).await?;
-    stream.finish();
-    Ok(())
 }
 
 /// Container log entries as a kubelet prints them: only those at or after

@@ -2,8 +2,11 @@
 //! init containers in order, then its containers under the pod's restart
 //! policy with a kubelet's back-off; status published on every change.
 
+pub mod exec;
 mod instance;
 pub mod logs;
+pub mod portforward;
+mod reply;
 pub mod serve;
 mod status;
 pub mod volumes;
@@ -225,6 +228,24 @@ impl<R: Runtime> PodManager<R> {
             uid: uid.to_string(),
         })?;
         instance::for_logs(&entry.status.borrow(), container, previous)
+    }
+
+    /// The runtime id of a running container, for exec and attach; with no
+    /// name, any running one (port-forward: they share the network).
+    pub fn running_container(
+        &self,
+        uid: &str,
+        container: Option<&str>,
+    ) -> Result<String, LookupError> {
+        let pods = self.lock();
+        let entry = pods.get(uid).ok_or_else(|| LookupError::NoPod {
+            uid: uid.to_string(),
+        })?;
+        let status = entry.status.borrow();
+        match container {
+            Some(name) => instance::running(&status, name),
+            None => instance::any_running(&status),
+        }
     }
 
     /// Waits for a change and returns the statuses that changed.

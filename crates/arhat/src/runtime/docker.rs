@@ -16,9 +16,10 @@ use bollard::{
 use futures::StreamExt;
 
 use super::{
-    ContainerInfo, ContainerSpec, ContainerState, LABEL_ATTEMPT, LABEL_CONTAINER, LABEL_DEVICE,
-    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, LogOptions, LogStream, PullAuth,
-    Runtime, RuntimeError, SANDBOX, Sandbox, SandboxSpec, docker_logs,
+    ContainerInfo, ContainerSpec, ContainerState, ExecSpec, LABEL_ATTEMPT, LABEL_CONTAINER,
+    LABEL_DEVICE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, LogOptions,
+    LogStream, Process, PullAuth, Runtime, RuntimeError, SANDBOX, Sandbox, SandboxSpec,
+    docker_exec, docker_logs,
 };
 
 /// The infra image arhat builds from its own static `pause` binary.
@@ -403,6 +404,18 @@ impl Runtime for Docker {
             image_id: i.image.unwrap_or_default(),
             state,
         })
+    }
+
+    async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {
+        docker_exec::exec(&self.client, id, spec).await
+    }
+
+    async fn attach(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {
+        docker_exec::attach(&self.client, id, spec).await
+    }
+
+    async fn network_namespace(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        docker_exec::network_namespace(&self.client, id).await
     }
 
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream, RuntimeError> {

@@ -3,12 +3,14 @@
 //! fit the same calls.
 
 pub mod docker;
+mod docker_exec;
 mod docker_logs;
 
-use std::{collections::HashMap, future::Future, time::Duration};
+use std::{collections::HashMap, future::Future, path::PathBuf, pin::Pin, time::Duration};
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::{future::BoxFuture, stream::BoxStream};
+use tokio::io::AsyncWrite;
 
 /// Labels that tie runtime objects to pods, so a restarted agent finds what it
 /// created (by pod UID, since names are reused).
@@ -177,6 +179,44 @@ pub struct LogOptions {
 /// following, when the container exits).
 pub type LogStream = BoxStream<'static, Result<LogEntry, RuntimeError>>;
 
+/// A command to run in a container, or an attach to its process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Empty for attach.
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// A running exec or attach: its input, its output, and a handle on it.
+pub struct Process {
+    /// Shutting it down is stdin EOF.
+    pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// Ends when the process (or the attach) is over.
+    pub output: BoxStream<'static, Result<(LogOutput, Bytes), RuntimeError>>,
+    pub handle: std::sync::Arc<dyn ProcessHandle>,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("stdin", &self.stdin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What can be done to a running [`Process`].
+pub trait ProcessHandle: Send + Sync {
+    fn resize(&self, width: u16, height: u16) -> BoxFuture<'_, Result<(), RuntimeError>>;
+    /// Once the output ended: how the process exited (0 for an attach that
+    /// ended).
+    fn exit_code(&self) -> BoxFuture<'_, Result<i32, RuntimeError>>;
+    /// Ends it early: its client went away. An attach only detaches.
+    fn kill(&self) -> BoxFuture<'_, Result<(), RuntimeError>>;
+}
+
 /// What pod management needs from a container runtime.
 pub trait Runtime: Send + Sync + 'static {
     /// `<name>://<version>`, as nodeInfo.containerRuntimeVersion and container IDs use.
@@ -227,4 +267,22 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<LogStream, RuntimeError>> + Send;
     /// Every sandbox and container this device's agent created, found by label.
     fn list_pod_objects(&self) -> impl Future<Output = Result<Vec<Labelled>, RuntimeError>> + Send;
+    /// Runs a command in a running container.
+    fn exec(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+    ) -> impl Future<Output = Result<Process, RuntimeError>> + Send;
+    /// Attaches to a running container's own process.
+    fn attach(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+    ) -> impl Future<Output = Result<Process, RuntimeError>> + Send;
+    /// The network namespace (a path to open) a running container is in:
+    /// port-forward dials from inside it, as a kubelet does.
+    fn network_namespace(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<PathBuf, RuntimeError>> + Send;
 }

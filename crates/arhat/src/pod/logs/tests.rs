@@ -488,6 +488,23 @@ impl Runtime for Fake {
     async fn list_pod_objects(&self) -> Result<Vec<Labelled>, RuntimeError> {
         Ok(Vec::new())
     }
+    async fn exec(
+        &self,
+        id: &str,
+        _: &crate::runtime::ExecSpec,
+    ) -> Result<crate::runtime::Process, RuntimeError> {
+        Err(RuntimeError::NotFound(id.into()))
+    }
+    async fn attach(
+        &self,
+        id: &str,
+        _: &crate::runtime::ExecSpec,
+    ) -> Result<crate::runtime::Process, RuntimeError> {
+        Err(RuntimeError::NotFound(id.into()))
+    }
+    async fn network_namespace(&self, id: &str) -> Result<std::path::PathBuf, RuntimeError> {
+        Err(RuntimeError::NotFound(id.into()))
+    }
 }
 
 /// A pod with one running container `app` on the fake runtime.

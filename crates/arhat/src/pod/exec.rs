@@ -1,0 +1,231 @@
+//! `kubectl exec` and `attach` on the device: aranya sends an ExecRequest;
+//! we check it and answer a StreamReply; then, once aranya says `start`,
+//! the process runs with its input (ExecInput) and output (ExecOutput)
+//! carried on the stream, the last message its exit.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use connectivity::{Stream, StreamError, StreamReceiver, StreamSender};
+use futures::StreamExt;
+use proto::api::{
+    ExecInput, ExecOutput, ExecRequest, ExitStatus, exec_input, exec_output, stream_reply::Code,
+};
+use tokio::io::AsyncWriteExt;
+use tracing::debug;
+
+use super::{
+    PodManager,
+    reply::{Refusal, accept, refuse},
+};
+use crate::{
+    config::HostConfig,
+    runtime::{ExecSpec, LogOutput, Process, ProcessHandle, Runtime},
+};
+
+/// Largest output message: a few session frames.
+const CHUNK: usize = 32 * 1024;
+
+/// What will run: a container's command or attach, or a host command.
+enum Target<R: Runtime> {
+    Container { runtime: Arc<R>, id: String },
+    Host,
+}
+
+pub async fn serve<R: Runtime>(
+    mut stream: Stream,
+    pods: Option<&Arc<PodManager<R>>>,
+    host: &HostConfig,
+) -> Result<(), StreamError> {
+    let Some(request) = stream.recv_message::<ExecRequest>().await? else {
+        return Ok(());
+    };
+    debug!(pod = %request.pod_uid, container = %request.container, host = request.host,
+        attach = request.attach, tty = request.tty, "exec requested");
+    let target = match target(&request, pods, host) {
+        Ok(t) => t,
+        Err(r) => return refuse(&mut stream, r).await,
+    };
+    accept(&mut stream).await?;
+    let (mut tx, mut rx) = stream.split();
+    match rx.recv_message::<ExecInput>().await? {
+        Some(ExecInput {
+            kind: Some(exec_input::Kind::Start(_)),
+        }) => {}
+        // The client never got ready.
+        _ => return Ok(()),
+    }
+    let spec = ExecSpec {
+        command: request.command.clone(),
+        stdin: request.stdin,
+        stdout: request.stdout,
+        stderr: request.stderr,
+        tty: request.tty,
+    };
+    let started = match &target {
+        Target::Container { runtime, id } if request.attach => runtime.attach(id, &spec).await,
+        Target::Container { runtime, id } => runtime.exec(id, &spec).await,
+        Target::Host => crate::host::exec::spawn(&spec),
+    };
+    let process = match started {
+        Ok(p) => p,
+        Err(e) => {
+            let exit = ExitStatus {
+                code: 0,
+                error: e.to_string(),
+            };
+            tx.send_message(&output(exec_output::Kind::Exit(exit)))
+                .await?;
+            tx.finish();
+            return Ok(());
+        }
+    };
+    run(process, tx, rx).await
+}
+
+fn target<R: Runtime>(
+    request: &ExecRequest,
+    pods: Option<&Arc<PodManager<R>>>,
+    host: &HostConfig,
+) -> Result<Target<R>, Refusal> {
+    if request.host {
+        let (allowed, key) = if request.attach {
+            (host.allow_attach, "host.allowAttach")
+        } else {
+            (host.allow_exec, "host.allowExec")
+        };
+        if !allowed {
+            let verb = if request.attach { "attach" } else { "exec" };
+            return Err(Refusal::new(
+                Code::Forbidden,
+                format!(
+                    "{verb} on the device host is disabled: set `{key}: true` in arhat's config"
+                ),
+            ));
+        }
+        if request.attach || request.tty {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                "the device host runs commands without a terminal: drop -t (attach is not served on the host)",
+            ));
+        }
+        return Ok(Target::Host);
+    }
+    let Some(pods) = pods else {
+        return Err(Refusal::new(
+            Code::Unavailable,
+            "this device runs no container runtime (arhat config runtime.kind)",
+        ));
+    };
+    let id = pods.running_container(&request.pod_uid, Some(&request.container))?;
+    Ok(Target::Container {
+        runtime: pods.runtime().clone(),
+        id,
+    })
+}
+
+fn output(kind: exec_output::Kind) -> ExecOutput {
+    ExecOutput { kind: Some(kind) }
+}
+
+/// Carries the process's I/O until it exits or aranya goes away.
+async fn run(
+    process: Process,
+    mut tx: StreamSender,
+    rx: StreamReceiver,
+) -> Result<(), StreamError> {
+    let Process {
+        stdin,
+        output: mut out,
+        handle,
+    } = process;
+    let mut input = tokio::spawn(feed(rx, stdin, handle.clone()));
+    loop {
+        tokio::select! {
+            item = out.next() => match item {
+                Some(Ok((which, data))) => {
+                    for chunk in data.chunks(CHUNK) {
+                        let chunk = Bytes::copy_from_slice(chunk);
+                        let kind = match which {
+                            LogOutput::Stdout => exec_output::Kind::Stdout(chunk),
+                            LogOutput::Stderr => exec_output::Kind::Stderr(chunk),
+                        };
+                        if let Err(e) = tx.send_message(&output(kind)).await {
+                            let _ = handle.kill().await;
+                            input.abort();
+                            return Err(e);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "exec output failed");
+                    break;
+                }
+                None => break,
+            },
+            // aranya went away (the client left): end the process.
+            fed = &mut input, if !input.is_finished() => {
+                if !matches!(fed, Ok(Ok(()))) {
+                    let _ = handle.kill().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let exit = match handle.exit_code().await {
+        Ok(code) => ExitStatus {
+            code,
+            error: String::new(),
+        },
+        Err(e) => ExitStatus {
+            code: 0,
+            error: e.to_string(),
+        },
+    };
+    input.abort();
+    tx.send_message(&output(exec_output::Kind::Exit(exit)))
+        .await?;
+    tx.finish();
+    Ok(())
+}
+
+/// aranya's input to the process. Ok when aranya finished its side; Err
+/// when the stream was reset.
+async fn feed(
+    mut rx: StreamReceiver,
+    mut stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    handle: Arc<dyn ProcessHandle>,
+) -> Result<(), StreamError> {
+    loop {
+        let Some(message) = rx.recv_message::<ExecInput>().await? else {
+            if let Some(mut s) = stdin.take() {
+                let _ = s.shutdown().await;
+            }
+            // Keep going until the process is over; nothing more will come.
+            std::future::pending::<()>().await;
+            return Ok(());
+        };
+        match message.kind {
+            Some(exec_input::Kind::Stdin(data)) => {
+                if let Some(s) = &mut stdin
+                    && s.write_all(&data).await.is_err()
+                {
+                    // The process closed its stdin: drop the rest.
+                    stdin = None;
+                }
+            }
+            Some(exec_input::Kind::StdinClosed(_)) => {
+                if let Some(mut s) = stdin.take() {
+                    let _ = s.shutdown().await;
+                }
+            }
+            Some(exec_input::Kind::Resize(size)) => {
+                let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+                if let Err(e) = handle.resize(clamp(size.width), clamp(size.height)).await {
+                    debug!(error = %e, "resize failed");
+                }
+            }
+            Some(exec_input::Kind::Start(_)) | None => {}
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! exec, attach and network namespaces through Docker's Engine API.
+
+use std::{path::PathBuf, time::Duration};
+
+use bollard::{
+    Docker as Client,
+    container::LogOutput as DockerOutput,
+    exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults},
+    query_parameters::{AttachContainerOptions, ResizeContainerTTYOptions},
+};
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+
+use super::{ExecSpec, LogOutput, Process, ProcessHandle, RuntimeError, docker::not_found_or};
+
+fn output(
+    item: Result<DockerOutput, bollard::errors::Error>,
+) -> Result<(LogOutput, bytes::Bytes), RuntimeError> {
+    match item {
+        Ok(DockerOutput::StdErr { message }) => Ok((LogOutput::Stderr, message)),
+        Ok(
+            DockerOutput::StdOut { message }
+            | DockerOutput::Console { message }
+            | DockerOutput::StdIn { message },
+        ) => Ok((LogOutput::Stdout, message)),
+        Err(e) => Err(RuntimeError::Failed {
+            op: "reading exec output",
+            reason: e.to_string(),
+        }),
+    }
+}
+
+pub async fn exec(client: &Client, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {
+    let created = client
+        .create_exec(
+            id,
+            CreateExecOptions {
+                attach_stdin: Some(spec.stdin),
+                attach_stdout: Some(spec.stdout),
+                attach_stderr: Some(spec.stderr && !spec.tty),
+                tty: Some(spec.tty),
+                cmd: Some(spec.command.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| not_found_or("creating exec", id, e))?;
+    let started = client
+        .start_exec(
+            &created.id,
+            Some(StartExecOptions {
+                detach: false,
+                tty: spec.tty,
+                output_capacity: None,
+            }),
+        )
+        .await
+        .map_err(|e| not_found_or("starting exec", id, e))?;
+    let StartExecResults::Attached { output: out, input } = started else {
+        return Err(RuntimeError::Failed {
+            op: "starting exec",
+            reason: "docker started it detached".into(),
+        });
+    };
+    Ok(Process {
+        stdin: spec.stdin.then_some(input),
+        output: out.map(output).boxed(),
+        handle: std::sync::Arc::new(DockerExec {
+            client: client.clone(),
+            exec_id: created.id,
+        }),
+    })
+}
+
+struct DockerExec {
+    client: Client,
+    exec_id: String,
+}
+
+impl ProcessHandle for DockerExec {
+    fn resize(&self, width: u16, height: u16) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        async move {
+            self.client
+                .resize_exec(&self.exec_id, ResizeExecOptions { height, width })
+                .await
+                .map_err(|e| RuntimeError::Failed {
+                    op: "resizing exec",
+                    reason: e.to_string(),
+                })
+        }
+        .boxed()
+    }
+
+    fn exit_code(&self) -> BoxFuture<'_, Result<i32, RuntimeError>> {
+        async move {
+            // Output ends a moment before Docker records the exit.
+            for _ in 0..100 {
+                let inspected = self.client.inspect_exec(&self.exec_id).await.map_err(|e| {
+                    RuntimeError::Failed {
+                        op: "inspecting exec",
+                        reason: e.to_string(),
+                    }
+                })?;
+                if inspected.running != Some(true)
+                    && let Some(code) = inspected.exit_code
+                {
+                    return Ok(i32::try_from(code).unwrap_or(i32::MAX));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(RuntimeError::Failed {
+                op: "inspecting exec",
+                reason: "still running after its output ended".into(),
+            })
+        }
+        .boxed()
+    }
+
+    fn kill(&self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        async move {
+            // Docker keeps an exec running when its connection goes; its
+            // pid is in the host's pid namespace, where the agent runs.
+            let inspected = self.client.inspect_exec(&self.exec_id).await;
+            if let Ok(e) = inspected
+                && e.running == Some(true)
+                && let Some(pid) = e
+                    .pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .and_then(rustix::process::Pid::from_raw)
+            {
+                rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| {
+                    RuntimeError::Failed {
+                        op: "killing exec",
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+pub async fn attach(client: &Client, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {
+    let attached = client
+        .attach_container(
+            id,
+            Some(AttachContainerOptions {
+                stdin: spec.stdin,
+                stdout: spec.stdout,
+                stderr: spec.stderr,
+                stream: true,
+                logs: false,
+                detach_keys: None,
+            }),
+        )
+        .await
+        .map_err(|e| not_found_or("attaching", id, e))?;
+    Ok(Process {
+        stdin: spec.stdin.then_some(attached.input),
+        output: attached.output.map(output).boxed(),
+        handle: std::sync::Arc::new(DockerAttach {
+            client: client.clone(),
+            id: id.to_string(),
+        }),
+    })
+}
+
+struct DockerAttach {
+    client: Client,
+    id: String,
+}
+
+impl ProcessHandle for DockerAttach {
+    fn resize(&self, width: u16, height: u16) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        async move {
+            self.client
+                .resize_container_tty(
+                    &self.id,
+                    ResizeContainerTTYOptions {
+                        h: i32::from(height),
+                        w: i32::from(width),
+                    },
+                )
+                .await
+                .map_err(|e| RuntimeError::Failed {
+                    op: "resizing the container's terminal",
+                    reason: e.to_string(),
+                })
+        }
+        .boxed()
+    }
+
+    fn exit_code(&self) -> BoxFuture<'_, Result<i32, RuntimeError>> {
+        async { Ok(0) }.boxed()
+    }
+
+    fn kill(&self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        async { Ok(()) }.boxed()
+    }
+}
+
+pub async fn network_namespace(client: &Client, id: &str) -> Result<PathBuf, RuntimeError> {
+    let inspected = client
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| not_found_or("inspecting", id, e))?;
+    let pid = inspected
+        .state
+        .and_then(|s| s.pid)
+        .filter(|p| *p > 0)
+        .ok_or_else(|| RuntimeError::Failed {
+            op: "finding the network namespace",
+            reason: format!("container {id} is not running"),
+        })?;
+    Ok(PathBuf::from(format!("/proc/{pid}/ns/net")))
+}

@@ -1,0 +1,431 @@
+//! Streaming verbs end to end through the real apiserver with real kubectl:
+//! exec, port-forward and cp to containers on the device and to the device
+//! host, in kubectl's default WebSocket mode (the apiserver translates to
+//! SPDY toward us) and in its SPDY mode (proxied byte for byte).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context;
+use e2e::{
+    TestEnv,
+    pods::{busybox, create_pod, running_and_ready, wait_pod},
+    wait_for,
+};
+use serde_json::json;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How kubectl talks to the apiserver for these verbs.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    WebSocket,
+    Spdy,
+}
+
+const MODES: [Mode; 2] = [Mode::WebSocket, Mode::Spdy];
+
+fn kubectl(env: &TestEnv, mode: Mode, args: &[&str]) -> Command {
+    let mut cmd = env.cluster.kubectl_command(args);
+    let ws = matches!(mode, Mode::WebSocket).to_string();
+    cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", &ws)
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", &ws);
+    cmd
+}
+
+/// Runs kubectl with `stdin`, returning (exit code, stdout, stderr).
+fn run(mut cmd: Command, stdin: &[u8]) -> anyhow::Result<(i32, Vec<u8>, String)> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning kubectl")?;
+    let mut input = child.stdin.take().context("stdin")?;
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    Ok((
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+async fn running_pod(env: &TestEnv, node: &str, name: &str, script: &str) -> anyhow::Result<()> {
+    create_pod(
+        env,
+        node,
+        name,
+        json!({ "containers": [busybox("main", script)] }),
+    )
+    .await?;
+    wait_pod(env, name, "running", RUN_TIMEOUT, |p| {
+        running_and_ready(p).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_exit_codes_and_stdin() -> anyhow::Result<()> {
+    let env = TestEnv::new("exec").await?;
+    let up = env.device_up("a", 10).await?;
+    running_pod(&env, &up.name, "shell", "exec sleep 3600").await?;
+    let ns = env.name.as_str();
+    for mode in MODES {
+        let (code, out, err) = run(
+            kubectl(
+                &env,
+                mode,
+                &[
+                    "exec",
+                    "-n",
+                    ns,
+                    "shell",
+                    "-c",
+                    "main",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo out; echo err >&2; exit 7",
+                ],
+            ),
+            b"",
+        )?;
+        assert_eq!(
+            (code, out.as_slice()),
+            (7, &b"out\n"[..]),
+            "{mode:?}: {err}"
+        );
+        assert!(err.contains("err\n"), "{mode:?}: {err}");
+
+        let (code, out, err) = run(
+            kubectl(&env, mode, &["exec", "-i", "-n", ns, "shell", "--", "cat"]),
+            b"hello\nworld\n",
+        )?;
+        assert_eq!(
+            (code, out.as_slice()),
+            (0, &b"hello\nworld\n"[..]),
+            "{mode:?}: stdin EOF reaches cat: {err}"
+        );
+
+        // 1 MiB through stdin and back, byte for byte.
+        let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let (code, out, err) = run(
+            kubectl(&env, mode, &["exec", "-i", "-n", ns, "shell", "--", "cat"]),
+            &big,
+        )?;
+        assert_eq!(code, 0, "{mode:?}: {err}");
+        assert!(
+            out == big,
+            "{mode:?}: {} bytes back of {}",
+            out.len(),
+            big.len()
+        );
+
+        let (code, _, err) = run(
+            kubectl(
+                &env,
+                mode,
+                &["exec", "-n", ns, "shell", "--", "/no/such/binary"],
+            ),
+            b"",
+        )?;
+        assert_ne!(code, 0, "{mode:?}: {err}");
+    }
+    // Unknown container: 404 naming it.
+    let (code, _, err) = run(
+        kubectl(
+            &env,
+            Mode::Spdy,
+            &["exec", "-n", ns, "shell", "-c", "nope", "--", "true"],
+        ),
+        b"",
+    )?;
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+    Ok(())
+}
+
+/// `kubectl port-forward` running, and the local port it listens on.
+struct PortForward {
+    child: Child,
+    port: u16,
+}
+
+impl PortForward {
+    fn start(
+        env: &TestEnv,
+        mode: Mode,
+        ns: &str,
+        target: &str,
+        remote: u16,
+    ) -> anyhow::Result<Self> {
+        let mut child = kubectl(
+            env,
+            mode,
+            &["port-forward", "-n", ns, target, &format!(":{remote}")],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        // "Forwarding from 127.0.0.1:PORT -> REMOTE"
+        let port = loop {
+            let line = lines.next().context("kubectl port-forward exited")??;
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
+                && let Some((port, _)) = rest.split_once(' ')
+            {
+                break port.parse()?;
+            }
+        };
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Ok(Self { child, port })
+    }
+
+    fn connect(&self) -> anyhow::Result<TcpStream> {
+        let s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(s)
+    }
+
+    /// `GET path` over a new forwarded connection; the body.
+    fn get(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let mut s = self.connect()?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)?;
+        let body = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| all[p + 4..].to_vec())
+            .context("no HTTP response")?;
+        Ok(body)
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256(env: &TestEnv, ns: &str, pod: &str, path: &str) -> anyhow::Result<String> {
+    let out = env
+        .cluster
+        .kubectl(&["exec", "-n", ns, pod, "--", "sha256sum", path])?;
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn local_sha256(data: &[u8]) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("data");
+    std::fs::write(&file, data)?;
+    let out = Command::new("sha256sum").arg(&file).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_port_forward_is_byte_exact_and_concurrent() -> anyhow::Result<()> {
+    let env = TestEnv::new("portfwd").await?;
+    let up = env.device_up("a", 10).await?;
+    // Only on the pod's loopback: reachable from inside its network namespace.
+    running_pod(
+        &env,
+        &up.name,
+        "web",
+        "mkdir -p /tmp/www && head -c 104857600 /dev/urandom > /tmp/www/big && head -c 1048576 /dev/urandom > /tmp/www/small && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www",
+    )
+    .await?;
+    let ns = env.name.as_str();
+    let big_sum = wait_for("the files written", Duration::from_secs(60), || async {
+        sha256(&env, ns, "web", "/tmp/www/big")
+            .ok()
+            .filter(|s| s.len() == 64)
+    })
+    .await?;
+    let small_sum = sha256(&env, ns, "web", "/tmp/www/small")?;
+    for mode in MODES {
+        let pf = PortForward::start(&env, mode, ns, "pod/web", 8080)?;
+        let big = pf.get("/big")?;
+        assert_eq!(big.len(), 104_857_600, "{mode:?}");
+        assert_eq!(local_sha256(&big)?, big_sum, "{mode:?}: 100 MiB byte-exact");
+        let pf = std::sync::Arc::new(pf);
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let pf = pf.clone();
+                std::thread::spawn(move || pf.get("/small"))
+            })
+            .collect();
+        for w in workers {
+            let body = w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+            assert_eq!(
+                local_sha256(&body)?,
+                small_sum,
+                "{mode:?}: concurrent connection"
+            );
+        }
+    }
+    // A port nothing listens on: the connection fails and kubectl says why.
+    let mut refused = kubectl(
+        &env,
+        Mode::Spdy,
+        &["port-forward", "-n", ns, "pod/web", ":7777"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()?;
+    let stdout = refused.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let port: u16 = loop {
+        let line = lines.next().context("exited")??;
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
+            && let Some((port, _)) = rest.split_once(' ')
+        {
+            break port.parse()?;
+        }
+    };
+    let mut conn = TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut sink = Vec::new();
+    let _ = conn.read_to_end(&mut sink);
+    let _ = refused.kill();
+    let out = refused.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(sink.is_empty());
+    assert!(
+        stderr.contains("7777") && stderr.contains("refused"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_cp_both_ways() -> anyhow::Result<()> {
+    let env = TestEnv::new("cp").await?;
+    let up = env.device_up("a", 10).await?;
+    running_pod(&env, &up.name, "box", "exec sleep 3600").await?;
+    let ns = env.name.as_str();
+    let data: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let local = env.dir.join("ten-mib");
+    std::fs::write(&local, &data)?;
+    for mode in MODES {
+        let to = format!("{ns}/box:/tmp/ten-mib");
+        let (code, _, err) = run(
+            kubectl(&env, mode, &["cp", &local.to_string_lossy(), &to]),
+            b"",
+        )?;
+        assert_eq!(code, 0, "{mode:?} cp in: {err}");
+        assert_eq!(
+            sha256(&env, ns, "box", "/tmp/ten-mib")?,
+            local_sha256(&data)?,
+            "{mode:?}"
+        );
+        let back = env.dir.join(format!("back-{mode:?}"));
+        let (code, _, err) = run(
+            kubectl(&env, mode, &["cp", &to, &back.to_string_lossy()]),
+            b"",
+        )?;
+        assert_eq!(code, 0, "{mode:?} cp out: {err}");
+        assert!(
+            std::fs::read(&back)? == data,
+            "{mode:?}: 10 MiB back byte-exact"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_pod_exec_and_port_forward_only_when_allowed() -> anyhow::Result<()> {
+    let env = TestEnv::new("hostverbs").await?;
+    let mut up = env.device_up("a", 10).await?;
+    let ns = env.name.clone();
+    let host = up.name.clone();
+    // Off by default: 403 naming the key.
+    let refused = wait_for("host exec refused", Duration::from_secs(60), || async {
+        let (code, _, err) = run(
+            kubectl(&env, Mode::Spdy, &["exec", "-n", &ns, &host, "--", "true"]),
+            b"",
+        )
+        .ok()?;
+        (code != 0 && err.contains("host.allowExec")).then_some(err)
+    })
+    .await?;
+    assert!(refused.contains("host.allowExec"), "{refused}");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let host_port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let _ = conn.write_all(b"hello from the host\n");
+        }
+    });
+    {
+        let pf = PortForward::start(&env, Mode::Spdy, &ns, &format!("pod/{host}"), host_port)?;
+        let mut s = pf.connect()?;
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(got.is_empty(), "forwarded although not allowed");
+    }
+
+    up.arhat.stop()?;
+    let allowed = "host:\n  allowExec: true\n  allowPortForward: true\n";
+    up.arhat = env.start_arhat_with(&up.name, "2", &[], allowed)?;
+    env.wait_ready(&up.name, "True", None, Duration::from_secs(60))
+        .await?;
+    for mode in MODES {
+        let (code, out, err) = wait_for("host exec", Duration::from_secs(30), || async {
+            run(
+                kubectl(
+                    &env,
+                    mode,
+                    &[
+                        "exec",
+                        "-n",
+                        &ns,
+                        &host,
+                        "--",
+                        "sh",
+                        "-c",
+                        "echo $((6*7)); exit 4",
+                    ],
+                ),
+                b"",
+            )
+            .ok()
+            .filter(|(code, _, _)| *code == 4)
+        })
+        .await?;
+        assert_eq!((code, out.as_slice()), (4, &b"42\n"[..]), "{mode:?}: {err}");
+        let (_, out, err) = run(
+            kubectl(&env, mode, &["exec", "-i", "-n", &ns, &host, "--", "cat"]),
+            b"to the host\n",
+        )?;
+        assert_eq!(out, b"to the host\n", "{mode:?}: {err}");
+        let pf = PortForward::start(&env, mode, &ns, &format!("pod/{host}"), host_port)?;
+        let mut s = pf.connect()?;
+        let mut line = String::new();
+        BufReader::new(&mut s).read_line(&mut line)?;
+        assert_eq!(line, "hello from the host\n", "{mode:?}");
+    }
+    Ok(())
+}
