@@ -11,6 +11,7 @@ pub mod images;
 pub mod kubelet;
 pub mod pods;
 pub mod process;
+pub mod pty;
 pub mod registry;
 pub mod wait;
 

@@ -14,6 +14,7 @@ use anyhow::Context;
 use e2e::{
     TestEnv,
     pods::{busybox, create_pod, running_and_ready, wait_pod},
+    pty::Pty,
     wait_for,
 };
 use serde_json::json;
@@ -426,6 +427,136 @@ async fn host_pod_exec_and_port_forward_only_when_allowed() -> anyhow::Result<()
         let mut line = String::new();
         BufReader::new(&mut s).read_line(&mut line)?;
         assert_eq!(line, "hello from the host\n", "{mode:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_it_drives_a_terminal() -> anyhow::Result<()> {
+    let env = TestEnv::new("exectty").await?;
+    let up = env.device_up("a", 10).await?;
+    running_pod(&env, &up.name, "term", "exec sleep 3600").await?;
+    let ns = env.name.as_str();
+    for mode in MODES {
+        let mut term = Pty::spawn(
+            kubectl(&env, mode, &["exec", "-it", "-n", ns, "term", "--", "sh"]),
+            80,
+            24,
+        )?;
+        term.type_text("echo hello-$((40+2)); stty size\r")?;
+        term.expect("hello-42", Duration::from_secs(30))?;
+        term.expect("24 80", Duration::from_secs(10))?;
+        term.resize(120, 40)?;
+        // The resize travels separately from stdin: allow it to land.
+        std::thread::sleep(Duration::from_millis(500));
+        term.type_text("stty size\r")?;
+        term.expect("40 120", Duration::from_secs(10))?;
+        term.type_text("exit 3\r")?;
+        assert_eq!(term.wait(Duration::from_secs(20))?, 3, "{mode:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_attach_with_and_without_a_terminal() -> anyhow::Result<()> {
+    let env = TestEnv::new("attach").await?;
+    let up = env.device_up("a", 10).await?;
+    let ns = env.name.as_str();
+    create_pod(
+        &env,
+        &up.name,
+        "ticker",
+        json!({ "containers": [busybox("main", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done")] }),
+    )
+    .await?;
+    create_pod(
+        &env,
+        &up.name,
+        "console",
+        json!({ "containers": [{ "name": "main", "image": e2e::images::BUSYBOX, "command": ["sh"], "stdin": true, "tty": true }] }),
+    )
+    .await?;
+    for pod in ["ticker", "console"] {
+        wait_pod(&env, pod, "running", RUN_TIMEOUT, |p| {
+            running_and_ready(p).then_some(())
+        })
+        .await?;
+    }
+    for mode in MODES {
+        // Without a terminal: the running process's output as it comes.
+        let mut attach = kubectl(&env, mode, &["attach", "-n", ns, "ticker", "-c", "main"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut lines = BufReader::new(attach.stdout.take().context("stdout")?).lines();
+        let first = lines.next().context("attach ended")??;
+        let second = lines.next().context("attach ended")??;
+        let n = |l: &str| l.strip_prefix("tick ").and_then(|n| n.parse::<u64>().ok());
+        assert_eq!(
+            n(&second),
+            n(&first).map(|n| n + 1),
+            "{mode:?}: {first} then {second}"
+        );
+        let _ = attach.kill();
+        let _ = attach.wait();
+
+        // With one: the container's own shell, typed into.
+        let mut term = Pty::spawn(
+            kubectl(
+                &env,
+                mode,
+                &["attach", "-it", "-n", ns, "console", "-c", "main"],
+            ),
+            80,
+            24,
+        )?;
+        term.type_text("echo attached-$((6*7))\r")?;
+        term.expect("attached-42", Duration::from_secs(30))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_leaves_nothing_behind() -> anyhow::Result<()> {
+    let env = TestEnv::new("execgone").await?;
+    let up = env.device_up("a", 10).await?;
+    running_pod(&env, &up.name, "host", "exec sleep 3600").await?;
+    let ns = env.name.as_str();
+    let sleepers = || -> anyhow::Result<usize> {
+        let ps = env
+            .cluster
+            .kubectl(&["exec", "-n", ns, "host", "--", "ps", "-o", "args"])?;
+        Ok(ps.lines().filter(|l| l.trim() == "sleep 4242").count())
+    };
+    for mode in MODES {
+        let mut clients: Vec<Child> = (0..4)
+            .map(|_| {
+                kubectl(
+                    &env,
+                    mode,
+                    &["exec", "-i", "-n", ns, "host", "--", "sleep", "4242"],
+                )
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        wait_for("4 exec processes", Duration::from_secs(30), || async {
+            (sleepers().ok()? == 4).then_some(())
+        })
+        .await?;
+        for c in &mut clients {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_for(
+            "exec processes killed with their clients",
+            Duration::from_secs(30),
+            || async { (sleepers().ok()? == 0).then_some(()) },
+        )
+        .await
+        .with_context(|| format!("{mode:?}"))?;
     }
     Ok(())
 }
