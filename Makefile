@@ -23,12 +23,14 @@ test: deps docker lint build kube pause
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
-# Pod start through aranya/arhat vs the same containers created directly, and
-# kubectl logs vs docker logs of one container (release builds).
+# Pod start through aranya/arhat vs the same containers created directly,
+# kubectl logs vs docker logs of one container, port-forward vs direct TCP and
+# kubectl exec vs docker exec (release builds).
 bench: deps docker kube pause
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/bench-pods --pods 20
 	$(CARGO_TARGET_DIR)/release/bench-logs --mib 100
+	$(CARGO_TARGET_DIR)/release/bench-streams --mib 100
 
 deps:
 	@scripts/deps.sh

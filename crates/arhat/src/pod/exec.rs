@@ -140,6 +140,7 @@ async fn run(
         handle,
     } = process;
     let mut input = tokio::spawn(feed(rx, stdin, handle.clone()));
+    let mut fed = false;
     loop {
         tokio::select! {
             item = out.next() => match item {
@@ -164,8 +165,9 @@ async fn run(
                 None => break,
             },
             // aranya went away (the client left): end the process.
-            fed = &mut input, if !input.is_finished() => {
-                if !matches!(fed, Ok(Ok(()))) {
+            result = &mut input, if !fed => {
+                fed = true;
+                if !matches!(result, Ok(Ok(()))) {
                     let _ = handle.kill().await;
                     return Ok(());
                 }
@@ -182,10 +184,15 @@ async fn run(
             error: e.to_string(),
         },
     };
-    input.abort();
     tx.send_message(&output(exec_output::Kind::Exit(exit)))
         .await?;
     tx.finish();
+    // Hold the stream until aranya ends its side: dropping it sooner would
+    // reset it, and a reset discards what is still in flight (the exit).
+    if !fed {
+        let _ = tokio::time::timeout(super::LINGER, &mut input).await;
+    }
+    input.abort();
     Ok(())
 }
 
@@ -201,8 +208,7 @@ async fn feed(
             if let Some(mut s) = stdin.take() {
                 let _ = s.shutdown().await;
             }
-            // Keep going until the process is over; nothing more will come.
-            std::future::pending::<()>().await;
+            // aranya finished its side: nothing more will come.
             return Ok(());
         };
         match message.kind {

@@ -24,6 +24,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::runtime::{LABEL_POD_UID, Runtime};
 
+/// How long a finished exec or port-forward stream waits for aranya to end
+/// its side before it is dropped (and so reset).
+const LINGER: Duration = Duration::from_secs(30);
+
 pub use instance::LookupError;
 pub use status::phase;
 

@@ -36,10 +36,11 @@ pub async fn serve<R: Runtime>(
     accept(&mut stream).await?;
     let (tx, rx) = stream.split();
     let (read, write) = connected.into_split();
-    // The connection is over when the pod's side is: its EOF, then ours.
     let up = tokio::spawn(to_pod(rx, write));
     let result = from_pod(read, tx).await;
-    up.abort();
+    // Hold the stream until aranya ends its side: dropping it sooner would
+    // reset it, and a reset discards bytes still in flight to aranya.
+    let _ = tokio::time::timeout(super::LINGER, up).await;
     result
 }
 

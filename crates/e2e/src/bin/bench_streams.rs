@@ -1,0 +1,175 @@
+//! Benchmark: the streaming verbs against their direct baselines, in one run.
+//!
+//! - port-forward: a 100 MiB download through `kubectl port-forward` (the
+//!   whole path: kubectl, apiserver, aranya, session layer, arhat, the pod's
+//!   network namespace) against the same download over a direct TCP
+//!   connection to the container;
+//! - exec: `kubectl exec -- true` round trips against `docker exec` of the
+//!   same container.
+//!
+//! `make bench` runs it (needs what `make test` needs).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use e2e::{bench::BenchBed, images::BUSYBOX, pods::merge, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::PostParams};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    /// Download size in MiB.
+    #[arg(long, default_value_t = 100)]
+    mib: u64,
+    /// Timed downloads per side (alternating); the best of each is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// exec round trips per side; the median is reported.
+    #[arg(long, default_value_t = 15)]
+    execs: usize,
+}
+
+const DEVICE: &str = "bench-streams-device";
+
+/// `GET /big` over `addr`; (bytes, time).
+fn download(addr: (&str, u16)) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    write!(s, "GET /big HTTP/1.0\r\n\r\n")?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    Ok((total, started.elapsed()))
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn timed(mut cmd: Command) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(started.elapsed())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let bed = BenchBed::start(DEVICE, 5, "").await?;
+    let size = cli.mib << 20;
+    let script = format!(
+        "mkdir -p /tmp/www && head -c {size} /dev/zero > /tmp/www/big && exec httpd -f -p 8080 -h /tmp/www"
+    );
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "web" },
+        "spec": merge(bed.placement(), json!({
+            "containers": [{ "name": "web", "image": BUSYBOX, "command": ["sh", "-c", script] }],
+        })),
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let (id, ip) = wait_for("the pod serving", Duration::from_secs(120), || async {
+        let pod = pods.get("web").await.ok()?;
+        let status = pod.status?;
+        let ip = status.pod_ip?;
+        let id = status.container_statuses?.first()?.container_id.clone()?;
+        let id = id.strip_prefix("docker://")?.to_string();
+        let (n, _) = download((ip.as_str(), 8080)).ok()?;
+        (n > size).then_some((id, ip))
+    })
+    .await?;
+
+    let mut forward = Command::new(&bed.cluster.kube_binary)
+        .arg("kubectl")
+        .arg("--kubeconfig")
+        .arg(&bed.cluster.admin_kubeconfig)
+        .args(["port-forward", "pod/web", ":8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = BufReader::new(forward.stdout.take().context("stdout")?).lines();
+    let local: u16 = loop {
+        let line = lines.next().context("port-forward exited")??;
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
+            && let Some((port, _)) = rest.split_once(' ')
+        {
+            break port.parse()?;
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+
+    let (mut direct, mut tunneled) = (Duration::MAX, Duration::MAX);
+    for _ in 0..cli.rounds {
+        let (n, t) = download((ip.as_str(), 8080))?;
+        anyhow::ensure!(n > size, "direct download short: {n}");
+        direct = direct.min(t);
+        let (n, t) = download(("127.0.0.1", local))?;
+        anyhow::ensure!(n > size, "port-forward download short: {n}");
+        tunneled = tunneled.min(t);
+    }
+    let _ = forward.kill();
+    let _ = forward.wait();
+
+    let kubectl_exec = || {
+        let mut cmd = Command::new(&bed.cluster.kube_binary);
+        cmd.arg("kubectl")
+            .arg("--kubeconfig")
+            .arg(&bed.cluster.admin_kubeconfig)
+            .args(["exec", "web", "--", "true"]);
+        cmd
+    };
+    let docker_exec = || {
+        let mut cmd = Command::new("docker");
+        cmd.args(["exec", &id, "true"]);
+        cmd
+    };
+    let (mut via_kubectl, mut via_docker) = (Vec::new(), Vec::new());
+    for _ in 0..cli.execs {
+        via_docker.push(timed(docker_exec())?);
+        via_kubectl.push(timed(kubectl_exec())?);
+    }
+    let (via_kubectl, via_docker) = (median(via_kubectl), median(via_docker));
+
+    let mibs = |t: Duration| cli.mib as f64 / t.as_secs_f64();
+    println!(
+        "port-forward, {} MiB download, best of {} rounds each",
+        cli.mib, cli.rounds
+    );
+    println!(
+        "  direct TCP to the container:          {:.1} MiB/s",
+        mibs(direct)
+    );
+    println!(
+        "  kubectl port-forward (whole path):    {:.1} MiB/s",
+        mibs(tunneled)
+    );
+    println!(
+        "  throughput ratio (port-forward / direct): {:.3}",
+        direct.as_secs_f64() / tunneled.as_secs_f64()
+    );
+    println!("exec round trip (`true`), median of {}", cli.execs);
+    println!("  docker exec:   {:.1} ms", via_docker.as_secs_f64() * 1e3);
+    println!("  kubectl exec:  {:.1} ms", via_kubectl.as_secs_f64() * 1e3);
+    println!(
+        "  time ratio (kubectl exec / docker exec): {:.2}",
+        via_kubectl.as_secs_f64() / via_docker.as_secs_f64()
+    );
+    Ok(())
+}
