@@ -252,7 +252,9 @@ async fn kubectl_port_forward_is_byte_exact_and_concurrent() -> anyhow::Result<(
         &env,
         &up.name,
         "web",
-        "mkdir -p /tmp/www && head -c 104857600 /dev/urandom > /tmp/www/big && head -c 1048576 /dev/urandom > /tmp/www/small && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www",
+        // Written aside and moved into place whole, so a checksum never sees
+        // a file still being written.
+        "mkdir -p /tmp/gen && head -c 104857600 /dev/urandom > /tmp/gen/big && head -c 1048576 /dev/urandom > /tmp/gen/small && mv /tmp/gen /tmp/www && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www",
     )
     .await?;
     let ns = env.name.as_str();
@@ -558,5 +560,133 @@ async fn a_client_that_goes_away_leaves_nothing_behind() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{mode:?}"))?;
     }
+    Ok(())
+}
+
+/// A WebSocket exec through the apiserver as the Python client's `stream`
+/// does it (a subprotocol the apiserver passes through to the kubelet):
+/// (stdout, stderr, status).
+async fn websocket_exec(
+    env: &TestEnv,
+    pod: &str,
+    query: &str,
+    protocol: &str,
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>, serde_json::Value)> {
+    use base64::Engine as _;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let cp = testbed::ControlPlane::shared().await?;
+    let admin = cp.ca().issue_client("ws-admin", &["system:masters"])?;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read_to_string(&env.cluster.ca_file)?;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(admin.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(admin.key_pem.as_bytes())?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    let server = cp.server_url().trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&server).await?;
+    let host = server
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default();
+    let name = rustls::pki_types::ServerName::try_from(host)?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let url = format!(
+        "wss://{server}/api/v1/namespaces/{}/pods/{pod}/exec?{query}",
+        env.name
+    );
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse()?);
+    let (mut ws, response) = tokio_tungstenite::client_async(request, tls).await?;
+    let chosen = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    anyhow::ensure!(
+        chosen == protocol,
+        "subprotocol {chosen:?}, asked {protocol:?}"
+    );
+    let base64 = protocol.contains("base64");
+    let frame = |channel: u8, data: &[u8]| {
+        if base64 {
+            let mut text = String::from(char::from(b'0' + channel));
+            text.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
+            Message::Text(text.into())
+        } else {
+            let mut bytes = vec![channel];
+            bytes.extend_from_slice(data);
+            Message::Binary(bytes.into())
+        }
+    };
+    if let Some(data) = stdin {
+        ws.send(frame(0, data)).await?;
+    }
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
+        let (channel, data) = match message? {
+            Message::Binary(b) if !b.is_empty() => (b[0], b[1..].to_vec()),
+            Message::Text(t) if base64 && !t.is_empty() => (
+                t.as_bytes()[0] - b'0',
+                base64::engine::general_purpose::STANDARD.decode(&t.as_bytes()[1..])?,
+            ),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        match channel {
+            1 => out.extend(data),
+            2 => err.extend(data),
+            3 => status.extend(data),
+            _ => {}
+        }
+    }
+    let status = if status.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&status)?
+    };
+    Ok((out, err, status))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_clients_reach_the_kubelet_endpoint() -> anyhow::Result<()> {
+    let env = TestEnv::new("wsexec").await?;
+    let up = env.device_up("a", 10).await?;
+    running_pod(&env, &up.name, "ws", "exec sleep 3600").await?;
+    let query = "command=sh&command=-c&command=echo+out%3B+echo+err+%3E%262%3B+exit+5&stdout=true&stderr=true";
+    for protocol in ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"] {
+        let (out, err, status) = websocket_exec(&env, "ws", query, protocol, None).await?;
+        assert_eq!(
+            (out.as_slice(), err.as_slice()),
+            (&b"out\n"[..], &b"err\n"[..]),
+            "{protocol}"
+        );
+        assert_eq!(status["reason"], "NonZeroExitCode", "{protocol}: {status}");
+        assert_eq!(status["details"]["causes"][0]["message"], "5", "{protocol}");
+    }
+    // stdin over base64 text frames.
+    let query = "command=head&command=-n&command=1&stdin=true&stdout=true&stderr=true";
+    let (out, _, status) =
+        websocket_exec(&env, "ws", query, "base64.channel.k8s.io", Some(b"typed\n")).await?;
+    assert_eq!(out, b"typed\n");
+    assert!(
+        status.is_null(),
+        "older protocols send no status on success: {status}"
+    );
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! - [`negotiate`]: choosing the protocol from the upgrade request.
 //! - [`remotecommand`]: exec and attach (`v4.channel.k8s.io` and older).
 //! - [`portforward`]: port-forward (`portforward.k8s.io`).
+//! - [`websocket`]: exec and attach over the WebSocket channel protocols.
 //! - [`status`]: the exit status a v4 client reads from the error stream.
 
 pub mod negotiate;
@@ -15,6 +16,7 @@ pub mod remotecommand;
 pub mod status;
 #[cfg(test)]
 mod testutil;
+pub mod websocket;
 
 pub use portforward::Forward;
 pub use remotecommand::{ExecIo, ExecOptions, Outcome, TerminalSize};

@@ -108,6 +108,10 @@ pub struct ExecIo {
 pub struct Done(oneshot::Sender<Outcome>);
 
 impl Done {
+    pub(crate) fn new(tx: oneshot::Sender<Outcome>) -> Self {
+        Self(tx)
+    }
+
     pub fn report(self, outcome: Outcome) {
         let _ = self.0.send(outcome);
     }
@@ -330,15 +334,7 @@ async fn finish(
     };
     // Output first, as a kubelet's runtime drains it before the status.
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, futures_join(drains)).await;
-    let message = match (&outcome, v4) {
-        (Outcome::Exited(code), true) => Some(status::exit(*code, &command)),
-        (Outcome::Failed(m), true) => Some(status::internal_error(m)),
-        (Outcome::Exited(0), false) => None,
-        (Outcome::Exited(code), false) => Some(
-            format!("command terminated with non-zero exit code: error executing command [{}], exit code {code}", command.join(" ")).into_bytes(),
-        ),
-        (Outcome::Failed(m), false) => Some(m.clone().into_bytes()),
-    };
+    let message = status::for_outcome(&outcome, v4, &command);
     if let (Some(error), Some(message)) = (&error, message) {
         let _ = error.write(message.into()).await;
     }

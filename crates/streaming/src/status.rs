@@ -36,6 +36,25 @@ pub fn internal_error(message: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// What goes on the error channel when `outcome` is known: the v4 status,
+/// or for older protocols a message only when something went wrong.
+pub fn for_outcome(outcome: &crate::Outcome, v4: bool, command: &[String]) -> Option<Vec<u8>> {
+    use crate::Outcome;
+    match (outcome, v4) {
+        (Outcome::Exited(code), true) => Some(exit(*code, command)),
+        (Outcome::Failed(m), true) => Some(internal_error(m)),
+        (Outcome::Exited(0), false) => None,
+        (Outcome::Exited(code), false) => Some(
+            format!(
+                "command terminated with non-zero exit code: error executing command [{}], exit code {code}",
+                command.join(" ")
+            )
+            .into_bytes(),
+        ),
+        (Outcome::Failed(m), false) => Some(m.clone().into_bytes()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

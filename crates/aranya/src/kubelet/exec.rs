@@ -26,7 +26,19 @@ pub async fn serve(
 ) -> Result<Response<Body>, Problem> {
     let options =
         ExecOptions::from_query(request.uri().query(), !attach).map_err(Problem::bad_request)?;
-    let protocol = upgrade::protocol(&request, negotiate::REMOTECOMMAND)?;
+    // WebSocket clients the apiserver passes through (v4, base64), or SPDY.
+    let websocket = if upgrade::is_websocket(&request) {
+        Some(upgrade::websocket_protocol(
+            &request,
+            streaming::websocket::REMOTECOMMAND,
+        )?)
+    } else {
+        None
+    };
+    let protocol = match &websocket {
+        Some((protocol, _)) => protocol,
+        None => upgrade::protocol(&request, negotiate::REMOTECOMMAND)?,
+    };
     let pod = endpoint.pod(namespace, pod_name).await?;
     let host = endpoint.is_host_pod(&pod);
     endpoint.container(&pod, container)?;
@@ -50,22 +62,29 @@ pub async fn serve(
     };
     let stream = upgrade::ask_device(endpoint, &header, &exec, false).await?;
     let on_upgrade = hyper::upgrade::on(&mut request);
+    let ws = websocket.is_some();
     tokio::spawn(
         async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => return debug!(error = %e, "exec upgrade failed"),
             };
-            match streaming::remotecommand::serve_spdy(TokioIo::new(upgraded), protocol, &options)
-                .await
-            {
+            let io = TokioIo::new(upgraded);
+            if ws {
+                let io = streaming::websocket::serve_exec(io, protocol, &options).await;
+                return bridge(io, stream).await;
+            }
+            match streaming::remotecommand::serve_spdy(io, protocol, &options).await {
                 Ok(io) => bridge(io, stream).await,
                 Err(e) => debug!(error = %e, "exec session not set up"),
             }
         }
         .in_current_span(),
     );
-    Ok(upgrade::switching(protocol))
+    Ok(match &websocket {
+        Some((protocol, accept)) => upgrade::switching_websocket(protocol, accept),
+        None => upgrade::switching(protocol),
+    })
 }
 
 async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

@@ -5,7 +5,7 @@ use connectivity::Stream;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use proto::api::{Open, StreamReply, stream_reply::Code};
-use streaming::negotiate;
+use streaming::{negotiate, websocket};
 
 use super::{Body, Problem, server::NodeEndpoint, text};
 
@@ -31,6 +31,57 @@ pub fn protocol(
             format!("unable to upgrade: no common stream protocol; this kubelet speaks {accepted}"),
         )
     })
+}
+
+/// Whether the request asks for a WebSocket rather than SPDY.
+pub fn is_websocket(request: &Request<Incoming>) -> bool {
+    websocket::is_upgrade(
+        request
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// The subprotocol and accept key of a WebSocket upgrade request.
+pub fn websocket_protocol(
+    request: &Request<Incoming>,
+    supported: &[&'static str],
+) -> Result<(&'static str, String), Problem> {
+    let headers = request.headers();
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| Problem::bad_request("WebSocket upgrade without Sec-WebSocket-Key"))?;
+    let offers = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let protocol = negotiate::choose(offers, supported).map_err(|accepted| {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to upgrade: no common WebSocket subprotocol; this kubelet speaks {accepted}"
+            ),
+        )
+    })?;
+    Ok((protocol, websocket::accept_key(key.as_bytes())))
+}
+
+/// The 101 for a WebSocket.
+pub fn switching_websocket(protocol: &'static str, accept: &str) -> Response<Body> {
+    let mut response = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
 }
 
 /// The 101 a kubelet answers with.
