@@ -429,6 +429,35 @@ async fn host_pod_exec_and_port_forward_only_when_allowed() -> anyhow::Result<()
         let mut line = String::new();
         BufReader::new(&mut s).read_line(&mut line)?;
         assert_eq!(line, "hello from the host\n", "{mode:?}");
+
+        // kubectl cp both ways, though the host may have no tar (arhat
+        // answers kubectl's tar commands itself).
+        let data: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+            .collect();
+        let local = env.dir.join(format!("to-host-{mode:?}"));
+        std::fs::write(&local, &data)?;
+        let on_host = env.dir.join(format!("on-host-{mode:?}"));
+        let target = format!("{ns}/{host}:{}", on_host.display());
+        let (code, _, err) = run(
+            kubectl(&env, mode, &["cp", &local.to_string_lossy(), &target]),
+            b"",
+        )?;
+        assert_eq!(code, 0, "{mode:?} cp to the host: {err}");
+        assert!(
+            std::fs::read(&on_host)? == data,
+            "{mode:?}: file on the host"
+        );
+        let back = env.dir.join(format!("from-host-{mode:?}"));
+        let (code, _, err) = run(
+            kubectl(&env, mode, &["cp", &target, &back.to_string_lossy()]),
+            b"",
+        )?;
+        assert_eq!(code, 0, "{mode:?} cp from the host: {err}");
+        assert!(
+            std::fs::read(&back)? == data,
+            "{mode:?}: file back from the host"
+        );
     }
     Ok(())
 }

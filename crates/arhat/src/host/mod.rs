@@ -4,3 +4,4 @@
 
 pub mod exec;
 pub mod logs;
+pub mod tar;

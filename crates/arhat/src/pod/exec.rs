@@ -65,7 +65,11 @@ pub async fn serve<R: Runtime>(
     let started = match &target {
         Target::Container { runtime, id } if request.attach => runtime.attach(id, &spec).await,
         Target::Container { runtime, id } => runtime.exec(id, &spec).await,
-        Target::Host => crate::host::exec::spawn(&spec),
+        // kubectl cp: answered without a tar binary on the host.
+        Target::Host => match crate::host::tar::parse(&spec.command) {
+            Some(tar) => Ok(crate::host::tar::spawn(tar)),
+            None => crate::host::exec::spawn(&spec),
+        },
     };
     let process = match started {
         Ok(p) => p,
