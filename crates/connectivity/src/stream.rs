@@ -40,19 +40,15 @@ pub(crate) enum StreamEvent {
 }
 
 /// A stream: ordered exactly-once bytes each way, with back-pressure. Dropping
-/// it before both directions ended resets it on both sides.
+/// it before both directions ended resets it on both sides. It is its two
+/// halves ([`Stream::split`] hands them out for concurrent use).
 #[derive(Debug)]
 pub struct Stream {
-    id: StreamId,
     header: Bytes,
-    cmds: mpsc::UnboundedSender<Cmd>,
-    events: mpsc::UnboundedReceiver<StreamEvent>,
-    reader: MessageReader,
-    local_finished: bool,
-    peer_finished: bool,
-    ended: bool,
     /// The session's span, so work done for this stream logs under it.
     span: tracing::Span,
+    tx: StreamSender,
+    rx: StreamReceiver,
 }
 
 impl Stream {
@@ -63,21 +59,27 @@ impl Stream {
         events: mpsc::UnboundedReceiver<StreamEvent>,
         span: tracing::Span,
     ) -> Self {
-        Self {
+        let shared = std::sync::Arc::new(Shared {
             id,
-            header,
             cmds,
-            events,
-            reader: MessageReader::default(),
-            local_finished: false,
-            peer_finished: false,
-            ended: false,
+            state: std::sync::Mutex::new(Ends::default()),
+        });
+        Self {
+            header,
             span,
+            tx: StreamSender {
+                shared: shared.clone(),
+            },
+            rx: StreamReceiver {
+                shared,
+                events,
+                reader: MessageReader::default(),
+            },
         }
     }
 
     pub fn id(&self) -> StreamId {
-        self.id
+        self.tx.shared.id
     }
 
     pub fn span(&self) -> &tracing::Span {
@@ -94,100 +96,46 @@ impl Stream {
         Ok(proto::api::Open::decode(self.header.clone())?)
     }
 
+    /// Splits the stream so one task can send while another receives (a
+    /// single owner could deadlock: blocked sending for credit that only its
+    /// own reading would let the peer grant).
+    pub fn split(self) -> (StreamSender, StreamReceiver) {
+        (self.tx, self.rx)
+    }
+
     /// Sends bytes; waits while the peer has no room for them.
     pub async fn send(&mut self, data: Bytes) -> Result<(), StreamError> {
-        if self.local_finished {
-            return Err(StreamError::Finished);
-        }
-        let (reply, done) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Send {
-                id: self.id,
-                data,
-                reply,
-            })
-            .map_err(|_| closed())?;
-        done.await.map_err(|_| closed())?
+        self.tx.send(data).await
     }
 
     pub async fn send_message<M: Message>(&mut self, message: &M) -> Result<(), StreamError> {
-        self.send(encode_message(message)).await
+        self.tx.send_message(message).await
     }
 
     /// Ends this side's direction; the peer reads to the end then sees it.
     pub fn finish(&mut self) {
-        if !self.local_finished {
-            self.local_finished = true;
-            let _ = self.cmds.send(Cmd::Finish { id: self.id });
-        }
+        self.tx.finish();
     }
 
     /// Aborts both directions.
     pub fn reset(&mut self, code: ResetCode, reason: &str) {
-        if !self.ended {
-            self.ended = true;
-            let _ = self.cmds.send(Cmd::Reset {
-                id: self.id,
-                code,
-                reason: reason.to_string(),
-            });
-        }
+        self.tx.reset(code, reason);
     }
 
     /// The next bytes from the peer; `Ok(None)` once the peer finished.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, StreamError> {
-        if self.peer_finished {
-            return Ok(None);
-        }
-        match self.events.recv().await {
-            Some(StreamEvent::Data(data)) => {
-                // Credit goes back as the application takes bytes, so a slow
-                // reader slows the peer instead of growing a buffer.
-                let _ = self.cmds.send(Cmd::Consume {
-                    id: self.id,
-                    n: data.len(),
-                });
-                Ok(Some(data))
-            }
-            Some(StreamEvent::Finished) => {
-                self.peer_finished = true;
-                if self.local_finished {
-                    self.ended = true;
-                }
-                Ok(None)
-            }
-            Some(StreamEvent::Reset { code, reason }) => {
-                self.ended = true;
-                Err(StreamError::Reset { code, reason })
-            }
-            None => {
-                self.ended = true;
-                Err(closed())
-            }
-        }
+        self.rx.recv().await
     }
 
     /// The next whole message; `Ok(None)` once the peer finished between messages.
     pub async fn recv_message<M: Message + Default>(&mut self) -> Result<Option<M>, StreamError> {
-        loop {
-            if let Some(m) = self.reader.next_message()? {
-                return Ok(Some(m));
-            }
-            match self.recv().await? {
-                Some(bytes) => self.reader.push(&bytes),
-                None if self.reader.buffered() > 0 => return Err(StreamError::Truncated),
-                None => return Ok(None),
-            }
-        }
+        self.rx.recv_message().await
     }
 
     /// The next raw bytes, starting with any received past the last message:
     /// for streams that open with a message and carry raw bytes after it.
     pub async fn recv_bytes(&mut self) -> Result<Option<Bytes>, StreamError> {
-        if self.reader.buffered() > 0 {
-            return Ok(Some(self.reader.take_buffered()));
-        }
-        self.recv().await
+        self.rx.recv_bytes().await
     }
 
     /// Sends one message and finishes, then reads the one answer and the end.
@@ -209,19 +157,6 @@ impl Stream {
         match self.recv().await? {
             None => Ok(()),
             Some(_) => Err(StreamError::Truncated),
-        }
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        let done = self.ended || (self.local_finished && self.peer_finished);
-        if !done {
-            let _ = self.cmds.send(Cmd::Reset {
-                id: self.id,
-                code: ResetCode::Cancelled,
-                reason: "stream dropped".to_string(),
-            });
         }
     }
 }
@@ -291,38 +226,6 @@ pub struct StreamReceiver {
     shared: std::sync::Arc<Shared>,
     events: mpsc::UnboundedReceiver<StreamEvent>,
     reader: MessageReader,
-}
-
-impl Stream {
-    /// Splits the stream so one task can send while another receives (a
-    /// single owner could deadlock: blocked sending for credit that only its
-    /// own reading would let the peer grant).
-    pub fn split(mut self) -> (StreamSender, StreamReceiver) {
-        let (_, dummy) = mpsc::unbounded_channel();
-        let events = std::mem::replace(&mut self.events, dummy);
-        let reader = std::mem::take(&mut self.reader);
-        let shared = std::sync::Arc::new(Shared {
-            id: self.id,
-            cmds: self.cmds.clone(),
-            state: std::sync::Mutex::new(Ends {
-                local_finished: self.local_finished,
-                peer_finished: self.peer_finished,
-                ended: self.ended,
-            }),
-        });
-        // The halves own the stream's fate now.
-        self.ended = true;
-        (
-            StreamSender {
-                shared: shared.clone(),
-            },
-            StreamReceiver {
-                shared,
-                events,
-                reader,
-            },
-        )
-    }
 }
 
 impl StreamSender {

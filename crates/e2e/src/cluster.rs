@@ -138,6 +138,21 @@ impl Cluster {
             .context("running kubectl")
     }
 
+    /// The local port `kubectl port-forward` reports on its stdout
+    /// (`Forwarding from 127.0.0.1:PORT -> REMOTE`), reading lines up to it.
+    pub fn forwarded_port(
+        lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    ) -> anyhow::Result<u16> {
+        loop {
+            let line = lines.next().context("kubectl port-forward exited")??;
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
+                && let Some((port, _)) = rest.split_once(' ')
+            {
+                return Ok(port.parse()?);
+            }
+        }
+    }
+
     /// The test bed's kubectl as admin, to be run as the caller likes.
     pub fn kubectl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.kube_binary);

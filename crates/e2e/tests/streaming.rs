@@ -180,14 +180,7 @@ impl PortForward {
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         // "Forwarding from 127.0.0.1:PORT -> REMOTE"
-        let port = loop {
-            let line = lines.next().context("kubectl port-forward exited")??;
-            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
-                && let Some((port, _)) = rest.split_once(' ')
-            {
-                break port.parse()?;
-            }
-        };
+        let port = e2e::Cluster::forwarded_port(&mut lines)?;
         std::thread::spawn(move || for _ in lines.by_ref() {});
         Ok(Self { child, port })
     }
@@ -297,14 +290,7 @@ async fn kubectl_port_forward_is_byte_exact_and_concurrent() -> anyhow::Result<(
     .spawn()?;
     let stdout = refused.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let port: u16 = loop {
-        let line = lines.next().context("exited")??;
-        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
-            && let Some((port, _)) = rest.split_once(' ')
-        {
-            break port.parse()?;
-        }
-    };
+    let port: u16 = e2e::Cluster::forwarded_port(&mut lines)?;
     let mut conn = TcpStream::connect(("127.0.0.1", port))?;
     conn.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut sink = Vec::new();

@@ -280,22 +280,23 @@ impl Decoder {
                     headers: self.inflater.inflate(&body)?,
                 }
             }
-            kind::SYN_REPLY => {
-                at_least("SYN_REPLY", 4)?;
+            kind::SYN_REPLY | kind::HEADERS => {
+                let reply = kind == kind::SYN_REPLY;
+                at_least(if reply { "SYN_REPLY" } else { "HEADERS" }, 4)?;
                 let stream_id = body.get_u32() & 0x7fff_ffff;
-                Frame::SynReply {
-                    stream_id,
-                    fin,
-                    headers: self.inflater.inflate(&body)?,
-                }
-            }
-            kind::HEADERS => {
-                at_least("HEADERS", 4)?;
-                let stream_id = body.get_u32() & 0x7fff_ffff;
-                Frame::Headers {
-                    stream_id,
-                    fin,
-                    headers: self.inflater.inflate(&body)?,
+                let headers = self.inflater.inflate(&body)?;
+                if reply {
+                    Frame::SynReply {
+                        stream_id,
+                        fin,
+                        headers,
+                    }
+                } else {
+                    Frame::Headers {
+                        stream_id,
+                        fin,
+                        headers,
+                    }
                 }
             }
             kind::RST_STREAM => {

@@ -89,11 +89,7 @@ pub async fn serve(
     let host = endpoint.is_host_pod(&pod);
     endpoint.container(&pod, container)?;
     let request = LogsRequest {
-        pod_uid: if host {
-            String::new()
-        } else {
-            pod.metadata.uid.clone().unwrap_or_default()
-        },
+        pod_uid: endpoint.device_uid(&pod),
         container: container.to_string(),
         host,
         follow: options.follow,

@@ -23,11 +23,7 @@ pub async fn serve(
     let host = endpoint.is_host_pod(&pod);
     let session = endpoint.session()?;
     let target = Target {
-        uid: if host {
-            String::new()
-        } else {
-            pod.metadata.uid.clone().unwrap_or_default()
-        },
+        uid: endpoint.device_uid(&pod),
         host,
         pod: format!("{namespace}/{pod_name}"),
         node: endpoint.node.clone(),

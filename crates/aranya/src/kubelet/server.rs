@@ -304,6 +304,16 @@ impl NodeEndpoint {
         )))
     }
 
+    /// The UID the device knows `pod` by; none for the host pod, which the
+    /// device serves itself.
+    pub(super) fn device_uid(&self, pod: &Pod) -> String {
+        if self.is_host_pod(pod) {
+            String::new()
+        } else {
+            pod.metadata.uid.clone().unwrap_or_default()
+        }
+    }
+
     /// Whether `pod` is this node's device host pod.
     pub(super) fn is_host_pod(&self, pod: &Pod) -> bool {
         hostpod::is_host_pod(pod, &self.kubelet.host_namespace, &self.node)

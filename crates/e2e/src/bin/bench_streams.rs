@@ -105,14 +105,7 @@ async fn main() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let mut lines = BufReader::new(forward.stdout.take().context("stdout")?).lines();
-    let local: u16 = loop {
-        let line = lines.next().context("port-forward exited")??;
-        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
-            && let Some((port, _)) = rest.split_once(' ')
-        {
-            break port.parse()?;
-        }
-    };
+    let local: u16 = e2e::Cluster::forwarded_port(&mut lines)?;
     std::thread::spawn(move || for _ in lines.by_ref() {});
 
     let (mut direct, mut tunneled) = (Duration::MAX, Duration::MAX);
