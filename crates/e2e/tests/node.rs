@@ -134,7 +134,21 @@ async fn device_becomes_a_ready_node_with_its_real_facts() -> anyhow::Result<()>
         info.kubelet_version
     );
 
-    // The EdgeDevice reports it too.
+    // The EdgeDevice reports it too (its status is written after the Node's).
+    let connected = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Connected" && c.status == "True")
+    };
+    let _ = e2e::wait_for(
+        "the EdgeDevice Connected",
+        Duration::from_secs(20),
+        || async {
+            let device = env.devices().get(&name).await.ok()?;
+            connected(&device.status.unwrap_or_default().conditions).then_some(())
+        },
+    )
+    .await;
     let device = env.devices().get(&name).await?;
     let conditions = device.status.unwrap_or_default().conditions;
     assert!(
