@@ -6,6 +6,11 @@ CACHE ?= $(HOME)/.cache/aranya
 export ARANYA_CACHE := $(CACHE)
 export CARGO_TARGET_DIR ?= $(CACHE)/cargo-target
 CARGO ?= cargo
+# Binaries built from another checkout of the same commit are reused from the
+# shared target dir (cargo fingerprints by relative path and mtime), so paths
+# into the repository are given at run time, never taken from the build.
+export ARANYA_REPO := $(CURDIR)
+export ARANYA_KUBE_SRC := $(CURDIR)/testbed/kube
 
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/host: //p')
 # The pod sandbox's process, linked statically so the infra image needs nothing else.
@@ -25,12 +30,14 @@ test: deps docker lint build kube pause
 
 # Pod start through aranya/arhat vs the same containers created directly,
 # kubectl logs vs docker logs of one container, port-forward vs direct TCP and
-# kubectl exec vs docker exec (release builds).
+# kubectl exec vs docker exec, and the session layer over gRPC vs loopback
+# TCP (release builds).
 bench: deps docker kube pause
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/bench-pods --pods 20
 	$(CARGO_TARGET_DIR)/release/bench-logs --mib 100
 	$(CARGO_TARGET_DIR)/release/bench-streams --mib 100
+	$(CARGO) bench -p connectivity --bench throughput
 
 deps:
 	@scripts/deps.sh

@@ -27,6 +27,12 @@ const LINK_QUEUE: usize = 64;
 /// HTTP/2 pings notice a half-open connection without waiting for TCP.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 receive windows, both ends. The session layer does its own flow
+/// control (at most `max_inflight` unacknowledged bytes per session), so these
+/// only have to stay out of its way: hyper's server default held uploads from
+/// the device to a few tens of MiB/s on loopback.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// PEM material for the cloud's gRPC endpoint.
 #[derive(Clone)]
@@ -100,10 +106,26 @@ pub async fn serve(
         .map_err(|e| TransportError::Config(format!("gRPC TLS: {e}")))?
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| TransportError::Closed(format!("gRPC server: {e}")))
+}
+
+/// Accepted connections with Nagle off: session frames are small and
+/// latency-bound (an interactive shell, acknowledgements).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY on a gRPC connection");
+            }
+        })
+    })
 }
 
 /// How a device reaches the cloud over gRPC.
@@ -145,6 +167,9 @@ impl GrpcDialer {
                     .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                     .keep_alive_while_idle(true)
+                    .tcp_nodelay(true)
+                    .initial_stream_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW)
             })
     }
 

@@ -23,9 +23,16 @@ use crate::{process::Proc, wait::wait_for};
 /// Label every test's EdgeDevices carry; each test's aranya selects on it.
 pub const TEST_LABEL: &str = "e2e.aranya.arhat.dev/test";
 
-/// The repository root (deploy manifests live there).
+/// The repository root (deploy manifests live there): `$ARANYA_REPO` (set by
+/// the Makefile), else the checkout cargo runs this from. A binary reused from
+/// a build in another checkout must not look in that one.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    if let Some(repo) = std::env::var_os("ARANYA_REPO") {
+        return PathBuf::from(repo);
+    }
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.join("../..")
 }
 
 /// A control plane with aranya's CRD and RBAC applied, an identity for aranya

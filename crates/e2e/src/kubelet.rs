@@ -40,14 +40,14 @@ pub fn port(node: &Node) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
-/// `GET path` on the kubelet endpoint at `ip:port`, trusting only `ca_pem`.
-pub async fn get(
+/// A TLS connection to the kubelet endpoint at `ip:port` as `caller`,
+/// trusting only `ca_pem` and checking the certificate is for `ip`.
+pub async fn connect(
     ip: IpAddr,
     port: u16,
     ca_pem: &str,
-    path: &str,
     caller: Caller<'_>,
-) -> anyhow::Result<Reply> {
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert?)?;
@@ -69,10 +69,22 @@ pub async fn get(
     let tcp = tokio::net::TcpStream::connect((ip, port))
         .await
         .with_context(|| format!("connecting to the kubelet endpoint {ip}:{port}"))?;
-    let mut tls = connector
+    tcp.set_nodelay(true)?;
+    connector
         .connect(ServerName::IpAddress(ip.into()), tcp)
         .await
-        .context("TLS handshake with the kubelet endpoint")?;
+        .context("TLS handshake with the kubelet endpoint")
+}
+
+/// `GET path` on the kubelet endpoint at `ip:port`, trusting only `ca_pem`.
+pub async fn get(
+    ip: IpAddr,
+    port: u16,
+    ca_pem: &str,
+    path: &str,
+    caller: Caller<'_>,
+) -> anyhow::Result<Reply> {
+    let mut tls = connect(ip, port, ca_pem, caller).await?;
     let auth = match caller {
         Caller::Bearer(token) => format!("Authorization: Bearer {token}\r\n"),
         _ => String::new(),

@@ -13,6 +13,7 @@ pub mod pods;
 pub mod process;
 pub mod pty;
 pub mod registry;
+pub mod spdy_client;
 pub mod wait;
 
 pub use cluster::{Cluster, TestEnv};

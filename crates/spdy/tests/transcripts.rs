@@ -67,7 +67,9 @@ fn load(path: &Path) -> Transcript {
 }
 
 fn transcripts() -> Vec<Transcript> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
+    // Cargo's run-time value: the binary may have been built in another checkout.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let dir = Path::new(&manifest).join("tests/transcripts");
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();

@@ -8,7 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// The apiserver's bytes after its HTTP head, and its request line.
 pub fn apiserver_side(name: &str) -> (String, Vec<u8>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Cargo's run-time value: a test binary may have been built in another checkout.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let path = Path::new(&manifest)
         .join("../spdy/tests/transcripts")
         .join(format!("{name}.jsonl"));
     let text = std::fs::read_to_string(&path).unwrap_or_default();

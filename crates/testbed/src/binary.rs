@@ -17,7 +17,11 @@ pub const KUBE_BIN_ENV: &str = "ARANYA_KUBE_BIN";
 pub fn kube_source_dir() -> PathBuf {
     match std::env::var_os("ARANYA_KUBE_SRC") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testbed/kube"),
+        // Cargo's run-time value first: the binary may have been built in
+        // another checkout (see the Makefile).
+        None => std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+            .join("../../testbed/kube"),
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! - port-forward: a 100 MiB download through `kubectl port-forward` (the
 //!   whole path: kubectl, apiserver, aranya, session layer, arhat, the pod's
-//!   network namespace) against the same download over a direct TCP
-//!   connection to the container;
+//!   network namespace) and through a SPDY client speaking to aranya's
+//!   kubelet endpoint as the apiserver does (the aranya↔arhat segment),
+//!   each against the same download over a direct TCP connection to the
+//!   container;
 //! - exec: `kubectl exec -- true` round trips against `docker exec` of the
 //!   same container.
 //!
@@ -18,7 +20,14 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use e2e::{bench::BenchBed, images::BUSYBOX, pods::merge, wait_for};
+use e2e::{
+    bench::BenchBed,
+    images::BUSYBOX,
+    kubelet::{self, Caller},
+    pods::merge,
+    spdy_client::PortForward,
+    wait_for,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
 use serde_json::json;
@@ -108,8 +117,37 @@ async fn main() -> anyhow::Result<()> {
     let local: u16 = e2e::Cluster::forwarded_port(&mut lines)?;
     std::thread::spawn(move || for _ in lines.by_ref() {});
 
-    let (mut direct, mut tunneled) = (Duration::MAX, Duration::MAX);
+    // The apiserver's identity toward kubelets, so the endpoint authorizes us.
+    let identity = bed
+        .cp
+        .ca()
+        .issue_client(testbed::KUBELET_CLIENT_USER, &[])?;
+    let node: k8s_openapi::api::core::v1::Node = Api::all(bed.client.clone()).get(DEVICE).await?;
+    let kubelet_port = kubelet::port(&node).context("the Node advertises no kubelet port")?;
+    let ca = std::fs::read_to_string(&bed.cluster.ca_file)?;
+    let mut segment_client = PortForward::open(
+        e2e::cluster::node_address(),
+        kubelet_port,
+        &ca,
+        Caller::Certificate(&identity),
+        "default",
+        "web",
+    )
+    .await?;
+
+    let (mut direct, mut tunneled, mut segment) = (Duration::MAX, Duration::MAX, Duration::MAX);
     for _ in 0..cli.rounds {
+        let started = Instant::now();
+        let got = segment_client
+            .exchange(8080, b"GET /big HTTP/1.0\r\n\r\n")
+            .await?;
+        anyhow::ensure!(
+            got.data > size,
+            "segment download short: {} ({})",
+            got.data,
+            got.error
+        );
+        segment = segment.min(started.elapsed());
         let (n, t) = download((ip.as_str(), 8080))?;
         anyhow::ensure!(n > size, "direct download short: {n}");
         direct = direct.min(t);
@@ -150,11 +188,19 @@ async fn main() -> anyhow::Result<()> {
         mibs(direct)
     );
     println!(
+        "  aranya↔arhat segment (SPDY client to the kubelet endpoint): {:.1} MiB/s",
+        mibs(segment)
+    );
+    println!(
         "  kubectl port-forward (whole path):    {:.1} MiB/s",
         mibs(tunneled)
     );
     println!(
-        "  throughput ratio (port-forward / direct): {:.3}",
+        "  throughput ratio, segment / direct:    {:.3}",
+        direct.as_secs_f64() / segment.as_secs_f64()
+    );
+    println!(
+        "  throughput ratio, whole path / direct: {:.3}",
         direct.as_secs_f64() / tunneled.as_secs_f64()
     );
     println!("exec round trip (`true`), median of {}", cli.execs);

@@ -1,0 +1,181 @@
+//! One stream's bulk throughput through the session layer, each way, over an
+//! in-memory link and over the gRPC tunnel on loopback, against a plain
+//! loopback TCP connection carrying the same bytes in the same run.
+//!
+//! `cargo bench -p connectivity --bench throughput [-- MiB]` (`make bench` runs
+//! it). Under `cargo test` (no `--bench` argument) it moves 4 MiB once each
+//! way, checking the transfers complete, and reports nothing.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use connectivity::{Dialer, Link, SessionConfig, SessionHandle, Stream, session};
+use futures::StreamExt;
+use proto::session::Role;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::ReceiverStream;
+
+#[path = "../tests/support/grpc_loopback.rs"]
+mod grpc_loopback;
+
+const CHUNK: usize = 32 << 10;
+
+fn memory_pair() -> (Link, Link) {
+    let (a_tx, a_rx) = mpsc::channel::<Bytes>(16);
+    let (b_tx, b_rx) = mpsc::channel::<Bytes>(16);
+    let end = |tx, rx: mpsc::Receiver<Bytes>| Link {
+        tx,
+        rx: ReceiverStream::new(rx).map(Ok).boxed(),
+        max_payload: connectivity::grpc::MAX_PAYLOAD,
+        peer: "memory".to_string(),
+        transport: "memory",
+    };
+    (end(a_tx, b_rx), end(b_tx, a_rx))
+}
+
+async fn grpc_pair() -> (Link, Link) {
+    let pki = grpc_loopback::pki();
+    let (endpoint, mut links) = grpc_loopback::server(pki.server).await;
+    let device = grpc_loopback::dialer(&endpoint, &pki.ca_pem)
+        .dial()
+        .await
+        .expect("dial");
+    let cloud = links.recv().await.expect("a link");
+    (cloud, device)
+}
+
+type Ends = (
+    (SessionHandle, mpsc::UnboundedReceiver<Stream>),
+    (SessionHandle, mpsc::UnboundedReceiver<Stream>),
+);
+
+fn sessions((cloud, device): (Link, Link)) -> Ends {
+    let start = |role, link| {
+        session::spawn(
+            role,
+            SessionConfig::default(),
+            1,
+            1,
+            link,
+            tracing::Span::none(),
+        )
+        .expect("session")
+    };
+    (start(Role::Cloud, cloud), start(Role::Device, device))
+}
+
+/// `total` bytes from `from` to whoever accepts on `to`.
+async fn transfer(
+    from: &SessionHandle,
+    to: &mut mpsc::UnboundedReceiver<Stream>,
+    total: usize,
+) -> Duration {
+    let started = Instant::now();
+    let mut sender = from
+        .open_raw(Bytes::from_static(b"bench"), None)
+        .await
+        .expect("open");
+    let writer = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![7u8; CHUNK]);
+        let mut sent = 0;
+        while sent < total {
+            sender.send(chunk.clone()).await.expect("send");
+            sent += CHUNK;
+        }
+        sender.finish();
+        let _ = sender.recv().await;
+    });
+    let mut receiver = to.recv().await.expect("stream");
+    let mut got = 0;
+    while let Some(data) = receiver.recv().await.expect("recv") {
+        got += data.len();
+    }
+    receiver.finish();
+    writer.await.expect("writer");
+    assert!(got >= total, "short transfer: {got} of {total}");
+    started.elapsed()
+}
+
+async fn tcp_baseline(total: usize) -> Duration {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let writer = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let chunk = vec![7u8; CHUNK];
+        let mut sent = 0;
+        while sent < total {
+            tcp.write_all(&chunk).await.unwrap();
+            sent += CHUNK;
+        }
+    });
+    let started = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0;
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    writer.await.unwrap();
+    assert!(got >= total);
+    started.elapsed()
+}
+
+async fn best(rounds: usize, mut run: impl AsyncFnMut() -> Duration) -> Duration {
+    let mut best = Duration::MAX;
+    for _ in 0..rounds {
+        best = best.min(run().await);
+    }
+    best
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let benching = std::env::args().any(|a| a == "--bench");
+    let (mib, rounds): (usize, usize) = if benching {
+        let mib = std::env::args().skip(1).find_map(|a| a.parse().ok());
+        (mib.unwrap_or(256), 3)
+    } else {
+        (4, 1)
+    };
+    let total = mib << 20;
+    let tcp = best(rounds, async || tcp_baseline(total).await).await;
+    let rate = |t: Duration| mib as f64 / t.as_secs_f64();
+    let mut report = vec![
+        format!("one stream, {mib} MiB, best of {rounds}, {CHUNK} B writes"),
+        format!("  loopback TCP (baseline):      {:8.1} MiB/s", rate(tcp)),
+    ];
+    for (name, pair) in [
+        ("memory link", sessions(memory_pair())),
+        ("gRPC over TLS", sessions(grpc_pair().await)),
+    ] {
+        let ((cloud, mut cloud_in), (device, mut device_in)) = pair;
+        let down = best(rounds, async || {
+            transfer(&cloud, &mut device_in, total).await
+        })
+        .await;
+        let up = best(rounds, async || {
+            transfer(&device, &mut cloud_in, total).await
+        })
+        .await;
+        for (way, t) in [("cloud→device", down), ("device→cloud", up)] {
+            report.push(format!(
+                "  {name:14} {way}: {:8.1} MiB/s  ratio to TCP {:.3}",
+                rate(t),
+                tcp.as_secs_f64() / t.as_secs_f64()
+            ));
+        }
+    }
+    if benching {
+        println!("{}", report.join("\n"));
+    }
+}
