@@ -34,6 +34,12 @@ pub const FIELD_MANAGER: &str = "aranya";
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const LEASE_DURATION_SECONDS: i32 = 40;
 pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the apiserver may rely on this node's kubelet endpoint for. With
+/// `ExtendWebSocketsToKubelet` it passes kubectl's WebSockets through as
+/// they are (v5 exec and attach, SPDY tunnelled in a WebSocket for
+/// port-forward) instead of translating them to SPDY.
+pub const DECLARED_FEATURES: &[&str] = &["ExtendWebSocketsToKubelet"];
 /// Status is re-sent this often even when nothing changed (heartbeat times).
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -520,6 +526,7 @@ impl VirtualNode {
         let mut status = json!({
             "addresses": [{ "type": "InternalIP", "address": self.env.node_address.to_string() }],
             "daemonEndpoints": { "kubeletEndpoint": { "Port": self.kubelet_port } },
+            "declaredFeatures": DECLARED_FEATURES,
         });
         let ready = self.ready_condition(&now);
         if let Some(ready) = &ready {

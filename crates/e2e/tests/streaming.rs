@@ -1,7 +1,9 @@
 //! Streaming verbs end to end through the real apiserver with real kubectl:
 //! exec, port-forward and cp to containers on the device and to the device
-//! host, in kubectl's default WebSocket mode (the apiserver translates to
-//! SPDY toward us) and in its SPDY mode (proxied byte for byte).
+//! host, in kubectl's default WebSocket mode (the Node declares
+//! `ExtendWebSocketsToKubelet`, so the apiserver passes the WebSocket
+//! through: v5 exec, SPDY tunnelled for port-forward) and in its SPDY mode
+//! (proxied byte for byte).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -74,12 +76,27 @@ async fn running_pod(env: &TestEnv, node: &str, name: &str, script: &str) -> any
     .await
 }
 
+/// The apiserver's count of kubectl WebSockets it passed through to a
+/// kubelet as they were (`proxied_to_kubelet`), for one subresource.
+fn proxied_to_kubelet(env: &TestEnv, subresource: &str) -> anyhow::Result<u64> {
+    let metrics = env.cluster.kubectl(&["get", "--raw", "/metrics"])?;
+    let series = format!(
+        "apiserver_websocket_streaming_requests_total{{proxy_type=\"proxied_to_kubelet\",subresource=\"{subresource}\"}}"
+    );
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_exec_exit_codes_and_stdin() -> anyhow::Result<()> {
     let env = TestEnv::new("exec").await?;
     let up = env.device_up("a", 10).await?;
     running_pod(&env, &up.name, "shell", "exec sleep 3600").await?;
     let ns = env.name.as_str();
+    let passed_through = proxied_to_kubelet(&env, "exec")?;
     for mode in MODES {
         let (code, out, err) = run(
             kubectl(
@@ -141,6 +158,12 @@ async fn kubectl_exec_exit_codes_and_stdin() -> anyhow::Result<()> {
         )?;
         assert_ne!(code, 0, "{mode:?}: {err}");
     }
+    // kubectl's v5 WebSockets reached our endpoint as they were.
+    let now = proxied_to_kubelet(&env, "exec")?;
+    assert!(
+        now >= passed_through + 4,
+        "exec WebSockets passed through: {passed_through} then {now}"
+    );
     // Unknown container: 404 naming it.
     let (code, _, err) = run(
         kubectl(
@@ -258,6 +281,7 @@ async fn kubectl_port_forward_is_byte_exact_and_concurrent() -> anyhow::Result<(
     })
     .await?;
     let small_sum = sha256(&env, ns, "web", "/tmp/www/small")?;
+    let passed_through = proxied_to_kubelet(&env, "portforward")?;
     for mode in MODES {
         let pf = PortForward::start(&env, mode, ns, "pod/web", 8080)?;
         let big = pf.get("/big")?;
@@ -279,6 +303,12 @@ async fn kubectl_port_forward_is_byte_exact_and_concurrent() -> anyhow::Result<(
             );
         }
     }
+    // kubectl's WebSocket (SPDY tunnelled) reached our endpoint as it was.
+    let now = proxied_to_kubelet(&env, "portforward")?;
+    assert!(
+        now > passed_through,
+        "port-forward WebSockets passed through: {passed_through} then {now}"
+    );
     // A port nothing listens on: the connection fails and kubectl says why.
     let mut refused = kubectl(
         &env,
@@ -537,13 +567,63 @@ async fn kubectl_attach_with_and_without_a_terminal() -> anyhow::Result<()> {
 async fn a_client_that_goes_away_leaves_nothing_behind() -> anyhow::Result<()> {
     let env = TestEnv::new("execgone").await?;
     let up = env.device_up("a", 10).await?;
-    running_pod(&env, &up.name, "host", "exec sleep 3600").await?;
+    running_pod(
+        &env,
+        &up.name,
+        "host",
+        // A server that ignores half-closes: only a teardown ends its connections.
+        "nc -ll -p 8080 -e sleep 3600 & exec sleep 3600",
+    )
+    .await?;
     let ns = env.name.as_str();
     let sleepers = || -> anyhow::Result<usize> {
         let ps = env
             .cluster
             .kubectl(&["exec", "-n", ns, "host", "--", "ps", "-o", "args"])?;
         Ok(ps.lines().filter(|l| l.trim() == "sleep 4242").count())
+    };
+    // arhat's sockets to the pod's port: the device's end of every
+    // forwarded connection, open exactly as long as its session-layer stream.
+    let pod: k8s_openapi::api::core::v1::Pod = kube::Api::namespaced(env.client.clone(), ns)
+        .get("host")
+        .await?;
+    let container = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first().and_then(|c| c.container_id.clone()))
+        .and_then(|id| id.strip_prefix("docker://").map(str::to_string))
+        .context("the pod's container id")?;
+    let inspected = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Pid}}", &container])
+        .output()?;
+    let pod_pid = String::from_utf8_lossy(&inspected.stdout)
+        .trim()
+        .to_string();
+    let arhat_pid = up.arhat.pid();
+    let forwarded = || -> anyhow::Result<usize> {
+        let held: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{arhat_pid}/fd"))?
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect();
+        let mut n = 0;
+        for table in ["tcp", "tcp6"] {
+            let text = std::fs::read_to_string(format!("/proc/{pod_pid}/net/{table}"))?;
+            // local, remote (hex addr:port), ..., inode is the 10th column.
+            n += text
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.get(2).is_some_and(|r| r.ends_with(":1F90"))
+                        && cols.get(9).is_some_and(|i| held.contains(*i))
+                })
+                .count();
+        }
+        Ok(n)
     };
     for mode in MODES {
         let mut clients: Vec<Child> = (0..4)
@@ -563,10 +643,21 @@ async fn a_client_that_goes_away_leaves_nothing_behind() -> anyhow::Result<()> {
             (sleepers().ok()? == 4).then_some(())
         })
         .await?;
+        // Idle forwarded connections: nothing sent, so only teardown ends them.
+        let pf = PortForward::start(&env, mode, ns, "pod/host", 8080)?;
+        let idle: Vec<TcpStream> = (0..4).map(|_| pf.connect()).collect::<Result<_, _>>()?;
+        wait_for(
+            "4 forwarded connections",
+            Duration::from_secs(30),
+            || async { (forwarded().ok()? == 4).then_some(()) },
+        )
+        .await
+        .with_context(|| format!("{mode:?}"))?;
         for c in &mut clients {
             let _ = c.kill();
             let _ = c.wait();
         }
+        drop(pf);
         wait_for(
             "exec processes killed with their clients",
             Duration::from_secs(30),
@@ -574,27 +665,29 @@ async fn a_client_that_goes_away_leaves_nothing_behind() -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("{mode:?}"))?;
+        wait_for(
+            "forwarded connections closed with their client",
+            Duration::from_secs(30),
+            || async { (forwarded().ok()? == 0).then_some(()) },
+        )
+        .await
+        .with_context(|| format!("{mode:?}"))?;
+        drop(idle);
     }
     Ok(())
 }
 
-/// A WebSocket exec through the apiserver as the Python client's `stream`
-/// does it (a subprotocol the apiserver passes through to the kubelet):
-/// (stdout, stderr, status).
-async fn websocket_exec(
-    env: &TestEnv,
-    pod: &str,
-    query: &str,
-    protocol: &str,
-    stdin: Option<&[u8]>,
-) -> anyhow::Result<(Vec<u8>, Vec<u8>, serde_json::Value)> {
-    use base64::Engine as _;
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+type ApiWebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to `path` on the apiserver as cluster admin, offering
+/// `protocol`, as the Python client's `stream` opens one (a subprotocol the
+/// apiserver passes through to the kubelet).
+async fn apiserver_websocket(path: &str, protocol: &str, ca: &str) -> anyhow::Result<ApiWebSocket> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let cp = testbed::ControlPlane::shared().await?;
     let admin = cp.ca().issue_client("ws-admin", &["system:masters"])?;
     let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read_to_string(&env.cluster.ca_file)?;
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
         roots.add(cert?)?;
     }
@@ -618,51 +711,82 @@ async fn websocket_exec(
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await?;
-    let url = format!(
-        "wss://{server}/api/v1/namespaces/{}/pods/{pod}/exec?{query}",
-        env.name
-    );
-    let mut request = url.into_client_request()?;
+    let mut request = format!("wss://{server}{path}").into_client_request()?;
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", protocol.parse()?);
-    let (mut ws, response) = tokio_tungstenite::client_async(request, tls).await?;
+    let (ws, response) = tokio_tungstenite::client_async(request, tls).await?;
     let chosen = response
         .headers()
         .get("Sec-WebSocket-Protocol")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+        .unwrap_or_default();
     anyhow::ensure!(
         chosen == protocol,
         "subprotocol {chosen:?}, asked {protocol:?}"
     );
-    let base64 = protocol.contains("base64");
-    let frame = |channel: u8, data: &[u8]| {
-        if base64 {
-            let mut text = String::from(char::from(b'0' + channel));
-            text.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
-            Message::Text(text.into())
-        } else {
-            let mut bytes = vec![channel];
-            bytes.extend_from_slice(data);
-            Message::Binary(bytes.into())
-        }
-    };
-    if let Some(data) = stdin {
-        ws.send(frame(0, data)).await?;
+    Ok(ws)
+}
+
+/// One channel message, raw or base64 as the protocol says.
+fn channel_message(
+    protocol: &str,
+    channel: u8,
+    data: &[u8],
+) -> tokio_tungstenite::tungstenite::Message {
+    use base64::Engine as _;
+    use tokio_tungstenite::tungstenite::Message;
+    if protocol.contains("base64") {
+        let mut text = String::from(char::from(b'0' + channel));
+        text.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
+        Message::Text(text.into())
+    } else {
+        let mut bytes = vec![channel];
+        bytes.extend_from_slice(data);
+        Message::Binary(bytes.into())
     }
-    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+}
+
+/// Every channel message until the server closes: (channel, data) in order.
+async fn channel_messages(
+    ws: &mut ApiWebSocket,
+    protocol: &str,
+) -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
+    use base64::Engine as _;
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got = Vec::new();
     while let Some(message) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
-        let (channel, data) = match message? {
-            Message::Binary(b) if !b.is_empty() => (b[0], b[1..].to_vec()),
-            Message::Text(t) if base64 && !t.is_empty() => (
+        match message? {
+            Message::Binary(b) if !b.is_empty() => got.push((b[0], b[1..].to_vec())),
+            Message::Text(t) if protocol.contains("base64") && !t.is_empty() => got.push((
                 t.as_bytes()[0] - b'0',
                 base64::engine::general_purpose::STANDARD.decode(&t.as_bytes()[1..])?,
-            ),
+            )),
             Message::Close(_) => break,
-            _ => continue,
-        };
+            _ => {}
+        }
+    }
+    Ok(got)
+}
+
+/// A WebSocket exec through the apiserver: (stdout, stderr, status).
+async fn websocket_exec(
+    env: &TestEnv,
+    pod: &str,
+    query: &str,
+    protocol: &str,
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>, serde_json::Value)> {
+    use futures::SinkExt;
+    let ca = std::fs::read_to_string(&env.cluster.ca_file)?;
+    let path = format!("/api/v1/namespaces/{}/pods/{pod}/exec?{query}", env.name);
+    let mut ws = apiserver_websocket(&path, protocol, &ca).await?;
+    if let Some(data) = stdin {
+        ws.send(channel_message(protocol, 0, data)).await?;
+    }
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    for (channel, data) in channel_messages(&mut ws, protocol).await? {
         match channel {
             1 => out.extend(data),
             2 => err.extend(data),
@@ -678,11 +802,53 @@ async fn websocket_exec(
     Ok((out, err, status))
 }
 
+/// A WebSocket port-forward through the apiserver (channel 0 data, 1
+/// error, each first carrying the port): what came back on each.
+async fn websocket_port_forward(
+    env: &TestEnv,
+    pod: &str,
+    port: u16,
+    protocol: &str,
+    request: &[u8],
+) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    use futures::SinkExt;
+    let ca = std::fs::read_to_string(&env.cluster.ca_file)?;
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{pod}/portforward?ports={port}",
+        env.name
+    );
+    let mut ws = apiserver_websocket(&path, protocol, &ca).await?;
+    ws.send(channel_message(protocol, 0, request)).await?;
+    let (mut data, mut error) = (Vec::new(), Vec::new());
+    for (channel, bytes) in channel_messages(&mut ws, protocol).await? {
+        match channel {
+            0 => data.extend(bytes),
+            1 => error.extend(bytes),
+            _ => {}
+        }
+    }
+    let prefix = port.to_le_bytes();
+    for (name, got) in [("data", &mut data), ("error", &mut error)] {
+        anyhow::ensure!(
+            got.starts_with(&prefix),
+            "{name} channel does not start with the port: {got:?}"
+        );
+        got.drain(..2);
+    }
+    Ok((data, error))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_clients_reach_the_kubelet_endpoint() -> anyhow::Result<()> {
     let env = TestEnv::new("wsexec").await?;
     let up = env.device_up("a", 10).await?;
-    running_pod(&env, &up.name, "ws", "exec sleep 3600").await?;
+    running_pod(
+        &env,
+        &up.name,
+        "ws",
+        "echo ws-page > /tmp/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp",
+    )
+    .await?;
     let query = "command=sh&command=-c&command=echo+out%3B+echo+err+%3E%262%3B+exit+5&stdout=true&stderr=true";
     for protocol in ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"] {
         let (out, err, status) = websocket_exec(&env, "ws", query, protocol, None).await?;
@@ -702,6 +868,35 @@ async fn websocket_clients_reach_the_kubelet_endpoint() -> anyhow::Result<()> {
     assert!(
         status.is_null(),
         "older protocols send no status on success: {status}"
+    );
+    // port-forward over channels, both flavours; then a refused port.
+    for protocol in ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"] {
+        let (data, error) = websocket_port_forward(
+            &env,
+            "ws",
+            8080,
+            protocol,
+            b"GET /index.html HTTP/1.0\r\n\r\n",
+        )
+        .await?;
+        let text = String::from_utf8_lossy(&data);
+        assert!(
+            text.starts_with("HTTP/1.") && text.ends_with("ws-page\n"),
+            "{protocol}: {text}"
+        );
+        assert!(
+            error.is_empty(),
+            "{protocol}: {}",
+            String::from_utf8_lossy(&error)
+        );
+    }
+    let (data, error) =
+        websocket_port_forward(&env, "ws", 7777, "v4.channel.k8s.io", b"hello").await?;
+    let error = String::from_utf8_lossy(&error);
+    assert!(data.is_empty());
+    assert!(
+        error.contains("7777") && error.contains("refused"),
+        "{error}"
     );
     Ok(())
 }

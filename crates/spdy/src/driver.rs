@@ -15,6 +15,8 @@ use std::{
     },
 };
 
+use tokio::sync::Notify;
+
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -54,6 +56,36 @@ pub enum StreamEnd {
 
 type Item = Result<Bytes, StreamEnd>;
 
+/// Set once, and awaitable: a stream's reset, or the connection's end.
+#[derive(Debug, Default)]
+struct Flag {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Flag {
+    fn raise(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_raised(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    async fn raised(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_raised() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A stream the peer opened.
 #[derive(Debug)]
 pub struct Stream {
@@ -88,7 +120,9 @@ pub struct StreamWriter {
     id: u32,
     writes: mpsc::Sender<Outbound>,
     control: mpsc::UnboundedSender<Control>,
-    reset: Arc<AtomicBool>,
+    reset: Arc<Flag>,
+    /// Raised when the connection ends, however it ends.
+    lost: Arc<Flag>,
 }
 
 impl StreamWriter {
@@ -107,7 +141,7 @@ impl StreamWriter {
     }
 
     async fn send(&self, data: Bytes, fin: bool) -> Result<(), StreamClosed> {
-        if self.reset.load(Ordering::Acquire) {
+        if self.is_reset() {
             return Err(StreamClosed(self.id));
         }
         self.writes
@@ -122,20 +156,29 @@ impl StreamWriter {
 
     /// Ends the stream both ways, after what was written before.
     pub async fn reset(&self, status: RstStatus) {
-        self.reset.store(true, Ordering::Release);
+        self.reset.raise();
         let _ = self.writes.send(Outbound::Reset(self.id, status)).await;
     }
 
     /// Ends the stream both ways at once, overtaking queued writes (for
     /// drop paths that cannot wait).
     pub fn reset_now(&self, status: RstStatus) {
-        self.reset.store(true, Ordering::Release);
+        self.reset.raise();
         let _ = self.control.send(Control::Reset(self.id, status));
     }
 
     /// Whether the stream was reset (by either side) or the connection lost.
     pub fn is_reset(&self) -> bool {
-        self.reset.load(Ordering::Acquire)
+        self.reset.is_raised() || self.lost.is_raised()
+    }
+
+    /// Resolves once the stream is reset (by either side) or the connection
+    /// is lost: the client is gone, whatever is still being written.
+    pub async fn closed(&self) {
+        tokio::select! {
+            () = self.reset.raised() => {}
+            () = self.lost.raised() => {}
+        }
     }
 }
 
@@ -237,6 +280,7 @@ where
         writes_tx: write_tx,
         control_tx,
         streams: HashMap::new(),
+        lost: Arc::default(),
     };
     let (ended_tx, ended) = watch::channel(false);
     let task = tokio::spawn(async move {
@@ -256,7 +300,7 @@ where
 
 struct StreamSlot {
     items: mpsc::Sender<Item>,
-    reset: Arc<AtomicBool>,
+    reset: Arc<Flag>,
 }
 
 /// Something for the application that may have to wait for room.
@@ -279,6 +323,7 @@ struct Driver {
     writes_tx: mpsc::Sender<Outbound>,
     control_tx: mpsc::UnboundedSender<Control>,
     streams: HashMap<u32, StreamSlot>,
+    lost: Arc<Flag>,
 }
 
 impl Driver {
@@ -374,8 +419,9 @@ impl Driver {
             }
         }
         let _ = wr.shutdown().await;
+        self.lost.raise();
         for (_, slot) in self.streams.drain() {
-            slot.reset.store(true, Ordering::Release);
+            slot.reset.raise();
             let _ = slot.items.try_send(Err(StreamEnd::ConnectionLost));
         }
         outcome
@@ -389,7 +435,7 @@ impl Driver {
                 fin,
             } => {
                 let (items_tx, items_rx) = mpsc::channel(STREAM_QUEUE);
-                let reset = Arc::new(AtomicBool::new(false));
+                let reset = Arc::new(Flag::default());
                 if !fin {
                     self.streams.insert(
                         stream_id,
@@ -412,6 +458,7 @@ impl Driver {
                         writes: self.writes_tx.clone(),
                         control: self.control_tx.clone(),
                         reset,
+                        lost: self.lost.clone(),
                     },
                 }))
             }
@@ -431,7 +478,7 @@ impl Driver {
             }),
             Event::Reset { stream_id, status } => {
                 if let Some(slot) = self.streams.get(&stream_id) {
-                    slot.reset.store(true, Ordering::Release);
+                    slot.reset.raise();
                 }
                 Some(Delivery::Item {
                     id: stream_id,
@@ -495,7 +542,7 @@ impl Driver {
 
     fn lose(&mut self, id: u32) {
         if let Some(slot) = self.streams.remove(&id) {
-            slot.reset.store(true, Ordering::Release);
+            slot.reset.raise();
             let _ = slot
                 .items
                 .try_send(Err(StreamEnd::Reset(RstStatus::Cancel)));

@@ -7,7 +7,9 @@
 //! - [`negotiate`]: choosing the protocol from the upgrade request.
 //! - [`remotecommand`]: exec and attach (`v4.channel.k8s.io` and older).
 //! - [`portforward`]: port-forward (`portforward.k8s.io`).
-//! - [`websocket`]: exec and attach over the WebSocket channel protocols.
+//! - [`websocket`]: exec, attach and port-forward over the WebSocket
+//!   channel protocols.
+//! - [`tunnel`]: SPDY carried in a WebSocket (kubectl's port-forward).
 //! - [`status`]: the exit status a v4 client reads from the error stream.
 
 pub mod negotiate;
@@ -16,7 +18,8 @@ pub mod remotecommand;
 pub mod status;
 #[cfg(test)]
 mod testutil;
+pub mod tunnel;
 pub mod websocket;
 
-pub use portforward::Forward;
+pub use portforward::{ClientGone, Forward};
 pub use remotecommand::{ExecIo, ExecOptions, Outcome, TerminalSize};

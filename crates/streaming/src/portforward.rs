@@ -1,9 +1,11 @@
 //! port-forward over SPDY (`portforward.k8s.io`): each forwarded connection
 //! is a pair of streams with the same `requestid`, `error` (the client
-//! half-closes it at once; we write a failure there) and `data`.
+//! half-closes it at once; we write a failure there) and `data`. The
+//! WebSocket flavours ([`crate::websocket`]) hand out the same [`Forward`].
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use spdy::{
     Config, RstStatus,
     driver::{self, Session, Stream, StreamReader, StreamWriter},
@@ -12,6 +14,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::mpsc,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 /// One forwarded connection the client asked for.
@@ -20,10 +23,91 @@ pub struct Forward {
     pub port: u16,
     pub request_id: String,
     /// Bytes from the client's connection; ends at its half-close.
-    pub from_client: StreamReader,
-    /// Bytes to the client's connection; `finish` half-closes it.
-    pub to_client: StreamWriter,
-    error: StreamWriter,
+    pub from_client: FromClient,
+    /// Bytes to the client's connection.
+    pub to_client: ToClient,
+    pub(crate) error: ToClient,
+}
+
+/// The client went away (or reset the connection).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the port-forward client is gone")]
+pub struct ClientGone;
+
+/// Bytes the client sends on one forwarded connection.
+#[derive(Debug)]
+pub struct FromClient(pub(crate) Inbound);
+
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Spdy(StreamReader),
+    /// A WebSocket channel; ends when the WebSocket does.
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl FromClient {
+    /// The next bytes; `None` once the client half-closed, an error once
+    /// it went away (the two end a forwarded connection differently).
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, ClientGone> {
+        match &mut self.0 {
+            Inbound::Spdy(reader) => match reader.recv().await {
+                Some(Ok(data)) => Ok(Some(data)),
+                None => Ok(None),
+                Some(Err(_)) => Err(ClientGone),
+            },
+            // The channel's sender goes with the WebSocket: there is no
+            // half-close in the v4 channel protocols.
+            Inbound::Channel(rx) => rx.recv().await.map(Some).ok_or(ClientGone),
+        }
+    }
+}
+
+/// One direction toward the client: a SPDY stream or a WebSocket channel.
+#[derive(Debug)]
+pub struct ToClient(pub(crate) Outbound);
+
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Spdy(StreamWriter),
+    Channel {
+        channel: u8,
+        out: mpsc::Sender<(u8, Bytes)>,
+        /// Cancelled when the WebSocket is gone.
+        gone: CancellationToken,
+    },
+}
+
+impl ToClient {
+    /// Queues bytes, waiting while the client is behind.
+    pub async fn write(&self, data: Bytes) -> Result<(), ClientGone> {
+        match &self.0 {
+            Outbound::Spdy(writer) => writer.write(data).await.map_err(|_| ClientGone),
+            Outbound::Channel { channel, out, .. } => {
+                out.send((*channel, data)).await.map_err(|_| ClientGone)
+            }
+        }
+    }
+
+    /// Resolves once the client is gone: whatever is still being forwarded
+    /// can stop.
+    pub async fn closed(&self) {
+        match &self.0 {
+            Outbound::Spdy(writer) => writer.closed().await,
+            Outbound::Channel { gone, .. } => gone.cancelled().await,
+        }
+    }
+
+    async fn end(self, failed: bool) {
+        match self.0 {
+            Outbound::Spdy(writer) if failed => writer.reset(RstStatus::Cancel).await,
+            Outbound::Spdy(writer) => {
+                let _ = writer.finish().await;
+            }
+            // v4 channels cannot be closed one by one; the WebSocket closes
+            // once every channel's sender is gone.
+            Outbound::Channel { .. } => {}
+        }
+    }
 }
 
 impl Forward {
@@ -31,14 +115,14 @@ impl Forward {
     /// streams.
     pub async fn fail(self, message: String) {
         let _ = self.error.write(message.into_bytes().into()).await;
-        self.error.reset(RstStatus::Cancel).await;
-        self.to_client.reset(RstStatus::Cancel).await;
+        self.error.end(true).await;
+        self.to_client.end(true).await;
     }
 
     /// Ends the pair normally once the data stream is done both ways.
     pub async fn close(self) {
-        let _ = self.error.finish().await;
-        let _ = self.to_client.finish().await;
+        self.error.end(false).await;
+        self.to_client.end(false).await;
     }
 }
 
@@ -115,9 +199,9 @@ where
                 let forward = Forward {
                     port,
                     request_id,
-                    from_client: data.reader,
-                    to_client: data.writer,
-                    error: error.writer,
+                    from_client: FromClient(Inbound::Spdy(data.reader)),
+                    to_client: ToClient(Outbound::Spdy(data.writer)),
+                    error: ToClient(Outbound::Spdy(error.writer)),
                 };
                 if tx.send(forward).await.is_err() {
                     break;
@@ -144,7 +228,7 @@ mod tests {
             while let Some(mut f) = forwards.recv().await {
                 seen.push((f.request_id.clone(), f.port));
                 tokio::spawn(async move {
-                    while let Some(Ok(data)) = f.from_client.recv().await {
+                    while let Ok(Some(data)) = f.from_client.recv().await {
                         let _ = f.to_client.write(data).await;
                     }
                     f.close().await;

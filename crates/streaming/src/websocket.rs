@@ -1,9 +1,11 @@
-//! exec and attach over the WebSocket channel protocols, for clients the
-//! apiserver passes straight through (the Python client's `stream`,
-//! dashboards): every message starts with its channel (0 stdin, 1 stdout,
-//! 2 stderr, 3 error, 4 resize), raw in binary messages or, for the base64
-//! protocols, as a digit before base64 text. v5 adds a close signal
-//! (`255, channel`) for stdin EOF.
+//! exec, attach and port-forward over the WebSocket channel protocols, for
+//! clients the apiserver passes straight through (the Python client's
+//! `stream`, dashboards) and, once the Node declares
+//! `ExtendWebSocketsToKubelet`, kubectl's own: every message starts with its
+//! channel (exec: 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize), raw in
+//! binary messages or, for the base64 protocols, as a digit before base64
+//! text. v5 adds a close signal (`255, channel`) for stdin EOF. kubectl's
+//! port-forward tunnels SPDY instead ([`TUNNEL`], see [`crate::tunnel`]).
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -14,12 +16,16 @@ use tokio::{
 };
 use tokio_tungstenite::{
     WebSocketStream,
-    tungstenite::{Message, protocol::Role},
+    tungstenite::{
+        Message,
+        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+    },
 };
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{
+    portforward::{Forward, FromClient, Inbound, Outbound, ToClient},
     remotecommand::{Done, ExecIo, ExecOptions, Outcome, TerminalSize},
     status,
 };
@@ -34,6 +40,19 @@ pub const REMOTECOMMAND: &[&str] = &[
     "channel.k8s.io",
 ];
 
+/// kubectl's port-forward: SPDY/3.1 carried in binary messages.
+pub const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// What we speak for port-forward: the SPDY tunnel, else a data and an
+/// error channel per port (the last, without a subprotocol, for clients that
+/// offer none).
+pub const PORTFORWARD: &[&str] = &[
+    TUNNEL,
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+    "channel.k8s.io",
+];
+
 /// The offers header, comma-separated.
 pub const PROTOCOL_HEADER: &str = "Sec-WebSocket-Protocol";
 
@@ -44,6 +63,15 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 const DEPTH: usize = 8;
+
+/// A close with status 1000: Go clients (gorilla) take a close without a
+/// status as an error and fail the session.
+pub(crate) fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
 
 /// Whether a request asks for a WebSocket.
 pub fn is_upgrade(upgrade: Option<&str>) -> bool {
@@ -91,6 +119,127 @@ fn decode(flavour: Flavour, message: Message) -> Option<(u8, Bytes)> {
         }
         _ => None,
     }
+}
+
+/// The ports of a channel port-forward: every `port` query parameter, each
+/// possibly comma-separated, as the kubelet reads them.
+pub fn ports_from_query(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key != "port" {
+            continue;
+        }
+        if value.is_empty() {
+            return Err("query parameter \"port\" cannot be empty".into());
+        }
+        for p in value.split(',') {
+            match p.parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => return Err(format!("unable to parse {p:?} as a port")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    Ok(ports)
+}
+
+/// Serves a channel port-forward (`v4.channel.k8s.io`, its base64 flavour,
+/// or none): for port `i`, channel `2i` carries data both ways and `2i+1`
+/// errors to the client; each starts with the port, little-endian, as the
+/// kubelet writes it. One connection per port, as long as the WebSocket.
+pub async fn serve_portforward<IO>(
+    io: IO,
+    protocol: &'static str,
+    ports: &[u16],
+) -> mpsc::Receiver<Forward>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let flavour = Flavour {
+        base64: protocol.contains("base64"),
+        v4: true,
+        v5: false,
+    };
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    let (mut sink, mut source) = ws.split();
+    let gone = CancellationToken::new();
+    let (out_tx, mut out_rx) = mpsc::channel::<(u8, Bytes)>(DEPTH);
+    let (forwards_tx, forwards) = mpsc::channel(ports.len().max(1));
+    let mut inbound = Vec::with_capacity(ports.len());
+    for (i, &port) in ports.iter().enumerate() {
+        let Ok(data) = u8::try_from(2 * i) else {
+            break;
+        };
+        let error = data + 1;
+        let prefix = Bytes::copy_from_slice(&port.to_le_bytes());
+        let _ = out_tx.send((data, prefix.clone())).await;
+        let _ = out_tx.send((error, prefix)).await;
+        let (from_tx, from_rx) = mpsc::channel(DEPTH);
+        inbound.push(from_tx);
+        let to = |channel| {
+            ToClient(Outbound::Channel {
+                channel,
+                out: out_tx.clone(),
+                gone: gone.clone(),
+            })
+        };
+        let _ = forwards_tx.try_send(Forward {
+            port,
+            request_id: i.to_string(),
+            from_client: FromClient(Inbound::Channel(from_rx)),
+            to_client: to(data),
+            error: to(error),
+        });
+    }
+    drop(out_tx);
+
+    let reader_gone = gone.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = source.next().await {
+            if message.is_close() {
+                break;
+            }
+            let Some((channel, data)) = decode(flavour, message) else {
+                continue;
+            };
+            let index = usize::from(channel / 2);
+            match inbound.get(index) {
+                Some(tx) if channel % 2 == 0 => {
+                    let _ = tx.send(data).await;
+                }
+                _ => debug!(
+                    channel,
+                    "port-forward message on an unexpected channel ignored"
+                ),
+            }
+        }
+        // The client is gone: its connections end both ways.
+        reader_gone.cancel();
+    });
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                item = out_rx.recv() => match item {
+                    Some((channel, data)) => {
+                        if sink.send(encode(flavour, channel, &data)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Every forwarded connection has ended.
+                    None => {
+                        let _ = sink.send(normal_close()).await;
+                        let _ = sink.close().await;
+                        break;
+                    }
+                },
+                () = gone.cancelled() => break,
+            }
+        }
+        gone.cancel();
+    });
+    forwards
 }
 
 /// The resize messages in one WebSocket message (each is whole).
@@ -200,7 +349,7 @@ where
         if let Some(message) = status::for_outcome(&outcome, flavour.v4, &command) {
             let _ = sink.send(encode(flavour, ERROR, &message)).await;
         }
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = sink.send(normal_close()).await;
         let _ = sink.close().await;
     });
     drop(out_tx);
@@ -218,6 +367,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_read_as_the_kubelet_reads_them() {
+        assert_eq!(
+            ports_from_query(Some("port=8080&port=9000,9001")),
+            Ok(vec![8080, 9000, 9001])
+        );
+        assert!(ports_from_query(None).is_err());
+        assert!(ports_from_query(Some("port=")).is_err());
+        assert!(ports_from_query(Some("port=0")).is_err());
+        assert!(ports_from_query(Some("port=http")).is_err());
+    }
 
     #[test]
     fn channel_framing_both_flavours() {

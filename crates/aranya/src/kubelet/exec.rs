@@ -36,7 +36,7 @@ pub async fn serve(
         None
     };
     let protocol = match &websocket {
-        Some((protocol, _)) => protocol,
+        Some(ws) => ws.protocol,
         None => upgrade::protocol(&request, negotiate::REMOTECOMMAND)?,
     };
     let pod = endpoint.pod(namespace, pod_name).await?;
@@ -78,7 +78,7 @@ pub async fn serve(
         .in_current_span(),
     );
     Ok(match &websocket {
-        Some((protocol, accept)) => upgrade::switching_websocket(protocol, accept),
+        Some(ws) => ws.switching(),
         None => upgrade::switching(protocol),
     })
 }

@@ -1,6 +1,8 @@
-//! `POST /portForward/{ns}/{pod}`: upgraded to SPDY; each connection the
-//! client forwards becomes a session stream to the device, which dials the
-//! port inside the pod's network namespace.
+//! `/portForward/{ns}/{pod}`: upgraded to SPDY (POST), to SPDY tunnelled in
+//! a WebSocket (kubectl), or to WebSocket channels, one connection per
+//! `port` query parameter (GET, other clients). Each forwarded connection
+//! becomes a session stream to the device, which dials the port inside the
+//! pod's network namespace.
 
 use connectivity::SessionHandle;
 use http::{Request, Response};
@@ -18,7 +20,23 @@ pub async fn serve(
     namespace: &str,
     pod_name: &str,
 ) -> Result<Response<Body>, Problem> {
-    let protocol = upgrade::protocol(&request, negotiate::PORTFORWARD)?;
+    let websocket = if upgrade::is_websocket(&request) {
+        Some(upgrade::websocket_protocol(
+            &request,
+            streaming::websocket::PORTFORWARD,
+        )?)
+    } else {
+        upgrade::protocol(&request, negotiate::PORTFORWARD)?;
+        None
+    };
+    // Channel port-forwards name their ports up front.
+    let ports = match &websocket {
+        Some(ws) if ws.protocol != streaming::websocket::TUNNEL => {
+            streaming::websocket::ports_from_query(request.uri().query())
+                .map_err(Problem::bad_request)?
+        }
+        _ => Vec::new(),
+    };
     let pod = endpoint.pod(namespace, pod_name).await?;
     let host = endpoint.is_host_pod(&pod);
     let session = endpoint.session()?;
@@ -29,13 +47,29 @@ pub async fn serve(
         node: endpoint.node.clone(),
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
+    let protocol = websocket.as_ref().map(|ws| ws.protocol);
     tokio::spawn(
         async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => return debug!(error = %e, "port-forward upgrade failed"),
             };
-            let (mut forwards, spdy) = streaming::portforward::serve_spdy(TokioIo::new(upgraded));
+            let io = TokioIo::new(upgraded);
+            let (mut forwards, spdy) = match protocol {
+                None => {
+                    let (forwards, spdy) = streaming::portforward::serve_spdy(io);
+                    (forwards, Some(spdy))
+                }
+                Some(streaming::websocket::TUNNEL) => {
+                    let bytes = streaming::tunnel::bytes_of(io).await;
+                    let (forwards, spdy) = streaming::portforward::serve_spdy(bytes);
+                    (forwards, Some(spdy))
+                }
+                Some(protocol) => (
+                    streaming::websocket::serve_portforward(io, protocol, &ports).await,
+                    None,
+                ),
+            };
             while let Some(forward) = forwards.recv().await {
                 tokio::spawn(one(forward, session.clone(), target.clone()).in_current_span());
             }
@@ -43,7 +77,10 @@ pub async fn serve(
         }
         .in_current_span(),
     );
-    Ok(upgrade::switching(protocol))
+    Ok(match &websocket {
+        Some(ws) => ws.switching(),
+        None => upgrade::switching(negotiate::PORTFORWARD[0]),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -94,13 +131,21 @@ async fn one(mut forward: Forward, session: SessionHandle, target: Target) {
     };
     let (mut tx, mut rx) = stream.split();
     let up = async {
-        while let Some(Ok(data)) = forward.from_client.recv().await {
-            if tx.send(data).await.is_err() {
-                break;
+        loop {
+            match forward.from_client.recv().await {
+                Ok(Some(data)) => {
+                    if tx.send(data).await.is_err() {
+                        return;
+                    }
+                }
+                // Half-closed: so is the pod's side, which may still answer.
+                Ok(None) => break,
+                // Gone: the stream is dropped (reset) below, not finished,
+                // or a pod that ignores half-closes would keep it open.
+                Err(_) => return,
             }
         }
         tx.finish();
-        // The connection lasts until the pod's side ends.
         std::future::pending::<()>().await;
     };
     let down = async {
@@ -110,9 +155,12 @@ async fn one(mut forward: Forward, session: SessionHandle, target: Target) {
             }
         }
     };
+    // A client that goes away ends the connection to the pod too (dropping
+    // the stream resets it), even one that is idle.
     tokio::select! {
         _ = up => {}
         _ = down => {}
+        () = forward.to_client.closed() => {}
     }
     forward.close().await;
 }

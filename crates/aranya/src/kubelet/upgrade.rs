@@ -43,19 +43,30 @@ pub fn is_websocket(request: &Request<Incoming>) -> bool {
     )
 }
 
+/// What a WebSocket upgrade request settled on.
+#[derive(Debug, Clone)]
+pub struct WebSocketUpgrade {
+    pub protocol: &'static str,
+    accept: String,
+    /// Whether the client offered subprotocols (if not, the 101 names none).
+    offered: bool,
+}
+
 /// The subprotocol and accept key of a WebSocket upgrade request.
 pub fn websocket_protocol(
     request: &Request<Incoming>,
     supported: &[&'static str],
-) -> Result<(&'static str, String), Problem> {
+) -> Result<WebSocketUpgrade, Problem> {
     let headers = request.headers();
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or_else(|| Problem::bad_request("WebSocket upgrade without Sec-WebSocket-Key"))?;
-    let offers = headers
+    let offers: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
-        .filter_map(|v| v.to_str().ok());
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let offered = offers.iter().any(|o| !o.trim().is_empty());
     let protocol = negotiate::choose(offers, supported).map_err(|accepted| {
         Problem::new(
             StatusCode::FORBIDDEN,
@@ -64,24 +75,32 @@ pub fn websocket_protocol(
             ),
         )
     })?;
-    Ok((protocol, websocket::accept_key(key.as_bytes())))
+    Ok(WebSocketUpgrade {
+        protocol,
+        accept: websocket::accept_key(key.as_bytes()),
+        offered,
+    })
 }
 
-/// The 101 for a WebSocket.
-pub fn switching_websocket(protocol: &'static str, accept: &str) -> Response<Body> {
-    let mut response = text(StatusCode::SWITCHING_PROTOCOLS, "");
-    let headers = response.headers_mut();
-    headers.remove(header::CONTENT_TYPE);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    if let Ok(v) = HeaderValue::from_str(accept) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+impl WebSocketUpgrade {
+    /// The 101 for this WebSocket.
+    pub fn switching(&self) -> Response<Body> {
+        let mut response = text(StatusCode::SWITCHING_PROTOCOLS, "");
+        let headers = response.headers_mut();
+        headers.remove(header::CONTENT_TYPE);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if self.offered {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(self.protocol),
+            );
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        response
     }
-    response
 }
 
 /// The 101 a kubelet answers with.

@@ -36,12 +36,24 @@ pub async fn serve<R: Runtime>(
     accept(&mut stream).await?;
     let (tx, rx) = stream.split();
     let (read, write) = connected.into_split();
-    let up = tokio::spawn(to_pod(rx, write));
-    let result = from_pod(read, tx).await;
-    // Hold the stream until aranya ends its side: dropping it sooner would
-    // reset it, and a reset discards bytes still in flight to aranya.
-    let _ = tokio::time::timeout(super::LINGER, up).await;
-    result
+    let mut up = tokio::spawn(to_pod(rx, write));
+    let down = from_pod(read, tx);
+    tokio::pin!(down);
+    tokio::select! {
+        result = &mut down => {
+            // Hold the stream until aranya ends its side: dropping it sooner
+            // would reset it, and a reset discards bytes still in flight.
+            let _ = tokio::time::timeout(super::LINGER, up).await;
+            result
+        }
+        ended = &mut up => match ended {
+            // aranya half-closed: the pod may still answer.
+            Ok(Ok(())) => down.await,
+            // Reset (the client went away) or the session ended: drop the
+            // pod's connection now rather than when the pod next writes.
+            _ => Ok(()),
+        },
+    }
 }
 
 async fn dial<R: Runtime>(
