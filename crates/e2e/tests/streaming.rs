@@ -374,7 +374,7 @@ async fn kubectl_cp_both_ways() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn host_pod_exec_and_port_forward_only_when_allowed() -> anyhow::Result<()> {
+async fn host_pod_verbs_only_when_allowed() -> anyhow::Result<()> {
     let env = TestEnv::new("hostverbs").await?;
     let mut up = env.device_up("a", 10).await?;
     let ns = env.name.clone();
@@ -390,6 +390,11 @@ async fn host_pod_exec_and_port_forward_only_when_allowed() -> anyhow::Result<()
     })
     .await?;
     assert!(refused.contains("host.allowExec"), "{refused}");
+    let (code, _, err) = run(
+        kubectl(&env, Mode::WebSocket, &["attach", "-n", &ns, &host]),
+        b"",
+    )?;
+    assert!(code != 0 && err.contains("host.allowAttach"), "{err}");
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let host_port = listener.local_addr()?.port();
     std::thread::spawn(move || {
@@ -407,7 +412,7 @@ async fn host_pod_exec_and_port_forward_only_when_allowed() -> anyhow::Result<()
     }
 
     up.arhat.stop()?;
-    let allowed = "host:\n  allowExec: true\n  allowPortForward: true\n";
+    let allowed = "host:\n  allowExec: true\n  allowAttach: true\n  allowPortForward: true\n";
     up.arhat = env.start_arhat_with(&up.name, "2", &[], allowed)?;
     env.wait_ready(&up.name, "True", None, Duration::from_secs(60))
         .await?;
@@ -440,6 +445,31 @@ async fn host_pod_exec_and_port_forward_only_when_allowed() -> anyhow::Result<()
             b"to the host\n",
         )?;
         assert_eq!(out, b"to the host\n", "{mode:?}: {err}");
+        // A terminal on the host: its own pty, resized with the client's.
+        let mut term = Pty::spawn(
+            kubectl(&env, mode, &["exec", "-it", "-n", &ns, &host, "--", "sh"]),
+            80,
+            24,
+        )?;
+        term.type_text("echo host-$((40+2)); stty size\r")?;
+        term.expect("host-42", Duration::from_secs(30))?;
+        term.expect("24 80", Duration::from_secs(10))?;
+        term.resize(100, 30)?;
+        std::thread::sleep(Duration::from_millis(500));
+        term.type_text("stty size\r")?;
+        term.expect("30 100", Duration::from_secs(10))?;
+        term.type_text("exit 6\r")?;
+        assert_eq!(term.wait(Duration::from_secs(20))?, 6, "{mode:?}: host -it");
+        // attach on the host: a login shell of its own.
+        let mut term = Pty::spawn(
+            kubectl(&env, mode, &["attach", "-it", "-n", &ns, &host]),
+            80,
+            24,
+        )?;
+        term.type_text("echo attached-$((6*7))\r")?;
+        term.expect("attached-42", Duration::from_secs(30))?;
+        term.type_text("exit\r")?;
+        term.wait(Duration::from_secs(20))?;
         let pf = PortForward::start(&env, mode, &ns, &format!("pod/{host}"), host_port)?;
         let mut s = pf.connect()?;
         let mut line = String::new();

@@ -1,7 +1,9 @@
-//! Commands on the device host itself (`kubectl exec` on the host pod),
-//! as a [`Process`] like a container's.
+//! Commands on the device host itself (`kubectl exec` and `attach` on the
+//! host pod), as a [`Process`] like a container's: with pipes, or with a
+//! pseudo-terminal of their own for `-t`. Attach has no main process to join
+//! on a host, so it starts a login shell.
 
-use std::{process::Stdio, sync::Arc};
+use std::{os::fd::OwnedFd, process::Stdio, sync::Arc};
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use tokio::{process::Child, sync::Mutex};
@@ -9,14 +11,26 @@ use tokio_util::io::ReaderStream;
 
 use crate::runtime::{ExecSpec, LogOutput, Process, ProcessHandle, RuntimeError};
 
-/// Starts `spec.command` on the host with pipes for its standard streams.
+/// What attach on the host runs, and exec without a command.
+const SHELL: [&str; 2] = ["/bin/sh", "-l"];
+
+/// Starts `spec.command` (a shell if empty) on the host: in a new
+/// pseudo-terminal for a tty, else with pipes for its standard streams.
 pub fn spawn(spec: &ExecSpec) -> Result<Process, RuntimeError> {
-    let Some((program, args)) = spec.command.split_first() else {
+    let command: Vec<String> = if spec.command.is_empty() {
+        SHELL.iter().map(|s| (*s).to_string()).collect()
+    } else {
+        spec.command.clone()
+    };
+    let Some((program, args)) = command.split_first() else {
         return Err(RuntimeError::Failed {
             op: "running on the host",
             reason: "no command".into(),
         });
     };
+    if spec.tty {
+        return spawn_in_terminal(program, args);
+    }
     let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
     let mut child = tokio::process::Command::new(program)
         .args(args)
@@ -58,18 +72,101 @@ pub fn spawn(spec: &ExecSpec) -> Result<Process, RuntimeError> {
         output,
         handle: Arc::new(HostProcess {
             child: Mutex::new(child),
+            terminal: None,
+        }),
+    })
+}
+
+fn pty_error(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failed {
+        op: "opening a terminal on the host",
+        reason: e.to_string(),
+    }
+}
+
+/// The command as the session leader of a new pseudo-terminal, which is its
+/// controlling terminal (so job control and `stty` work); its output is the
+/// terminal's, all on stdout as a kubelet sends a tty's.
+fn spawn_in_terminal(program: &str, args: &[String]) -> Result<Process, RuntimeError> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .map_err(pty_error)?;
+    grantpt(&master).map_err(pty_error)?;
+    unlockpt(&master).map_err(pty_error)?;
+    let name = ptsname(&master, Vec::new()).map_err(pty_error)?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_string_lossy().as_ref())
+        .map_err(pty_error)?
+        .into();
+    let stdio = || slave.try_clone().map(Stdio::from).map_err(pty_error);
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(stdio()?)
+        .stdout(stdio()?)
+        .stderr(stdio()?)
+        .env("TERM", "xterm")
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec only async-signal-safe system calls run
+    // (setsid, ioctl), touching no memory of the parent.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(std::io::stdin())?;
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|e| RuntimeError::Failed {
+        op: "running on the host",
+        reason: format!("{program}: {e}"),
+    })?;
+    // Only the child keeps the terminal's other end: its exit ends our reads.
+    drop(slave);
+    let reader =
+        tokio::fs::File::from_std(std::fs::File::from(master.try_clone().map_err(pty_error)?));
+    let writer =
+        tokio::fs::File::from_std(std::fs::File::from(master.try_clone().map_err(pty_error)?));
+    // A closed terminal reads as EIO: that is its end, not a failure.
+    let output = ReaderStream::new(reader)
+        .take_while(|r| futures::future::ready(r.is_ok()))
+        .map(|r| r.map(|data| (LogOutput::Stdout, data)).map_err(pty_error))
+        .boxed();
+    Ok(Process {
+        stdin: Some(Box::pin(writer)),
+        output,
+        handle: Arc::new(HostProcess {
+            child: Mutex::new(child),
+            terminal: Some(master),
         }),
     })
 }
 
 struct HostProcess {
     child: Mutex<Child>,
+    /// The pseudo-terminal's master side, for resizes.
+    terminal: Option<OwnedFd>,
 }
 
 impl ProcessHandle for HostProcess {
-    fn resize(&self, _width: u16, _height: u16) -> BoxFuture<'_, Result<(), RuntimeError>> {
-        // No terminal: pipes have no size.
-        async { Ok(()) }.boxed()
+    fn resize(&self, width: u16, height: u16) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        let resized = match &self.terminal {
+            Some(master) => rustix::termios::tcsetwinsize(
+                master,
+                rustix::termios::Winsize {
+                    ws_row: height,
+                    ws_col: width,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                },
+            )
+            .map_err(pty_error),
+            // No terminal: pipes have no size.
+            None => Ok(()),
+        };
+        async move { resized }.boxed()
     }
 
     fn exit_code(&self) -> BoxFuture<'_, Result<i32, RuntimeError>> {

@@ -66,6 +66,10 @@ pub async fn serve<R: Runtime>(
         Target::Container { runtime, id } if request.attach => runtime.attach(id, &spec).await,
         Target::Container { runtime, id } => runtime.exec(id, &spec).await,
         // kubectl cp: answered without a tar binary on the host.
+        Target::Host if request.attach => crate::host::exec::spawn(&ExecSpec {
+            command: Vec::new(),
+            ..spec.clone()
+        }),
         Target::Host => match crate::host::tar::parse(&spec.command) {
             Some(tar) => Ok(crate::host::tar::spawn(tar)),
             None => crate::host::exec::spawn(&spec),
@@ -105,12 +109,6 @@ fn target<R: Runtime>(
                 format!(
                     "{verb} on the device host is disabled: set `{key}: true` in arhat's config"
                 ),
-            ));
-        }
-        if request.attach || request.tty {
-            return Err(Refusal::new(
-                Code::BadRequest,
-                "the device host runs commands without a terminal: drop -t (attach is not served on the host)",
             ));
         }
         return Ok(Target::Host);
