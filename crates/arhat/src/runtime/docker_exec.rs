@@ -79,13 +79,29 @@ struct DockerExec {
 impl ProcessHandle for DockerExec {
     fn resize(&self, width: u16, height: u16) -> BoxFuture<'_, Result<(), RuntimeError>> {
         async move {
-            self.client
-                .resize_exec(&self.exec_id, ResizeExecOptions { height, width })
-                .await
-                .map_err(|e| RuntimeError::Failed {
-                    op: "resizing exec",
-                    reason: e.to_string(),
-                })
+            // The first size comes right after the start, and Docker refuses
+            // a resize until the process is up: retry briefly, or the
+            // terminal would stay 0x0.
+            let mut tries = 0;
+            loop {
+                match self
+                    .client
+                    .resize_exec(&self.exec_id, ResizeExecOptions { height, width })
+                    .await
+                {
+                    Ok(()) => return Ok(()),
+                    Err(_) if tries < 50 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => {
+                        return Err(RuntimeError::Failed {
+                            op: "resizing exec",
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
         }
         .boxed()
     }
