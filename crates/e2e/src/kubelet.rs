@@ -40,14 +40,9 @@ pub fn port(node: &Node) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
-/// A TLS connection to the kubelet endpoint at `ip:port` as `caller`,
-/// trusting only `ca_pem` and checking the certificate is for `ip`.
-pub async fn connect(
-    ip: IpAddr,
-    port: u16,
-    ca_pem: &str,
-    caller: Caller<'_>,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+/// A TLS client trusting only `ca_pem`, presenting `caller`'s certificate
+/// if it has one (any other identity goes in the request).
+pub fn client_config(ca_pem: &str, caller: Caller<'_>) -> anyhow::Result<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert?)?;
@@ -65,6 +60,18 @@ pub async fn connect(
         }
         _ => builder.with_no_client_auth(),
     };
+    Ok(config)
+}
+
+/// A TLS connection to the kubelet endpoint at `ip:port` as `caller`,
+/// trusting only `ca_pem` and checking the certificate is for `ip`.
+pub async fn connect(
+    ip: IpAddr,
+    port: u16,
+    ca_pem: &str,
+    caller: Caller<'_>,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = client_config(ca_pem, caller)?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect((ip, port))
         .await

@@ -717,20 +717,7 @@ async fn apiserver_websocket(path: &str, protocol: &str, ca: &str) -> anyhow::Re
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let cp = testbed::ControlPlane::shared().await?;
     let admin = cp.ca().issue_client("ws-admin", &["system:masters"])?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    use rustls::pki_types::pem::PemObject;
-    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(admin.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(admin.key_pem.as_bytes())?;
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?;
+    let config = e2e::kubelet::client_config(ca, e2e::kubelet::Caller::Certificate(&admin))?;
     let server = cp.server_url().trim_start_matches("https://").to_string();
     let tcp = tokio::net::TcpStream::connect(&server).await?;
     let host = server
