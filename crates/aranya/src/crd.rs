@@ -157,6 +157,13 @@ pub struct PodSettings {
     #[serde(default = "default_allocatable")]
     #[schemars(range(min = 0, max = 1000))]
     pub allocatable: u32,
+    /// How long the device may be offline before its pods are evicted. Pods
+    /// bound to it tolerate the not-ready and unreachable taints at least
+    /// this long (aranya raises their tolerations; longer ones are kept).
+    /// Unset: the cluster's default (300 s unless the apiserver says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub tolerate_offline_seconds: Option<u32>,
 }
 
 impl Default for PodSettings {
@@ -165,6 +172,7 @@ impl Default for PodSettings {
             ipv4_cidr: None,
             ipv6_cidr: None,
             allocatable: default_allocatable(),
+            tolerate_offline_seconds: None,
         }
     }
 }

@@ -6,6 +6,7 @@ mod events;
 mod pull;
 mod spec;
 mod status;
+mod tolerations;
 mod volume;
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +28,8 @@ use tracing::{debug, info, warn};
 pub struct PodSyncHandle {
     pub session: watch::Sender<Option<SessionHandle>>,
     pub reports: mpsc::Sender<PodStatus>,
+    /// The EdgeDevice's pod settings, as they change.
+    pub policy: watch::Sender<crate::crd::PodSettings>,
 }
 
 /// Starts syncing the pods bound to `node`; stops when the handle's senders are dropped.
@@ -41,7 +44,10 @@ pub fn spawn(
 ) -> (PodSyncHandle, tokio::task::JoinHandle<()>) {
     let (session_tx, session_rx) = watch::channel(None);
     let (reports_tx, reports_rx) = mpsc::channel(256);
+    let (policy_tx, policy_rx) = watch::channel(crate::crd::PodSettings::default());
     let sync = PodSync {
+        policy: policy_rx,
+        listed: false,
         refresh,
         pods: Api::all(client.clone()),
         client,
@@ -58,6 +64,7 @@ pub fn spawn(
         PodSyncHandle {
             session: session_tx,
             reports: reports_tx,
+            policy: policy_tx,
         },
         task,
     )
@@ -77,6 +84,10 @@ struct PodSync {
     ensured: HashSet<String>,
     /// UIDs whose deletion the device is working on.
     deleting: HashSet<String>,
+    policy: watch::Receiver<crate::crd::PodSettings>,
+    /// The first listing of pods is complete: only then is a pod the device
+    /// runs and the cluster lacks known to be gone (not merely unlisted).
+    listed: bool,
 }
 
 impl PodSync {
@@ -109,6 +120,11 @@ impl PodSync {
                         for pod in gone {
                             self.on_gone(pod);
                         }
+                        if !self.listed {
+                            self.listed = true;
+                            // A device that connected before the listing was complete.
+                            self.sync_device();
+                        }
                     }
                     Some(Ok(watcher::Event::Apply(pod))) => self.on_pod(pod),
                     Some(Ok(watcher::Event::Delete(pod))) => self.on_gone(pod),
@@ -126,6 +142,15 @@ impl PodSync {
                     }
                 }
                 Some(status) = self.reports.recv() => self.on_status(status).await,
+                changed = self.policy.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let pods: Vec<Pod> = self.known.values().cloned().collect();
+                    for pod in &pods {
+                        self.tolerate_offline(pod);
+                    }
+                }
             }
         }
     }
@@ -142,12 +167,53 @@ impl PodSync {
         let uid = pod.uid().unwrap_or_default();
         let deleting = pod.metadata.deletion_timestamp.is_some();
         self.known.insert(uid.clone(), pod.clone());
+        self.tolerate_offline(&pod);
         if deleting {
             let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
             self.delete_on_device(&uid, grace);
         } else if !self.ensured.contains(&uid) {
             self.ensure_on_device(pod);
         }
+    }
+
+    /// Raises the pod's tolerations of an offline device to the EdgeDevice's
+    /// allowance, so a partition shorter than that evicts nothing.
+    fn tolerate_offline(&self, pod: &Pod) {
+        let Some(seconds) = self.policy.borrow().tolerate_offline_seconds else {
+            return;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let current = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default();
+        let Some(tolerations) = tolerations::raised(&current, i64::from(seconds)) else {
+            return;
+        };
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let name = pod.name_any();
+        // With the resourceVersion: a pod changed meanwhile is looked at again
+        // on its next event, never overwritten.
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": pod.resource_version() },
+            "spec": { "tolerations": tolerations },
+        });
+        tokio::spawn(async move {
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    info!(pod = %name, seconds, "tolerations raised to the device's offline allowance")
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                Err(e) => warn!(pod = %name, error = %e, "raising tolerations"),
+            }
+        });
     }
 
     /// The Pod object is gone (force delete, or removed after the device cleaned up).
@@ -217,6 +283,9 @@ impl PodSync {
     /// After (re)connecting: pods the device runs but the cluster no longer
     /// has are removed; pods it lacks are sent.
     fn sync_device(&mut self) {
+        if !self.listed {
+            return;
+        }
         let Some(session) = self.current_session() else {
             return;
         };
@@ -251,7 +320,7 @@ impl PodSync {
     async fn on_status(&mut self, status: PodStatus) {
         let Some(pod) = self.known.get(&status.uid).cloned() else {
             // The device runs a pod the cluster does not have: remove it.
-            if !status.removed && !self.deleting.contains(&status.uid) {
+            if self.listed && !status.removed && !self.deleting.contains(&status.uid) {
                 self.delete_on_device(&status.uid, 0);
             }
             if status.removed {

@@ -208,6 +208,11 @@ impl VirtualNode {
                         // Reconciles also follow every change of the Node itself:
                         // applying is idempotent, and status is written only when
                         // it differs, so aranya's own writes do not feed back.
+                        self.pods.policy.send_if_modified(|p| {
+                            let changed = *p != device.spec.pod;
+                            p.clone_from(&device.spec.pod);
+                            changed
+                        });
                         self.device = Some(device);
                         self.apply_node().await;
                         self.write_status().await;

@@ -117,27 +117,12 @@ impl Agent {
                     Docker::connect(config.runtime.pause_binary.clone(), &config.device.name)
                         .await?;
                 let version = docker.version().await?;
-                // Until pods survive an agent restart (adopted by UID), what a
-                // previous run left is removed so nothing runs twice.
-                let leftovers = docker.list_pod_objects().await?;
-                if !leftovers.is_empty() {
-                    info!(
-                        count = leftovers.len(),
-                        "removing containers left by a previous run"
-                    );
-                }
-                for o in leftovers {
-                    docker.remove_container(&o.id).await?;
-                }
                 let host_ip = nodeinfo::host_ip().unwrap_or_default();
-                (
-                    Some(PodManager::new(
-                        Arc::new(docker),
-                        host_ip,
-                        config.runtime.data_dir.clone(),
-                    )),
-                    version,
-                )
+                let pods =
+                    PodManager::new(Arc::new(docker), host_ip, config.runtime.data_dir.clone());
+                let restored = pods.restore().await?;
+                info!(pods = restored, "saved pods restored");
+                (Some(pods), version)
             }
         };
         info!(runtime = %runtime_version, "container runtime ready");

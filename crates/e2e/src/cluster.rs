@@ -254,6 +254,21 @@ impl TestEnv {
         name: &str,
         allocatable_pods: u32,
     ) -> anyhow::Result<EdgeDevice> {
+        self.create_device_with(name, allocatable_pods, serde_json::json!({}))
+            .await
+    }
+
+    /// Like [`Self::create_device`], with more of `spec.pod` (merged over the defaults).
+    pub async fn create_device_with(
+        &self,
+        name: &str,
+        allocatable_pods: u32,
+        pod: serde_json::Value,
+    ) -> anyhow::Result<EdgeDevice> {
+        let pod = crate::pods::merge(
+            serde_json::json!({ "allocatable": allocatable_pods, "ipv4CIDR": "10.200.1.0/24" }),
+            pod,
+        );
         let device: EdgeDevice = serde_json::from_value(serde_json::json!({
             "apiVersion": "aranya.arhat.dev/v1alpha1",
             "kind": "EdgeDevice",
@@ -261,7 +276,7 @@ impl TestEnv {
             "spec": {
                 "connectivity": { "methods": [{ "name": "grpc", "priority": 0 }] },
                 "node": { "zone": "edge-zone-a", "labels": { "example.com/site": "lab" } },
-                "pod": { "allocatable": allocatable_pods, "ipv4CIDR": "10.200.1.0/24" },
+                "pod": pod,
             },
         }))?;
         if let Ok(mut devices) = self.devices.lock() {
@@ -348,8 +363,20 @@ impl TestEnv {
     /// The common start of a test: an EdgeDevice, this test's aranya, an
     /// agent for the device, and its Node Ready.
     pub async fn device_up(&self, suffix: &str, allocatable_pods: u32) -> anyhow::Result<DeviceUp> {
+        self.device_up_with(suffix, allocatable_pods, serde_json::json!({}))
+            .await
+    }
+
+    /// Like [`Self::device_up`], with more of the EdgeDevice's `spec.pod`.
+    pub async fn device_up_with(
+        &self,
+        suffix: &str,
+        allocatable_pods: u32,
+        pod: serde_json::Value,
+    ) -> anyhow::Result<DeviceUp> {
         let name = self.device(suffix);
-        self.create_device(&name, allocatable_pods).await?;
+        self.create_device_with(&name, allocatable_pods, pod)
+            .await?;
         let aranya = self.start_aranya("a")?;
         let arhat = self.start_arhat(&name, "1", &[])?;
         let node = self

@@ -74,6 +74,31 @@ fn inspect(id: &str, format: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether the container runs, and since when (dockerd's StartedAt): the
+/// same start time means the same process, never restarted.
+pub fn container_started(id: &str) -> anyhow::Result<(bool, String)> {
+    let text = inspect(id, "{{.State.Running}} {{.State.StartedAt}}")?;
+    let (running, started) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    Ok((running == "true", started.to_string()))
+}
+
+/// Every container (sandboxes included) dockerd has for a pod.
+pub fn pod_containers(uid: &str) -> anyhow::Result<Vec<String>> {
+    let out = docker(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label=io.arhat.pod.uid={uid}"),
+    ])?;
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
 /// A container's environment, as dockerd reports it.
 pub fn container_env(id: &str) -> anyhow::Result<Vec<String>> {
     Ok(serde_json::from_str(&inspect(id, "{{json .Config.Env}}")?)?)

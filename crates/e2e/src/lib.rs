@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cluster;
 pub mod images;
 pub mod kubelet;
+pub mod netcut;
 pub mod pods;
 pub mod process;
 pub mod pty;

@@ -2,6 +2,7 @@
 //! init containers in order, then its containers under the pod's restart
 //! policy with a kubelet's back-off; status published on every change.
 
+mod adopt;
 pub mod exec;
 mod instance;
 pub mod logs;
@@ -9,6 +10,7 @@ pub mod portforward;
 mod reply;
 pub mod serve;
 mod status;
+mod store;
 pub mod volumes;
 mod worker;
 
@@ -85,16 +87,72 @@ impl<R: Runtime> PodManager<R> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Runs the pods saved by an earlier run (the device's desired state, so
+    /// a restart while offline changes nothing), taking over their
+    /// containers; removes what belongs to no saved pod.
+    pub async fn restore(self: &Arc<Self>) -> Result<usize, crate::runtime::RuntimeError> {
+        let specs = store::load_all(&self.data_dir);
+        let saved: HashSet<&str> = specs.iter().map(|s| s.uid.as_str()).collect();
+        let leftovers: Vec<_> = self
+            .runtime
+            .list_pod_objects()
+            .await?
+            .into_iter()
+            .filter(|o| {
+                o.labels
+                    .get(LABEL_POD_UID)
+                    .is_none_or(|uid| !saved.contains(uid.as_str()))
+            })
+            .collect();
+        if !leftovers.is_empty() {
+            info!(
+                count = leftovers.len(),
+                "removing containers of pods this device no longer has"
+            );
+        }
+        for o in leftovers {
+            self.runtime.remove_container(&o.id).await?;
+        }
+        let count = specs.len();
+        for spec in specs {
+            info!(uid = %spec.uid, pod = %format!("{}/{}", spec.namespace, spec.name), "restoring a saved pod");
+            self.ensure(spec);
+        }
+        Ok(count)
+    }
+
     /// Runs the pod if it is not running yet (idempotent by UID); returns its status.
     pub fn ensure(self: &Arc<Self>, spec: PodSpec) -> PodStatus {
+        if let Err(e) = store::check_uid(&spec.uid) {
+            return PodStatus {
+                uid: spec.uid,
+                namespace: spec.namespace,
+                name: spec.name,
+                phase: "Failed".into(),
+                reason: "InvalidPod".into(),
+                message: e.to_string(),
+                ..Default::default()
+            };
+        }
         let mut pods = self.lock();
         if let Some(entry) = pods.get(&spec.uid) {
+            // Being torn down: writing now would leave files behind.
+            if entry.delete.is_none() {
+                return entry.status.borrow().clone();
+            }
             // A re-send carries fresh volume content (a refreshed token, an
             // updated ConfigMap): rewrite it in place, as a kubelet does.
             if let Err(e) = volumes::prepare(&self.data_dir, &spec) {
                 warn!(uid = %spec.uid, error = %e, "refreshing volumes");
             }
+            if let Err(e) = store::save(&self.data_dir, &spec) {
+                warn!(error = %e, "saving the pod");
+            }
             return entry.status.borrow().clone();
+        }
+        if let Err(e) = store::save(&self.data_dir, &spec) {
+            // It still runs; only a restart of this agent would forget it.
+            warn!(error = %e, "saving the pod");
         }
         let initial = status::initial(&spec, &self.host_ip);
         let (status_tx, status_rx) = watch::channel(initial.clone());

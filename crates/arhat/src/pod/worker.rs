@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, status};
 use crate::runtime::{
-    ContainerSpec, ContainerState, Mount, PortMapping, PullAuth, Runtime, RuntimeError, Sandbox,
-    SandboxSpec,
+    ContainerInfo, ContainerSpec, ContainerState, Mount, PortMapping, PullAuth, Runtime,
+    RuntimeError, Sandbox, SandboxSpec,
 };
 
 /// A container that ran this long has its back-off forgotten.
@@ -45,6 +45,8 @@ pub struct Worker<R: Runtime> {
     data_dir: PathBuf,
     /// Host path of each volume, once prepared.
     volumes: HashMap<String, PathBuf>,
+    /// Instances an earlier run left that this one takes over, per container.
+    adopted: Mutex<HashMap<(Kind, usize), ContainerInfo>>,
 }
 
 impl<R: Runtime> Worker<R> {
@@ -67,6 +69,7 @@ impl<R: Runtime> Worker<R> {
             sandbox: None,
             data_dir,
             volumes: HashMap::new(),
+            adopted: Mutex::default(),
         }
     }
 
@@ -148,15 +151,31 @@ impl<R: Runtime> Worker<R> {
     }
 
     async fn lifecycle(&mut self) {
-        let sandbox = self.sandbox().await;
-        let now = now();
+        let found = self.found().await;
+        let (sandbox, started) = match self.adopt(&found).await {
+            Some(adopted) => adopted,
+            None => {
+                self.start_over(&found).await;
+                (self.sandbox().await, now())
+            }
+        };
         self.update(|s| {
             s.pod_ip = sandbox.ip.clone().unwrap_or_default();
-            s.start_time = now;
+            s.start_time = started;
         });
         self.sandbox = Some(sandbox);
         self.volumes = self.prepare_volumes().await;
+        // App containers left running mean the pod was initialized already.
+        let initialized = self
+            .spec
+            .containers
+            .iter()
+            .any(|c| found.containers.contains_key(&c.name));
         for i in 0..self.spec.init_containers.len() {
+            if initialized {
+                self.take_adopted(Kind::Init, i);
+                continue;
+            }
             if !self.run_init(i).await {
                 return;
             }
@@ -164,6 +183,119 @@ impl<R: Runtime> Worker<R> {
         self.update(|s| s.initialized = true);
         let supervisors = (0..self.spec.containers.len()).map(|i| self.supervise(i));
         join_all(supervisors).await;
+    }
+
+    /// What an earlier run of this pod (this agent before a restart, or before
+    /// a reboot) left on the runtime.
+    async fn found(&self) -> super::adopt::Found {
+        match self.runtime.list_pod_objects().await {
+            Ok(objects) => super::adopt::found(&objects, &self.spec.uid),
+            Err(e) => {
+                warn!(error = %e, "listing what an earlier run left");
+                super::adopt::Found::default()
+            }
+        }
+    }
+
+    /// Takes over a running sandbox and its containers, so an agent restart
+    /// restarts nothing. Returns the sandbox and when it started.
+    async fn adopt(&self, found: &super::adopt::Found) -> Option<(Sandbox, i64)> {
+        let id = found.sandbox.as_ref()?;
+        let sandbox = match self.runtime.sandbox(id).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "inspecting the sandbox left running");
+                return None;
+            }
+        };
+        let started = match self.runtime.inspect_container(id).await {
+            Ok(ContainerInfo {
+                state: ContainerState::Running { started_at },
+                ..
+            }) => started_at,
+            _ => return None,
+        };
+        let kinds = (0..self.spec.init_containers.len())
+            .map(|i| (Kind::Init, i))
+            .chain((0..self.spec.containers.len()).map(|i| (Kind::App, i)));
+        for (kind, i) in kinds {
+            let name = self.container(kind, i).name.clone();
+            let Some(instances) = found.containers.get(&name) else {
+                continue;
+            };
+            // The current instance and the one before it (for `logs --previous`).
+            let (older, kept) = instances.split_at(instances.len().saturating_sub(2));
+            for old in older {
+                if let Err(e) = self.runtime.remove_container(&old.id).await {
+                    warn!(error = %e, "removing an old container instance");
+                }
+            }
+            let Some(current) = kept.last() else {
+                continue;
+            };
+            let previous = match kept.first().filter(|p| p.id != current.id) {
+                Some(p) => self.runtime.inspect_container(&p.id).await.ok(),
+                None => None,
+            };
+            let info = match self.runtime.inspect_container(&current.id).await {
+                Ok(info) => info,
+                Err(e) => {
+                    warn!(container = %name, error = %e, "inspecting a container left running");
+                    continue;
+                }
+            };
+            info!(container = %name, id = %current.id, state = ?info.state, "adopting a container");
+            {
+                let mut state = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state
+                    .ids
+                    .insert((kind, i), kept.iter().map(|s| s.id.clone()).collect());
+            }
+            let runtime = self.runtime.name();
+            self.update_container(kind, i, |s| {
+                s.restart_count = current.attempt;
+                s.last_state = previous.map(|p| terminated_state(runtime, &p));
+            });
+            self.adopted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((kind, i), info);
+        }
+        Some((sandbox, started))
+    }
+
+    /// No sandbox to take over (a reboot, or a new pod): what is left of an
+    /// earlier run is removed, and attempts continue from where it was.
+    async fn start_over(&self, found: &super::adopt::Found) {
+        for id in &found.all {
+            if let Err(e) = self.runtime.remove_container(id).await {
+                warn!(error = %e, "removing what an earlier run left");
+            }
+        }
+        if found.all.is_empty() {
+            return;
+        }
+        info!(
+            objects = found.all.len(),
+            "the sandbox is gone; the pod starts over"
+        );
+        let kinds = (0..self.spec.init_containers.len())
+            .map(|i| (Kind::Init, i))
+            .chain((0..self.spec.containers.len()).map(|i| (Kind::App, i)));
+        for (kind, i) in kinds {
+            let next = found.next_attempt(&self.container(kind, i).name);
+            self.update_container(kind, i, |s| s.restart_count = next);
+        }
+    }
+
+    fn take_adopted(&self, kind: Kind, i: usize) -> Option<ContainerInfo> {
+        self.adopted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(kind, i))
     }
 
     async fn sandbox(&self) -> Sandbox {
@@ -330,10 +462,57 @@ impl<R: Runtime> Worker<R> {
         tokio::time::sleep(delay).await;
     }
 
-    /// One attempt: image, create, start, wait. Returns the exit code.
+    /// One attempt: image, create, start (or an instance taken over), wait.
+    /// Returns the exit code.
     async fn run_once(&self, kind: Kind, i: usize) -> i64 {
         let c = self.container(kind, i).clone();
-        let image_id = self.ensure_image(kind, i, &c).await;
+        let (id, image_id, started_at) = match self.take_adopted(kind, i) {
+            Some(ContainerInfo {
+                id,
+                image_id,
+                state: ContainerState::Running { started_at },
+            }) => (id, image_id, started_at),
+            Some(
+                info @ ContainerInfo {
+                    state: ContainerState::Exited { exit_code, .. },
+                    ..
+                },
+            ) => {
+                // It ended while no agent watched: that ending counts.
+                let runtime = self.runtime.name();
+                self.update_container(kind, i, |s| {
+                    s.container_id = format!("{runtime}://{}", info.id);
+                    s.image_id = info.image_id.clone();
+                    s.state = Some(terminated_state(runtime, &info));
+                });
+                return exit_code;
+            }
+            Some(created) => {
+                if let Err(e) = self.runtime.remove_container(&created.id).await {
+                    warn!(error = %e, "removing a container that never started");
+                }
+                match self.create_and_start(kind, i, &c).await {
+                    Ok(started) => started,
+                    Err(code) => return code,
+                }
+            }
+            None => match self.create_and_start(kind, i, &c).await {
+                Ok(started) => started,
+                Err(code) => return code,
+            },
+        };
+        self.watch(kind, i, &c, &id, &image_id, started_at).await
+    }
+
+    /// Creates and starts a new instance: its id, image id and start time, or
+    /// the exit code to count when it could not run.
+    async fn create_and_start(
+        &self,
+        kind: Kind,
+        i: usize,
+        c: &Container,
+    ) -> Result<(String, String, i64), i64> {
+        let image_id = self.ensure_image(kind, i, c).await;
         let attempt = {
             let state = self
                 .state
@@ -345,14 +524,14 @@ impl<R: Runtime> Worker<R> {
             };
             list.get(i).map_or(0, |s| s.restart_count)
         };
-        let mounts = match self.mounts(&c) {
+        let mounts = match self.mounts(c) {
             Ok(m) => m,
             Err(message) => {
                 let e = RuntimeError::Failed {
                     op: "mounting volumes",
                     reason: message,
                 };
-                return self.failed_to_run(kind, i, "CreateContainerConfigError", &e);
+                return Err(self.failed_to_run(kind, i, "CreateContainerConfigError", &e));
             }
         };
         let spec = ContainerSpec {
@@ -377,11 +556,11 @@ impl<R: Runtime> Worker<R> {
             stdin: c.stdin,
         };
         let Some(sandbox) = &self.sandbox else {
-            return -1;
+            return Err(-1);
         };
         let id = match self.runtime.create_container(sandbox, &spec).await {
             Ok(id) => id,
-            Err(e) => return self.failed_to_run(kind, i, "CreateContainerError", &e),
+            Err(e) => return Err(self.failed_to_run(kind, i, "CreateContainerError", &e)),
         };
         self.remember(kind, i, &id);
         self.event(
@@ -391,7 +570,7 @@ impl<R: Runtime> Worker<R> {
             format!("Created container: {}", c.name),
         );
         if let Err(e) = self.runtime.start_container(&id).await {
-            return self.failed_to_run(kind, i, "RunContainerError", &e);
+            return Err(self.failed_to_run(kind, i, "RunContainerError", &e));
         }
         self.event(
             Some((kind, i)),
@@ -399,7 +578,6 @@ impl<R: Runtime> Worker<R> {
             "Started",
             format!("Started container {}", c.name),
         );
-        let runtime_id = format!("{}://{id}", self.runtime.name());
         let started_at = match self.runtime.inspect_container(&id).await {
             Ok(info) => match info.state {
                 ContainerState::Running { started_at }
@@ -409,22 +587,36 @@ impl<R: Runtime> Worker<R> {
             Err(_) => now(),
         };
         info!(container = %c.name, id = %id, "container started");
+        Ok((id, image_id, started_at))
+    }
+
+    /// Shows the instance running and waits for it to end; returns its exit code.
+    async fn watch(
+        &self,
+        kind: Kind,
+        i: usize,
+        c: &Container,
+        id: &str,
+        image_id: &str,
+        started_at: i64,
+    ) -> i64 {
+        let runtime_id = format!("{}://{id}", self.runtime.name());
         self.update_container(kind, i, |s| {
             s.container_id = runtime_id.clone();
-            s.image_id = image_id.clone();
+            s.image_id = image_id.to_string();
             s.state = Some(status::running(started_at));
             s.started = true;
             // Without probes, a running container is ready (as a kubelet says).
             s.ready = kind == Kind::App;
         });
-        let code = match self.runtime.wait_container(&id).await {
+        let code = match self.runtime.wait_container(id).await {
             Ok(code) => code,
             Err(e) => {
                 warn!(container = %c.name, error = %e, "waiting for the container");
                 -1
             }
         };
-        let (finished_at, oom) = match self.runtime.inspect_container(&id).await {
+        let (finished_at, oom) = match self.runtime.inspect_container(id).await {
             Ok(ContainerInfo {
                 state:
                     ContainerState::Exited {
@@ -668,7 +860,24 @@ impl<R: Runtime> Worker<R> {
     }
 }
 
-use crate::runtime::ContainerInfo;
+/// How an instance that already ended is shown (taken over from an earlier run).
+fn terminated_state(runtime: &str, info: &ContainerInfo) -> ApiState {
+    match info.state {
+        ContainerState::Exited {
+            exit_code,
+            started_at,
+            finished_at,
+            oom_killed,
+        } => status::terminated(
+            exit_code,
+            started_at,
+            finished_at,
+            &format!("{runtime}://{}", info.id),
+            oom_killed,
+        ),
+        _ => status::waiting("ContainerCreating", ""),
+    }
+}
 
 fn now() -> i64 {
     jiff::Timestamp::now().as_second()

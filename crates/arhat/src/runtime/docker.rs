@@ -261,11 +261,15 @@ impl Runtime for Docker {
             .create_named(&name, body, "creating the sandbox")
             .await?;
         self.start_container(&id).await?;
+        self.sandbox(&id).await
+    }
+
+    async fn sandbox(&self, id: &str) -> Result<Sandbox, RuntimeError> {
         let inspect = self
             .client
-            .inspect_container(&id, None)
+            .inspect_container(id, None)
             .await
-            .map_err(|e| failed("inspecting the sandbox", e))?;
+            .map_err(|e| not_found_or("inspecting the sandbox", id, e))?;
         let ip = inspect
             .network_settings
             .and_then(|n| n.networks)
@@ -273,7 +277,10 @@ impl Runtime for Docker {
                 nets.into_values()
                     .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
             });
-        Ok(Sandbox { id, ip })
+        Ok(Sandbox {
+            id: id.to_string(),
+            ip,
+        })
     }
 
     async fn create_container(

@@ -237,6 +237,8 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         spec: &SandboxSpec,
     ) -> impl Future<Output = Result<Sandbox, RuntimeError>> + Send;
+    /// A sandbox created earlier (by this agent or a previous run), with its address.
+    fn sandbox(&self, id: &str) -> impl Future<Output = Result<Sandbox, RuntimeError>> + Send;
     /// Creates a container in the sandbox's namespaces; returns its id.
     fn create_container(
         &self,

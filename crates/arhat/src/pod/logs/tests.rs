@@ -448,6 +448,12 @@ impl Runtime for Fake {
             ip: None,
         })
     }
+    async fn sandbox(&self, id: &str) -> Result<Sandbox, RuntimeError> {
+        Ok(Sandbox {
+            id: id.into(),
+            ip: None,
+        })
+    }
     async fn create_container(
         &self,
         _: &Sandbox,
