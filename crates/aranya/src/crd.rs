@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::Taint,
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{Condition, LabelSelector},
+    },
 };
 use kube::{
     Api, Client, CustomResource, CustomResourceExt, KubeSchema,
@@ -164,6 +167,38 @@ pub struct PodSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31_536_000))]
     pub tolerate_offline_seconds: Option<u32>,
+    /// Which pods bound to the device it runs at all; the others end Failed
+    /// with reason EdgeDevicePolicy and a message naming the rule.
+    #[serde(default)]
+    pub admission: PodAdmission,
+}
+
+/// Which pods a device takes. By default every pod, except DaemonSet pods
+/// that do not tolerate the edge taint by its key: a cluster's DaemonSets
+/// that tolerate every taint (kube-proxy, CNI agents) are not for devices.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAdmission {
+    /// Only pods of these namespaces; empty: any namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Only pods whose labels match; unset: any pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// DaemonSet pods: EdgeTolerating (default; only those tolerating
+    /// `aranya.arhat.dev/edge-device` by key), All, or None.
+    #[serde(default)]
+    pub daemon_sets: DaemonSetAdmission,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum DaemonSetAdmission {
+    #[default]
+    EdgeTolerating,
+    All,
+    None,
 }
 
 impl Default for PodSettings {
@@ -173,6 +208,7 @@ impl Default for PodSettings {
             ipv6_cidr: None,
             allocatable: default_allocatable(),
             tolerate_offline_seconds: None,
+            admission: PodAdmission::default(),
         }
     }
 }

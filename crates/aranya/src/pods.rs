@@ -2,6 +2,7 @@
 //! written back as a kubelet writes it, and deleted like a kubelet deletes
 //! (containers stopped with the grace period first, then a zero-grace delete).
 
+mod admission;
 mod events;
 mod pull;
 mod spec;
@@ -48,6 +49,7 @@ pub fn spawn(
     let sync = PodSync {
         policy: policy_rx,
         listed: false,
+        rejected: HashSet::new(),
         refresh,
         pods: Api::all(client.clone()),
         client,
@@ -88,6 +90,8 @@ struct PodSync {
     /// The first listing of pods is complete: only then is a pod the device
     /// runs and the cluster lacks known to be gone (not merely unlisted).
     listed: bool,
+    /// UIDs refused by admission, whose Failed status may not be seen yet.
+    rejected: HashSet<String>,
 }
 
 impl PodSync {
@@ -168,7 +172,19 @@ impl PodSync {
         let deleting = pod.metadata.deletion_timestamp.is_some();
         self.known.insert(uid.clone(), pod.clone());
         self.tolerate_offline(&pod);
-        if deleting {
+        if deleting && (admission::is_final(&pod) || self.rejected.contains(&uid)) {
+            // Never sent to the device: nothing to stop there.
+            self.rejected.remove(&uid);
+            let reports = self.reports_tx.clone();
+            let removed = PodStatus {
+                uid,
+                removed: true,
+                ..Default::default()
+            };
+            tokio::spawn(async move {
+                let _ = reports.send(removed).await;
+            });
+        } else if deleting {
             let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
             self.delete_on_device(&uid, grace);
         } else if !self.ensured.contains(&uid) {
@@ -227,16 +243,45 @@ impl PodSync {
     }
 
     fn ensure_on_device(&mut self, pod: Pod) {
+        if admission::is_final(&pod) {
+            return;
+        }
+        let uid = pod.uid().unwrap_or_default();
+        // Admission is decided once, before the pod starts: a policy changed
+        // later does not stop pods the device already runs.
+        let started = pod.status.as_ref().is_some_and(|s| s.start_time.is_some());
+        if !started
+            && let Err(rejection) =
+                admission::check(&self.policy.borrow().admission, &self.node, &pod)
+        {
+            if self.rejected.insert(uid) {
+                info!(pod = %pod.name_any(), reason = %rejection.message, "pod refused");
+                let reports = self.reports_tx.clone();
+                let status = admission::rejected(&pod, &rejection);
+                tokio::spawn(async move {
+                    let _ = reports.send(status).await;
+                });
+            }
+            return;
+        }
         let Some(session) = self.current_session() else {
             return;
         };
-        let uid = pod.uid().unwrap_or_default();
         self.ensured.insert(uid.clone());
         let client = self.client.clone();
         let reports = self.reports_tx.clone();
         tokio::spawn(async move {
             let spec = match spec::device_spec(&client, &pod).await {
                 Ok(spec) => spec,
+                Err(e @ spec::SpecError::UnsupportedVolume { .. }) => {
+                    info!(pod = %pod.name_any(), error = %e, "pod refused");
+                    let rejection = admission::Rejection {
+                        reason: admission::REASON_VOLUME,
+                        message: format!("Pod was rejected: {e}"),
+                    };
+                    let _ = reports.send(admission::rejected(&pod, &rejection)).await;
+                    return;
+                }
                 Err(e) => {
                     info!(pod = %pod.name_any(), error = %e, "pod not runnable yet");
                     let _ = reports

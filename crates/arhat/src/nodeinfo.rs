@@ -95,11 +95,11 @@ fn parse_os_release(text: &str) -> Option<String> {
 }
 
 /// CPUs this process may use (affinity and cgroup quota respected).
-fn cpu_count() -> u64 {
+pub fn cpu_count() -> u64 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
 }
 
-fn mem_total() -> Option<u64> {
+pub fn mem_total() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     parse_meminfo_total(&text)
 }

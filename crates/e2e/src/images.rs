@@ -99,6 +99,23 @@ pub fn pod_containers(uid: &str) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
+/// The pod names of every container (sandboxes included) an agent for
+/// `device` created.
+pub fn device_pod_names(device: &str) -> anyhow::Result<Vec<String>> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=io.arhat.device={device}"),
+        "--format",
+        "{{.Label \"io.arhat.pod.name\"}}",
+    ])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 /// A container's environment, as dockerd reports it.
 pub fn container_env(id: &str) -> anyhow::Result<Vec<String>> {
     Ok(serde_json::from_str(&inspect(id, "{{json .Config.Env}}")?)?)

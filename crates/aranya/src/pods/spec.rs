@@ -255,6 +255,12 @@ async fn container(
         .and_then(|r| r.limits.clone())
         .unwrap_or_default();
     let quantity = |name: &str| limits.get(name).and_then(|q| resources::parse(&q.0));
+    let requests = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .unwrap_or_default();
+    let requested = |name: &str| requests.get(name).and_then(|q| resources::parse(&q.0));
     let image = c.image.clone().unwrap_or_default();
     Ok(api::Container {
         pull_auth: credentials.for_image(&image),
@@ -282,6 +288,8 @@ async fn container(
             .collect(),
         cpu_millis: quantity("cpu").map_or(0, |v| (v * 1000.0).round() as u64),
         memory_bytes: quantity("memory").map_or(0, |v| v as u64),
+        cpu_request_millis: requested("cpu").map_or(0, |v| (v * 1000.0).round() as u64),
+        memory_request_bytes: requested("memory").map_or(0, |v| v as u64),
         tty: c.tty.unwrap_or(false),
         stdin: c.stdin.unwrap_or(false),
         mounts: c

@@ -2,6 +2,7 @@
 //! init containers in order, then its containers under the pod's restart
 //! policy with a kubelet's back-off; status published on every change.
 
+pub mod admit;
 mod adopt;
 pub mod exec;
 mod instance;
@@ -38,6 +39,8 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 struct Entry {
+    /// Counted against the device's capacity while the pod lives.
+    requests: admit::Requests,
     status: watch::Receiver<PodStatus>,
     delete: Option<oneshot::Sender<Duration>>,
     done: watch::Receiver<bool>,
@@ -48,6 +51,7 @@ pub struct PodManager<R: Runtime> {
     runtime: Arc<R>,
     host_ip: String,
     data_dir: std::path::PathBuf,
+    capacity: admit::Capacity,
     pods: Mutex<HashMap<String, Entry>>,
     /// UIDs whose status changed since the last report.
     dirty: Arc<Mutex<HashSet<String>>>,
@@ -70,6 +74,7 @@ impl<R: Runtime> PodManager<R> {
             runtime,
             host_ip,
             data_dir,
+            capacity: admit::Capacity::of_host(),
             pods: Mutex::new(HashMap::new()),
             dirty: Arc::default(),
             events: Arc::default(),
@@ -116,13 +121,19 @@ impl<R: Runtime> PodManager<R> {
         let count = specs.len();
         for spec in specs {
             info!(uid = %spec.uid, pod = %format!("{}/{}", spec.namespace, spec.name), "restoring a saved pod");
-            self.ensure(spec);
+            // Admitted when it first came.
+            self.start(spec, false);
         }
         Ok(count)
     }
 
-    /// Runs the pod if it is not running yet (idempotent by UID); returns its status.
+    /// Runs the pod if it is not running yet (idempotent by UID) and it fits
+    /// on the device; returns its status.
     pub fn ensure(self: &Arc<Self>, spec: PodSpec) -> PodStatus {
+        self.start(spec, true)
+    }
+
+    fn start(self: &Arc<Self>, spec: PodSpec, admit: bool) -> PodStatus {
         if let Err(e) = store::check_uid(&spec.uid) {
             return PodStatus {
                 uid: spec.uid,
@@ -149,6 +160,36 @@ impl<R: Runtime> PodManager<R> {
                 warn!(error = %e, "saving the pod");
             }
             return entry.status.borrow().clone();
+        }
+        let requests = admit::Requests::of(&spec);
+        if admit {
+            let used = pods.values().filter(|e| !*e.done.borrow()).fold(
+                admit::Requests::default(),
+                |a, e| admit::Requests {
+                    cpu_millis: a.cpu_millis.saturating_add(e.requests.cpu_millis),
+                    memory_bytes: a.memory_bytes.saturating_add(e.requests.memory_bytes),
+                },
+            );
+            if let Err(refusal) = admit::check(&spec, self.capacity, used) {
+                warn!(uid = %spec.uid, reason = refusal.reason, "{}", refusal.message);
+                return PodStatus {
+                    uid: spec.uid,
+                    namespace: spec.namespace,
+                    name: spec.name,
+                    phase: "Failed".into(),
+                    reason: refusal.reason.into(),
+                    message: refusal.message.clone(),
+                    host_ip: self.host_ip.clone(),
+                    events: vec![proto::api::PodEvent {
+                        r#type: "Warning".into(),
+                        reason: refusal.reason.into(),
+                        message: refusal.message,
+                        time: jiff::Timestamp::now().as_second(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+            }
         }
         if let Err(e) = store::save(&self.data_dir, &spec) {
             // It still runs; only a restart of this agent would forget it.
@@ -202,6 +243,7 @@ impl<R: Runtime> PodManager<R> {
         pods.insert(
             uid,
             Entry {
+                requests,
                 status: status_rx,
                 delete: Some(delete_tx),
                 done: done_rx,
