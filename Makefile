@@ -30,13 +30,15 @@ test: deps docker lint build kube pause
 
 # Pod start through aranya/arhat vs the same containers created directly,
 # kubectl logs vs docker logs of one container, port-forward vs direct TCP and
-# kubectl exec vs docker exec, and the session layer over gRPC vs loopback
-# TCP (release builds).
+# kubectl exec vs docker exec, the session layer over gRPC vs loopback TCP,
+# and the Node's return to Ready after partitions vs a fresh agent (release
+# builds; the partitions need root and iptables).
 bench: deps docker kube pause
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/bench-pods --pods 20
 	$(CARGO_TARGET_DIR)/release/bench-logs --mib 100
 	$(CARGO_TARGET_DIR)/release/bench-streams --mib 100
+	$(CARGO_TARGET_DIR)/release/bench-reconnect --outages 10
 	$(CARGO) bench -p connectivity --bench throughput
 
 deps:

@@ -4,6 +4,7 @@
 
 mod admission;
 mod events;
+mod probe;
 mod pull;
 mod spec;
 mod status;

@@ -19,8 +19,11 @@ pub struct BenchBed {
     pub client: kube::Client,
     pub dir: PathBuf,
     pub device: String,
+    /// aranya's gRPC port on loopback.
+    pub port: u16,
     _aranya: Proc,
     arhat: Option<Proc>,
+    arhat_config: PathBuf,
 }
 
 impl std::fmt::Debug for BenchBed {
@@ -84,14 +87,30 @@ impl BenchBed {
             client,
             dir,
             device: device.to_string(),
+            port,
             _aranya: aranya,
             arhat: Some(arhat),
+            arhat_config: config,
         })
     }
 
     /// aranya's and arhat's process ids.
     pub fn pids(&self) -> (u32, Option<u32>) {
         (self._aranya.pid(), self.arhat.as_ref().map(Proc::pid))
+    }
+
+    /// Kills the agent (as a crash would).
+    pub fn kill_arhat(&mut self) {
+        if let Some(mut arhat) = self.arhat.take() {
+            arhat.kill();
+        }
+    }
+
+    /// Starts a new agent with the same config.
+    pub fn start_arhat(&mut self) -> anyhow::Result<()> {
+        let log = self.dir.join("arhat.log");
+        self.arhat = Some(start_arhat("arhat", &self.arhat_config, &log)?);
+        Ok(())
     }
 
     /// Pod spec parts that put a pod on the bench device.

@@ -464,13 +464,14 @@ pub struct ArhatConfig<'a> {
 
 /// An arhat config dialing aranya on loopback and running pods in Docker.
 pub fn arhat_config_yaml(c: &ArhatConfig<'_>) -> anyhow::Result<String> {
-    let (backoff, interval) = if c.quick {
-        ("200ms", "2s")
+    // Not quick: arhat's own defaults (back-off 500 ms to 10 s), as on a device.
+    let (backoff, max, interval) = if c.quick {
+        ("200ms", "2s", "2s")
     } else {
-        ("500ms", "10s")
+        ("500ms", "10s", "10s")
     };
     Ok(format!(
-        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: 2s\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n{extra}",
+        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: {max}\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n{extra}",
         device = c.device,
         port = c.port,
         ca = c.ca_file.display(),

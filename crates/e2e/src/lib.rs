@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod grpc_health;
 pub mod images;
 pub mod kubelet;
 pub mod netcut;

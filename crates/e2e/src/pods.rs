@@ -44,6 +44,15 @@ pub fn container_id(pod: &Pod) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The first container's restart count.
+pub fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map_or(0, |c| c.restart_count)
+}
+
 pub fn running_and_ready(pod: &Pod) -> bool {
     let Some(status) = &pod.status else {
         return false;

@@ -8,7 +8,7 @@ use e2e::{
     TestEnv,
     images::{container_exists, container_started, pod_containers},
     netcut::LinkCut,
-    pods::{busybox, container_id, create_pod, running_and_ready, wait_pod},
+    pods::{busybox, container_id, create_pod, restarts, running_and_ready, wait_pod},
     wait_for,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -31,14 +31,6 @@ async fn running(env: &TestEnv, name: &str) -> anyhow::Result<Pod> {
         running_and_ready(p).then(|| p.clone())
     })
     .await
-}
-
-fn restarts(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .map_or(0, |c| c.restart_count)
 }
 
 fn sleeper(env: &TestEnv, node: &str, name: &str) -> impl Future<Output = anyhow::Result<Pod>> {

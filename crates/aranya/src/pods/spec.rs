@@ -26,6 +26,14 @@ pub enum SpecError {
         name: String,
         key: String,
     },
+    #[error(
+        "container {container:?}: {what}: no port {port:?} (a number, or the name of one of its ports)"
+    )]
+    Port {
+        container: String,
+        what: String,
+        port: String,
+    },
     #[error("unsupported field path {0:?}")]
     FieldPath(String),
     #[error("volume {volume:?}: {kind} volumes are not supported on edge devices yet")]
@@ -288,6 +296,25 @@ async fn container(
             .collect(),
         cpu_millis: quantity("cpu").map_or(0, |v| (v * 1000.0).round() as u64),
         memory_bytes: quantity("memory").map_or(0, |v| v as u64),
+        liveness_probe: super::probe::probe(c, c.liveness_probe.as_ref(), "livenessProbe")?,
+        readiness_probe: super::probe::probe(c, c.readiness_probe.as_ref(), "readinessProbe")?,
+        startup_probe: super::probe::probe(c, c.startup_probe.as_ref(), "startupProbe")?,
+        post_start: super::probe::hook(
+            c,
+            c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()),
+            "lifecycle.postStart",
+        )?,
+        pre_stop: super::probe::hook(
+            c,
+            c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()),
+            "lifecycle.preStop",
+        )?,
+        termination_message_path: c
+            .termination_message_path
+            .clone()
+            .unwrap_or_else(|| "/dev/termination-log".into()),
+        termination_message_fallback_to_logs: c.termination_message_policy.as_deref()
+            == Some("FallbackToLogsOnError"),
         cpu_request_millis: requested("cpu").map_or(0, |v| (v * 1000.0).round() as u64),
         memory_request_bytes: requested("memory").map_or(0, |v| v as u64),
         tty: c.tty.unwrap_or(false),

@@ -2,12 +2,14 @@
 //! init containers in order, then its containers under the pod's restart
 //! policy with a kubelet's back-off; status published on every change.
 
+mod action;
 pub mod admit;
 mod adopt;
 pub mod exec;
 mod instance;
 pub mod logs;
 pub mod portforward;
+mod probe;
 mod reply;
 pub mod serve;
 mod status;

@@ -15,11 +15,14 @@ use proto::api::{
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::{BACKOFF_INITIAL, BACKOFF_MAX, status};
+use super::{BACKOFF_INITIAL, BACKOFF_MAX, action, probe, status};
 use crate::runtime::{
     ContainerInfo, ContainerSpec, ContainerState, Mount, PortMapping, PullAuth, Runtime,
     RuntimeError, Sandbox, SandboxSpec,
 };
+
+/// A lifecycle hook (exec or HTTP) that runs longer than this is given up on.
+const HOOK_LIMIT: Duration = Duration::from_secs(600);
 
 /// A container that ran this long has its back-off forgotten.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
@@ -159,8 +162,14 @@ impl<R: Runtime> Worker<R> {
                 (self.sandbox().await, now())
             }
         };
+        let host_network = self.spec.host_network;
         self.update(|s| {
-            s.pod_ip = sandbox.ip.clone().unwrap_or_default();
+            // A pod on the host's network has the host's address, as a kubelet says.
+            s.pod_ip = match (&sandbox.ip, host_network) {
+                (Some(ip), false) => ip.clone(),
+                (_, true) => s.host_ip.clone(),
+                (None, false) => String::new(),
+            };
             s.start_time = started;
         });
         self.sandbox = Some(sandbox);
@@ -513,18 +522,11 @@ impl<R: Runtime> Worker<R> {
         c: &Container,
     ) -> Result<(String, String, i64), i64> {
         let image_id = self.ensure_image(kind, i, c).await;
-        let attempt = {
-            let state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let list = match kind {
-                Kind::Init => &state.status.init_containers,
-                Kind::App => &state.status.containers,
-            };
-            list.get(i).map_or(0, |s| s.restart_count)
-        };
-        let mounts = match self.mounts(c) {
+        let attempt = self.restart_count(kind, i);
+        let mounts = match self.mounts(c).and_then(|mut m| {
+            m.extend(self.termination_log(c, attempt)?);
+            Ok(m)
+        }) {
             Ok(m) => m,
             Err(message) => {
                 let e = RuntimeError::Failed {
@@ -587,7 +589,164 @@ impl<R: Runtime> Worker<R> {
             Err(_) => now(),
         };
         info!(container = %c.name, id = %id, "container started");
+        if let Some(hook) = &c.post_start {
+            // As a kubelet: the container counts as running only once its
+            // postStart hook is done; a failed hook kills it.
+            let target = self.probe_target(&id).await;
+            if let Err(message) = action::run(&self.runtime, hook, &target, HOOK_LIMIT).await {
+                let message = format!("PostStartHookError: {message}");
+                warn!(container = %c.name, "{message}");
+                self.event(Some((kind, i)), true, "FailedPostStartHook", message);
+                self.event(
+                    Some((kind, i)),
+                    false,
+                    "Killing",
+                    format!("FailedPostStartHook: stopping container {}", c.name),
+                );
+                if let Err(e) = self.runtime.stop_container(&id, self.pod_grace()).await {
+                    warn!(error = %e, "stopping a container whose postStart hook failed");
+                }
+            }
+        }
         Ok((id, image_id, started_at))
+    }
+
+    /// The container's restarts so far: the attempt its current instance is.
+    fn restart_count(&self, kind: Kind, i: usize) -> u32 {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = match kind {
+            Kind::Init => &state.status.init_containers,
+            Kind::App => &state.status.containers,
+        };
+        list.get(i).map_or(0, |s| s.restart_count)
+    }
+
+    fn pod_grace(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.spec.termination_grace_period_seconds).unwrap_or(0))
+    }
+
+    /// The host file behind the container's terminationMessagePath, made
+    /// empty for this attempt (a kubelet binds one the same way).
+    fn termination_log(&self, c: &Container, attempt: u32) -> Result<Option<Mount>, String> {
+        if c.termination_message_path.is_empty() {
+            return Ok(None);
+        }
+        let path = self.termination_log_path(c, attempt);
+        let made = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, b""))
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                // Whatever user the container runs as may write it.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            });
+        made.map_err(|e| format!("terminationMessagePath {}: {e}", path.display()))?;
+        Ok(Some(Mount {
+            host_path: path,
+            container_path: c.termination_message_path.clone(),
+            read_only: false,
+        }))
+    }
+
+    fn termination_log_path(&self, c: &Container, attempt: u32) -> PathBuf {
+        super::volumes::pod_dir(&self.data_dir, &self.spec.uid)
+            .join("containers")
+            .join(&c.name)
+            .join(format!("{attempt}-termination-log"))
+    }
+
+    /// Why the container ended, as it said in its termination file, or (with
+    /// FallbackToLogsOnError, when it said nothing and failed) its log's end.
+    async fn termination_message(
+        &self,
+        kind: Kind,
+        i: usize,
+        c: &Container,
+        id: &str,
+        code: i64,
+    ) -> String {
+        const MAX_FILE: usize = 4096;
+        const MAX_LOG_BYTES: usize = 2048;
+        const LOG_LINES: u64 = 80;
+        let attempt = self.restart_count(kind, i);
+        if !c.termination_message_path.is_empty()
+            && let Ok(bytes) = std::fs::read(self.termination_log_path(c, attempt))
+            && !bytes.is_empty()
+        {
+            return String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_FILE)]).into_owned();
+        }
+        if !c.termination_message_fallback_to_logs || code == 0 {
+            return String::new();
+        }
+        let options = crate::runtime::LogOptions {
+            tail_lines: Some(LOG_LINES),
+            ..Default::default()
+        };
+        let Ok(mut log) = self.runtime.logs(id, &options).await else {
+            return String::new();
+        };
+        let mut text = Vec::new();
+        while let Some(Ok(entry)) = futures::StreamExt::next(&mut log).await {
+            text.extend_from_slice(&entry.text);
+        }
+        let tail = &text[text.len().saturating_sub(MAX_LOG_BYTES)..];
+        String::from_utf8_lossy(tail).into_owned()
+    }
+
+    /// Stops a container as a kubelet does: its preStop hook first, within
+    /// the grace period, then SIGTERM and SIGKILL with what is left of it.
+    async fn stop(
+        &self,
+        key: (Kind, usize),
+        id: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let started = Instant::now();
+        let c = self.container(key.0, key.1);
+        if let Some(hook) = &c.pre_stop
+            && self.is_running(key)
+        {
+            let target = self.probe_target(id).await;
+            match tokio::time::timeout(grace, action::run(&self.runtime, hook, &target, grace))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    let message = format!("PreStopHook failed: {message}");
+                    warn!(container = %c.name, "{message}");
+                    self.event(Some(key), true, "FailedPreStopHook", message);
+                }
+                Err(_) => {
+                    warn!(container = %c.name, "preStop hook still running at the end of the grace period")
+                }
+            }
+        }
+        // As a kubelet: at least 2 s for the process itself after the hook.
+        let left = grace
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(2).min(grace));
+        self.runtime.stop_container(id, left).await
+    }
+
+    fn is_running(&self, (kind, i): (Kind, usize)) -> bool {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = match kind {
+            Kind::Init => &state.status.init_containers,
+            Kind::App => &state.status.containers,
+        };
+        list.get(i).is_some_and(|c| {
+            matches!(
+                c.state.as_ref().and_then(|x| x.state.as_ref()),
+                Some(Phase::Running(_))
+            )
+        })
     }
 
     /// Shows the instance running and waits for it to end; returns its exit code.
@@ -601,15 +760,33 @@ impl<R: Runtime> Worker<R> {
         started_at: i64,
     ) -> i64 {
         let runtime_id = format!("{}://{id}", self.runtime.name());
+        let probed = kind == Kind::App
+            && (c.startup_probe.is_some()
+                || c.readiness_probe.is_some()
+                || c.liveness_probe.is_some());
         self.update_container(kind, i, |s| {
             s.container_id = runtime_id.clone();
             s.image_id = image_id.to_string();
             s.state = Some(status::running(started_at));
-            s.started = true;
-            // Without probes, a running container is ready (as a kubelet says).
-            s.ready = kind == Kind::App;
+            // Probes decide these when there are any; without, a running
+            // container is started and ready (as a kubelet says).
+            s.started = kind == Kind::Init || !probed;
+            s.ready = kind == Kind::App && !probed;
         });
-        let code = match self.runtime.wait_container(id).await {
+        let waited = if probed {
+            let report = ProbeReport { worker: self, i };
+            let target = self.probe_target(id).await;
+            tokio::select! {
+                code = self.runtime.wait_container(id) => code,
+                failed = probe::supervise(self.runtime.clone(), c, target, &report) => {
+                    self.kill_for_probe(i, c, id, &failed).await;
+                    self.runtime.wait_container(id).await
+                }
+            }
+        } else {
+            self.runtime.wait_container(id).await
+        };
+        let code = match waited {
             Ok(code) => code,
             Err(e) => {
                 warn!(container = %c.name, error = %e, "waiting for the container");
@@ -629,18 +806,65 @@ impl<R: Runtime> Worker<R> {
             _ => (now(), false),
         };
         debug!(container = %c.name, code, "container exited");
+        let message = self.termination_message(kind, i, c, id, code).await;
         self.update_container(kind, i, |s| {
-            s.state = Some(status::terminated(
-                code,
-                started_at,
-                finished_at,
-                &runtime_id,
-                oom,
-            ));
+            let mut state = status::terminated(code, started_at, finished_at, &runtime_id, oom);
+            if let Some(Phase::Terminated(t)) = state.state.as_mut() {
+                t.message = message;
+            }
+            s.state = Some(state);
             s.ready = false;
             s.started = false;
         });
         code
+    }
+
+    /// Where the container's probes dial: the pod's address, in its network namespace.
+    async fn probe_target(&self, id: &str) -> action::Target {
+        let netns = match self.runtime.network_namespace(id).await {
+            Ok(path) => path,
+            Err(e) => {
+                warn!(error = %e, "the container's network namespace; probes dial from the agent's");
+                PathBuf::from("/proc/self/ns/net")
+            }
+        };
+        let pod_ip = {
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            [&state.status.pod_ip, &state.status.host_ip]
+                .into_iter()
+                .find(|ip| !ip.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1".into())
+        };
+        action::Target {
+            container_id: id.to_string(),
+            pod_ip,
+            netns,
+        }
+    }
+
+    /// A liveness or startup probe gave up on the container: it is stopped
+    /// (with the probe's grace period, else the pod's), and restarted by the
+    /// pod's policy like any container that ended.
+    async fn kill_for_probe(&self, i: usize, c: &Container, id: &str, failed: &probe::Failed) {
+        let which = failed.which.name().to_ascii_lowercase();
+        info!(container = %c.name, probe = %which, "probe failed; killing the container");
+        self.event(
+            Some((Kind::App, i)),
+            false,
+            "Killing",
+            format!(
+                "Container {} failed {which} probe, will be restarted",
+                c.name
+            ),
+        );
+        let grace = failed.grace.unwrap_or_else(|| self.pod_grace());
+        if let Err(e) = self.stop((Kind::App, i), id, grace).await {
+            warn!(error = %e, "stopping a container that failed its probe");
+        }
     }
 
     /// An env value, filling in what only the device knows.
@@ -804,20 +1028,40 @@ impl<R: Runtime> Worker<R> {
     }
 
     async fn teardown(&self, grace: Duration) {
-        let ids: Vec<String> = {
+        let instances: Vec<((Kind, usize), String)> = {
             let state = self
                 .state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.ids.values().flatten().cloned().collect()
+            state
+                .ids
+                .iter()
+                .flat_map(|(key, ids)| ids.iter().map(|id| (*key, id.clone())))
+                .collect()
         };
+        let ids: Vec<String> = instances.iter().map(|(_, id)| id.clone()).collect();
         info!(
             grace_seconds = grace.as_secs(),
             containers = ids.len(),
             "stopping pod"
         );
         self.killing_events();
-        let stops = ids.iter().map(|id| self.runtime.stop_container(id, grace));
+        // The previous instance of a container has ended already: only the
+        // current one (the last) runs a preStop hook.
+        let current = |key: &(Kind, usize), id: &String| {
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.ids.get(key).and_then(|v| v.last()) == Some(id)
+        };
+        let stops = instances.iter().map(|(key, id)| async move {
+            if current(key, id) {
+                self.stop(*key, id, grace).await
+            } else {
+                self.runtime.stop_container(id, grace).await
+            }
+        });
         for r in join_all(stops).await {
             if let Err(e) = r
                 && !matches!(e, RuntimeError::NotFound(_))
@@ -857,6 +1101,44 @@ impl<R: Runtime> Worker<R> {
             }
             s.removed = true;
         });
+    }
+}
+
+/// Probe results into one app container's status and events.
+struct ProbeReport<'a, R: Runtime> {
+    worker: &'a Worker<R>,
+    i: usize,
+}
+
+impl<R: Runtime> probe::Report for ProbeReport<'_, R> {
+    fn unhealthy(&self, which: probe::Which, message: &str) {
+        self.worker.event(
+            Some((Kind::App, self.i)),
+            true,
+            "Unhealthy",
+            format!("{} probe failed: {message}", which.name()),
+        );
+    }
+
+    fn started(&self) {
+        self.worker
+            .update_container(Kind::App, self.i, |s| s.started = true);
+    }
+
+    fn ready(&self, ready: bool) {
+        // Reported on every probe past the threshold: publish changes only.
+        let current = {
+            let state = self
+                .worker
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.status.containers.get(self.i).map(|c| c.ready)
+        };
+        if current != Some(ready) {
+            self.worker
+                .update_container(Kind::App, self.i, |s| s.ready = ready);
+        }
     }
 }
 
