@@ -115,11 +115,26 @@ impl Agent {
             RuntimeKind::Docker => {
                 let docker =
                     Docker::connect(config.runtime.pause_binary.clone(), &config.device.name)
-                        .await?;
+                        .await?
+                        .with_log_rotation(crate::runtime::LogRotation {
+                            max_size: config.runtime.logs.max_size,
+                            max_files: config.runtime.logs.max_files,
+                        });
                 let version = docker.version().await?;
                 let host_ip = nodeinfo::host_ip().unwrap_or_default();
                 let pods =
                     PodManager::new(Arc::new(docker), host_ip, config.runtime.data_dir.clone());
+                let gc = &config.runtime.image_gc;
+                tokio::spawn(crate::imagegc::run(
+                    pods.runtime().clone(),
+                    pods.pulled().clone(),
+                    crate::imagegc::Policy {
+                        high_threshold_percent: gc.high_threshold_percent,
+                        low_threshold_percent: gc.low_threshold_percent,
+                        unused_for: gc.unused_for,
+                        interval: gc.interval,
+                    },
+                ));
                 let restored = pods.restore().await?;
                 info!(pods = restored, "saved pods restored");
                 (Some(pods), version)

@@ -79,6 +79,52 @@ pub struct RuntimeConfig {
     /// Where pod volumes live on the device.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// How container logs are kept.
+    #[serde(default)]
+    pub logs: ContainerLogs,
+    /// When images pulled for pods and no longer used are removed.
+    #[serde(default, rename = "imageGC")]
+    pub image_gc: ImageGc,
+}
+
+/// A kubelet's image garbage collection, for images this agent pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImageGc {
+    /// Disk use (percent of the image filesystem) that starts a collection.
+    #[serde(default = "default_gc_high")]
+    pub high_threshold_percent: u8,
+    /// Where a collection stops.
+    #[serde(default = "default_gc_low")]
+    pub low_threshold_percent: u8,
+    /// Unused this long: removed whatever the disk says. Unset: never.
+    #[serde(default, with = "duration_opt")]
+    pub unused_for: Option<Duration>,
+    #[serde(default = "default_gc_interval", with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for ImageGc {
+    fn default() -> Self {
+        Self {
+            high_threshold_percent: default_gc_high(),
+            low_threshold_percent: default_gc_low(),
+            unused_for: None,
+            interval: default_gc_interval(),
+        }
+    }
+}
+
+fn default_gc_high() -> u8 {
+    85
+}
+
+fn default_gc_low() -> u8 {
+    80
+}
+
+fn default_gc_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for RuntimeConfig {
@@ -87,8 +133,40 @@ impl Default for RuntimeConfig {
             kind: RuntimeKind::default(),
             pause_binary: default_pause_binary(),
             data_dir: default_data_dir(),
+            logs: ContainerLogs::default(),
+            image_gc: ImageGc::default(),
         }
     }
+}
+
+/// Container logs rotated as a kubelet rotates them: a file grows to
+/// `maxSize`, then a new one starts; `maxFiles` are kept (the oldest goes).
+/// `kubectl logs` reads across all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContainerLogs {
+    /// `10Mi`, `512Ki`, `1G`, or bytes.
+    #[serde(default = "default_log_max_size", with = "size")]
+    pub max_size: u64,
+    #[serde(default = "default_log_max_files")]
+    pub max_files: u32,
+}
+
+impl Default for ContainerLogs {
+    fn default() -> Self {
+        Self {
+            max_size: default_log_max_size(),
+            max_files: default_log_max_files(),
+        }
+    }
+}
+
+fn default_log_max_size() -> u64 {
+    10 << 20
+}
+
+fn default_log_max_files() -> u32 {
+    5
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -307,6 +385,32 @@ impl Config {
                 ));
             }
         }
+        let logs = &self.runtime.logs;
+        if logs.max_size < 1024 {
+            return Err(ConfigError::key(
+                "runtime.logs.maxSize",
+                "must be at least 1Ki",
+            ));
+        }
+        if logs.max_files < 2 {
+            return Err(ConfigError::key(
+                "runtime.logs.maxFiles",
+                "must be at least 2 (the file being written and one rotated)",
+            ));
+        }
+        let gc = &self.runtime.image_gc;
+        if gc.high_threshold_percent > 100 || gc.low_threshold_percent > gc.high_threshold_percent {
+            return Err(ConfigError::key(
+                "runtime.imageGC",
+                "lowThresholdPercent must not exceed highThresholdPercent, nor that 100",
+            ));
+        }
+        if gc.interval < Duration::from_secs(1) {
+            return Err(ConfigError::key(
+                "runtime.imageGC.interval",
+                "must be at least 1s",
+            ));
+        }
         if self.node.status_interval < Duration::from_secs(1) {
             return Err(ConfigError::key(
                 "node.statusInterval",
@@ -362,9 +466,79 @@ pub mod duration {
     }
 }
 
+/// An optional duration (see [`duration`]).
+pub mod duration_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::duration::parse(&s).map(Some).ok_or_else(|| {
+            D::Error::custom(format!("{s:?} is not a duration like 500ms, 10s, 3m or 1h"))
+        })
+    }
+}
+
+/// Sizes as Kubernetes quantities: `10Mi`, `512Ki`, `1G`, `1500`.
+pub mod size {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(n),
+            Raw::Text(s) => parse(&s).ok_or_else(|| {
+                D::Error::custom(format!("{s:?} is not a size like 10Mi, 512Ki, 1G or 1500"))
+            }),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<u64> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        let factor: u64 = match unit {
+            "" => 1,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "k" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            _ => return None,
+        };
+        n.checked_mul(factor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_rotation_defaults_to_the_kubelets_and_bad_values_name_the_key() {
+        let config = Config::parse(GOOD).expect("parses");
+        assert_eq!(config.runtime.logs.max_size, 10 << 20);
+        assert_eq!(config.runtime.logs.max_files, 5);
+        let small = format!("{GOOD}runtime:\n  logs:\n    maxSize: 64Ki\n    maxFiles: 3\n");
+        let config = Config::parse(&small).expect("parses");
+        assert_eq!(config.runtime.logs.max_size, 64 << 10);
+        for (yaml, key) in [
+            ("maxSize: 10 MB", "runtime.logs.maxSize"),
+            ("maxFiles: 1", "runtime.logs.maxFiles"),
+        ] {
+            let bad = format!("{GOOD}runtime:\n  logs:\n    {yaml}\n");
+            let e = Config::parse(&bad).expect_err("refused").to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
 
     const GOOD: &str = r#"
 device:

@@ -374,11 +374,24 @@ impl TestEnv {
         allocatable_pods: u32,
         pod: serde_json::Value,
     ) -> anyhow::Result<DeviceUp> {
+        self.device_up_configured(suffix, allocatable_pods, pod, "")
+            .await
+    }
+
+    /// Like [`Self::device_up_with`], with more arhat config YAML
+    /// (see [`Self::arhat_config_with`]).
+    pub async fn device_up_configured(
+        &self,
+        suffix: &str,
+        allocatable_pods: u32,
+        pod: serde_json::Value,
+        arhat_yaml: &str,
+    ) -> anyhow::Result<DeviceUp> {
         let name = self.device(suffix);
         self.create_device_with(&name, allocatable_pods, pod)
             .await?;
         let aranya = self.start_aranya("a")?;
-        let arhat = self.start_arhat(&name, "1", &[])?;
+        let arhat = self.start_arhat_with(&name, "1", &[], arhat_yaml)?;
         let node = self
             .wait_ready(
                 &name,
@@ -458,7 +471,8 @@ pub struct ArhatConfig<'a> {
     pub log: &'a str,
     /// Short back-off and status interval, for tests.
     pub quick: bool,
-    /// Appended as is: more top-level sections (e.g. `host:`).
+    /// More config YAML (e.g. a `host:` section, or `runtime.logs`), merged
+    /// key by key over the rest.
     pub extra: &'a str,
 }
 
@@ -470,16 +484,37 @@ pub fn arhat_config_yaml(c: &ArhatConfig<'_>) -> anyhow::Result<String> {
     } else {
         ("500ms", "10s", "10s")
     };
-    Ok(format!(
-        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: {max}\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n{extra}",
+    let base = format!(
+        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: {max}\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n",
         device = c.device,
         port = c.port,
         ca = c.ca_file.display(),
         pause = crate::process::pause_binary()?.display(),
         data = c.data_dir.display(),
         log = c.log,
-        extra = c.extra,
-    ))
+    );
+    let mut config: serde_norway::Value = serde_norway::from_str(&base)?;
+    if !c.extra.trim().is_empty() {
+        merge_yaml(&mut config, serde_norway::from_str(c.extra)?);
+    }
+    Ok(serde_norway::to_string(&config)?)
+}
+
+/// `over` merged into `base`: mappings key by key, anything else replaced.
+fn merge_yaml(base: &mut serde_norway::Value, over: serde_norway::Value) {
+    match (base, over) {
+        (serde_norway::Value::Mapping(b), serde_norway::Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge_yaml(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
 }
 
 /// The address virtual nodes advertise: this machine's address on its

@@ -58,6 +58,11 @@ pub fn ensure_busybox() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether dockerd has an image by this reference.
+pub fn image_exists(reference: &str) -> anyhow::Result<bool> {
+    Ok(docker(&["image", "inspect", reference])?.status.success())
+}
+
 /// Whether dockerd knows a container by this id.
 pub fn container_exists(id: &str) -> anyhow::Result<bool> {
     Ok(docker(&["container", "inspect", id])?.status.success())
@@ -80,6 +85,11 @@ pub fn container_started(id: &str) -> anyhow::Result<(bool, String)> {
     let text = inspect(id, "{{.State.Running}} {{.State.StartedAt}}")?;
     let (running, started) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
     Ok((running == "true", started.to_string()))
+}
+
+/// Where dockerd writes the container's (current) log file.
+pub fn log_path(id: &str) -> anyhow::Result<String> {
+    Ok(inspect(id, "{{.LogPath}}")?.trim().to_string())
 }
 
 /// Every container (sandboxes included) dockerd has for a pod.

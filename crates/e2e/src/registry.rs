@@ -14,6 +14,8 @@ pub struct Registry {
     pub address: String,
     pub username: String,
     pub password: String,
+    /// A docker client config of our own: the machine's ~/.docker is left alone.
+    client_config: std::path::PathBuf,
     _process: Proc,
 }
 
@@ -54,14 +56,38 @@ impl Registry {
             || async { std::net::TcpStream::connect(&address).ok().map(|_| ()) },
         )
         .await?;
+        let client_config = dir.join("docker-client");
+        std::fs::create_dir_all(&client_config)?;
         let registry = Registry {
             address,
             username,
             password,
+            client_config,
             _process: process,
         };
-        registry.push_busybox(&dir)?;
+        registry.push(BUSYBOX, &registry.private_image())?;
         Ok(registry)
+    }
+
+    /// A `docker-registry` Secret `name` in `namespace` with this registry's credentials.
+    pub fn create_pull_secret(
+        &self,
+        cluster: &crate::Cluster,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        cluster.kubectl(&[
+            "create",
+            "secret",
+            "docker-registry",
+            name,
+            "-n",
+            namespace,
+            &format!("--docker-server={}", self.address),
+            &format!("--docker-username={}", self.username),
+            &format!("--docker-password={}", self.password),
+        ])?;
+        Ok(())
     }
 
     /// The private image: only pullable with credentials.
@@ -69,31 +95,33 @@ impl Registry {
         format!("{}/e2e/busybox:1", self.address)
     }
 
-    fn push_busybox(&self, dir: &Path) -> anyhow::Result<()> {
-        // A client config of our own: the machine's ~/.docker is left alone.
-        let config = dir.join("docker-client");
-        std::fs::create_dir_all(&config)?;
-        let docker = |args: &[&str], stdin: Option<&str>| -> anyhow::Result<()> {
-            use std::io::Write;
-            let mut child = Command::new("/usr/bin/docker")
-                .arg("--config")
-                .arg(&config)
-                .args(args)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()?;
-            if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-                pipe.write_all(input.as_bytes())?;
-            }
-            let out = child.wait_with_output()?;
-            if !out.status.success() {
-                bail!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(())
-        };
-        let image = self.private_image();
-        docker(
+    /// An image of its own (its own ID: busybox with a label), pushed as
+    /// `e2e/<name>:<random>` and only in the registry.
+    pub fn push_unique(&self, name: &str) -> anyhow::Result<String> {
+        let tag = rand::random::<u32>();
+        let reference = format!("{}/e2e/{name}:{tag}", self.address);
+        let container = format!("e2e-commit-{name}-{tag}");
+        self.docker(&["create", "--name", &container, BUSYBOX, "true"], None)?;
+        let committed = self.docker(
+            &[
+                "commit",
+                "--change",
+                &format!("LABEL e2e.unique={tag}"),
+                &container,
+                &reference,
+            ],
+            None,
+        );
+        self.docker(&["rm", &container], None)?;
+        committed?;
+        self.push(&reference, &reference)?;
+        Ok(reference)
+    }
+
+    /// Pushes `source` as `reference`; then only the registry has it under
+    /// that name, so pods must pull it.
+    fn push(&self, source: &str, reference: &str) -> anyhow::Result<()> {
+        self.docker(
             &[
                 "login",
                 "-u",
@@ -103,11 +131,32 @@ impl Registry {
             ],
             Some(&self.password),
         )?;
-        docker(&["tag", BUSYBOX, &image], None)?;
-        docker(&["push", &image], None)?;
-        // Only the registry has it under this name now: pods must pull it.
-        docker(&["rmi", &image], None)?;
-        docker(&["logout", &self.address], None)?;
+        if source != reference {
+            self.docker(&["tag", source, reference], None)?;
+        }
+        let pushed = self.docker(&["push", reference], None);
+        self.docker(&["rmi", reference], None)?;
+        self.docker(&["logout", &self.address], None)?;
+        pushed
+    }
+
+    fn docker(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut child = Command::new("/usr/bin/docker")
+            .arg("--config")
+            .arg(&self.client_config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         Ok(())
     }
 }

@@ -215,6 +215,64 @@ async fn kubectl_logs_previous_after_a_restart() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn kubectl_logs_reads_across_rotated_files() -> anyhow::Result<()> {
+    let env = TestEnv::new("rotate").await?;
+    let up = env
+        .device_up_configured(
+            "a",
+            5,
+            json!({}),
+            "runtime:\n  logs:\n    maxSize: 64Ki\n    maxFiles: 4\n",
+        )
+        .await?;
+    let name = up.name.clone();
+    // About 125 KiB as Docker stores it: two files or more, none dropped.
+    create_pod(
+        &env,
+        &name,
+        "chatty",
+        json!({ "containers": [busybox("app", "for i in $(seq 1 1000); do printf 'line %04d %050d\\n' $i 0; done; exec sleep 3600")] }),
+    )
+    .await?;
+    let id = wait_pod(&env, "chatty", "running", RUN_TIMEOUT, |p: &Pod| {
+        running_and_ready(p)
+            .then(|| e2e::pods::container_id(p))
+            .flatten()
+    })
+    .await?;
+    let all = wait_for("every line logged", RUN_TIMEOUT, || async {
+        let text = logs(&env, &env.name, &["chatty"]).ok()?;
+        text.contains("line 1000").then_some(text)
+    })
+    .await?;
+    let log_path = e2e::images::log_path(&id)?;
+    assert!(
+        std::path::Path::new(&format!("{log_path}.1")).exists(),
+        "the log rotated ({log_path}.1)"
+    );
+    assert!(
+        !std::path::Path::new(&format!("{log_path}.4")).exists(),
+        "at most 4 files are kept"
+    );
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 1000, "complete across the rotation");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("line {:04} ", i + 1)),
+            "{i}: {line}"
+        );
+    }
+    let tail = logs(&env, &env.name, &["chatty", "--tail", "3"]).map_err(anyhow::Error::msg)?;
+    assert_eq!(tail.lines().count(), 3);
+    assert!(
+        tail.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("line 1000"))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn host_pod_shows_the_host_log_files_only_when_allowed() -> anyhow::Result<()> {
     let env = TestEnv::new("hostlogs").await?;
     let mut up = env.device_up("a", 10).await?;

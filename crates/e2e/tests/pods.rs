@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use e2e::{
     TestEnv,
-    images::{BUSYBOX, container_env, container_exists},
+    images::{BUSYBOX, container_env, container_exists, image_exists},
     pods::{
         busybox, container_id, create_pod, merge, placement, pods_of, running_and_ready, wait_pod,
     },
@@ -612,17 +612,7 @@ async fn private_images_pull_with_image_pull_secrets() -> anyhow::Result<()> {
     let env = TestEnv::new("pull").await?;
     let registry = e2e::registry::Registry::shared(&env.cluster.dir).await?;
     let up = env.device_up("a", 10).await?;
-    env.cluster.kubectl(&[
-        "create",
-        "secret",
-        "docker-registry",
-        "regcred",
-        "-n",
-        &env.name,
-        &format!("--docker-server={}", registry.address),
-        &format!("--docker-username={}", registry.username),
-        &format!("--docker-password={}", registry.password),
-    ])?;
+    registry.create_pull_secret(env.cluster, &env.name, "regcred")?;
     let image = registry.private_image();
     let container = |name: &str| json!({ "name": name, "image": image, "imagePullPolicy": "Always", "command": ["sleep", "3600"] });
     create_pod(
@@ -708,5 +698,54 @@ async fn host_ports_are_published_on_the_device() -> anyhow::Result<()> {
     )
     .await?;
     assert!(body.starts_with("HTTP/1."), "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unused_pulled_images_are_collected_by_policy() -> anyhow::Result<()> {
+    let env = TestEnv::new("imagegc").await?;
+    let registry = e2e::registry::Registry::shared(&env.cluster.dir).await?;
+    let unused = registry.push_unique("gc-unused")?;
+    let used = registry.push_unique("gc-used")?;
+    let up = env
+        .device_up_configured(
+            "a",
+            5,
+            json!({}),
+            "runtime:\n  imageGC:\n    unusedFor: 3s\n    interval: 1s\n",
+        )
+        .await?;
+    let name = up.name.clone();
+    registry.create_pull_secret(env.cluster, &env.name, "regcred")?;
+    for (pod, image) in [("unused", &unused), ("used", &used)] {
+        create_pod(
+            &env,
+            &name,
+            pod,
+            json!({
+                "imagePullSecrets": [{ "name": "regcred" }],
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "app", "image": image, "command": ["sleep", "3600"] }],
+            }),
+        )
+        .await?;
+        wait_pod(&env, pod, "running", RUN_TIMEOUT, |p| {
+            running_and_ready(p).then_some(())
+        })
+        .await?;
+    }
+    assert!(
+        image_exists(&unused)? && image_exists(&used)?,
+        "both pulled"
+    );
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    pods.delete("unused", &DeleteParams::default()).await?;
+    wait_for("the unused image collected", RUN_TIMEOUT, || async {
+        (!image_exists(&unused).ok()?).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(image_exists(&used)?, "an image in use stays");
+    assert!(image_exists(BUSYBOX)?, "images the agent did not pull stay");
     Ok(())
 }

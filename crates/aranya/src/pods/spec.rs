@@ -81,6 +81,45 @@ pub async fn device_spec(client: &Client, pod: &Pod) -> Result<api::PodSpec, Spe
             .unwrap_or_else(|| "Always".into()),
         termination_grace_period_seconds: spec.termination_grace_period_seconds.unwrap_or(30),
         host_network: spec.host_network.unwrap_or(false),
+        host_pid: spec.host_pid.unwrap_or(false),
+        host_ipc: spec.host_ipc.unwrap_or(false),
+        dns: Some(api::DnsConfig {
+            policy: spec
+                .dns_policy
+                .clone()
+                .unwrap_or_else(|| "ClusterFirst".into()),
+            nameservers: spec
+                .dns_config
+                .as_ref()
+                .and_then(|d| d.nameservers.clone())
+                .unwrap_or_default(),
+            searches: spec
+                .dns_config
+                .as_ref()
+                .and_then(|d| d.searches.clone())
+                .unwrap_or_default(),
+            options: spec
+                .dns_config
+                .iter()
+                .flat_map(|d| d.options.iter().flatten())
+                .filter_map(|o| {
+                    let name = o.name.clone()?;
+                    Some(match &o.value {
+                        Some(v) => format!("{name}:{v}"),
+                        None => name,
+                    })
+                })
+                .collect(),
+        }),
+        host_aliases: spec
+            .host_aliases
+            .iter()
+            .flatten()
+            .map(|a| api::HostAlias {
+                ip: a.ip.clone(),
+                hostnames: a.hostnames.clone().unwrap_or_default(),
+            })
+            .collect(),
         hostname: spec.hostname.clone().unwrap_or_else(|| pod.name_any()),
     })
 }
@@ -315,6 +354,7 @@ async fn container(
             .unwrap_or_else(|| "/dev/termination-log".into()),
         termination_message_fallback_to_logs: c.termination_message_policy.as_deref()
             == Some("FallbackToLogsOnError"),
+        security: Some(security(pod, c)),
         cpu_request_millis: requested("cpu").map_or(0, |v| (v * 1000.0).round() as u64),
         memory_request_bytes: requested("memory").map_or(0, |v| v as u64),
         tty: c.tty.unwrap_or(false),
@@ -458,4 +498,28 @@ async fn resource_value(
         .filter(|d| *d > 0.0)
         .unwrap_or(1.0);
     Ok(format!("{}", (value / divisor).ceil() as u64))
+}
+
+/// The container's securityContext over the pod's, as a kubelet merges them.
+fn security(pod: &Pod, c: &Container) -> api::SecurityContext {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    api::SecurityContext {
+        run_as_user: sc
+            .and_then(|s| s.run_as_user)
+            .or_else(|| pod_sc.and_then(|s| s.run_as_user)),
+        run_as_group: sc
+            .and_then(|s| s.run_as_group)
+            .or_else(|| pod_sc.and_then(|s| s.run_as_group)),
+        supplemental_groups: pod_sc
+            .and_then(|s| s.supplemental_groups.clone())
+            .unwrap_or_default(),
+        read_only_root_filesystem: sc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
+        privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
+        add_capabilities: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+        drop_capabilities: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+    }
 }

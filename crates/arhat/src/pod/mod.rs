@@ -5,6 +5,7 @@
 mod action;
 pub mod admit;
 mod adopt;
+pub mod dns;
 pub mod exec;
 mod instance;
 pub mod logs;
@@ -54,6 +55,7 @@ pub struct PodManager<R: Runtime> {
     host_ip: String,
     data_dir: std::path::PathBuf,
     capacity: admit::Capacity,
+    pulled: Arc<crate::imagegc::Pulled>,
     pods: Mutex<HashMap<String, Entry>>,
     /// UIDs whose status changed since the last report.
     dirty: Arc<Mutex<HashSet<String>>>,
@@ -75,6 +77,7 @@ impl<R: Runtime> PodManager<R> {
         Arc::new(Self {
             runtime,
             host_ip,
+            pulled: crate::imagegc::Pulled::load(&data_dir),
             data_dir,
             capacity: admit::Capacity::of_host(),
             pods: Mutex::new(HashMap::new()),
@@ -86,6 +89,11 @@ impl<R: Runtime> PodManager<R> {
 
     pub fn runtime(&self) -> &Arc<R> {
         &self.runtime
+    }
+
+    /// The images this device's pods pulled (what image GC may remove).
+    pub fn pulled(&self) -> &Arc<crate::imagegc::Pulled> {
+        &self.pulled
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -233,6 +241,7 @@ impl<R: Runtime> PodManager<R> {
             spec,
             self.host_ip.clone(),
             self.data_dir.clone(),
+            self.pulled.clone(),
             publish,
         );
         tokio::spawn(

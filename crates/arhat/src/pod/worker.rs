@@ -50,6 +50,8 @@ pub struct Worker<R: Runtime> {
     volumes: HashMap<String, PathBuf>,
     /// Instances an earlier run left that this one takes over, per container.
     adopted: Mutex<HashMap<(Kind, usize), ContainerInfo>>,
+    /// Images this agent pulled, for their garbage collection.
+    pulled: Arc<crate::imagegc::Pulled>,
 }
 
 impl<R: Runtime> Worker<R> {
@@ -58,6 +60,7 @@ impl<R: Runtime> Worker<R> {
         spec: PodSpec,
         host_ip: String,
         data_dir: PathBuf,
+        pulled: Arc<crate::imagegc::Pulled>,
         publish: impl Fn(PodStatus) + Send + Sync + 'static,
     ) -> Self {
         let status = status::initial(&spec, &host_ip);
@@ -73,6 +76,7 @@ impl<R: Runtime> Worker<R> {
             data_dir,
             volumes: HashMap::new(),
             adopted: Mutex::default(),
+            pulled,
         }
     }
 
@@ -314,6 +318,17 @@ impl<R: Runtime> Worker<R> {
             name: self.spec.name.clone(),
             hostname: self.spec.hostname.clone(),
             host_network: self.spec.host_network,
+            host_ipc: self.spec.host_ipc,
+            dns: super::dns::resolver(
+                self.spec.dns.as_ref(),
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+            host_aliases: self
+                .spec
+                .host_aliases
+                .iter()
+                .map(|a| (a.ip.clone(), a.hostnames.clone()))
+                .collect(),
             ports: self
                 .spec
                 .containers
@@ -556,6 +571,21 @@ impl<R: Runtime> Worker<R> {
             memory_bytes: c.memory_bytes,
             tty: c.tty,
             stdin: c.stdin,
+            host_pid: self.spec.host_pid,
+            host_ipc: self.spec.host_ipc,
+            security: c
+                .security
+                .as_ref()
+                .map(|s| crate::runtime::Security {
+                    run_as_user: s.run_as_user,
+                    run_as_group: s.run_as_group,
+                    supplemental_groups: s.supplemental_groups.clone(),
+                    read_only_root_filesystem: s.read_only_root_filesystem,
+                    privileged: s.privileged,
+                    add_capabilities: s.add_capabilities.clone(),
+                    drop_capabilities: s.drop_capabilities.clone(),
+                })
+                .unwrap_or_default(),
         };
         let Some(sandbox) = &self.sandbox else {
             return Err(-1);
@@ -707,8 +737,17 @@ impl<R: Runtime> Worker<R> {
     ) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let c = self.container(key.0, key.1);
+        // Asked of the runtime, not the status: a container whose postStart
+        // hook is still running shows as waiting, yet runs and gets its preStop.
+        let running = matches!(
+            self.runtime.inspect_container(id).await,
+            Ok(ContainerInfo {
+                state: ContainerState::Running { .. },
+                ..
+            })
+        );
         if let Some(hook) = &c.pre_stop
-            && self.is_running(key)
+            && running
         {
             let target = self.probe_target(id).await;
             match tokio::time::timeout(grace, action::run(&self.runtime, hook, &target, grace))
@@ -730,23 +769,6 @@ impl<R: Runtime> Worker<R> {
             .saturating_sub(started.elapsed())
             .max(Duration::from_secs(2).min(grace));
         self.runtime.stop_container(id, left).await
-    }
-
-    fn is_running(&self, (kind, i): (Kind, usize)) -> bool {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list = match kind {
-            Kind::Init => &state.status.init_containers,
-            Kind::App => &state.status.containers,
-        };
-        list.get(i).is_some_and(|c| {
-            matches!(
-                c.state.as_ref().and_then(|x| x.state.as_ref()),
-                Some(Phase::Running(_))
-            )
-        })
     }
 
     /// Shows the instance running and waits for it to end; returns its exit code.
@@ -927,6 +949,7 @@ impl<R: Runtime> Worker<R> {
                 });
                 let pulled = self.runtime.pull_image(&c.image, auth.as_ref()).await;
                 if pulled.is_ok() {
+                    self.pulled.used(&c.image, true);
                     let took = started.elapsed().as_secs_f64();
                     let message = format!("Successfully pulled image {:?} in {took:.3}s", c.image);
                     self.event(on, false, "Pulled", message);
@@ -936,6 +959,7 @@ impl<R: Runtime> Worker<R> {
             let result = match (c.image_pull_policy.as_str(), present) {
                 ("Always", _) => pull.await,
                 (_, Some(id)) => {
+                    self.pulled.used(&c.image, false);
                     let message =
                         format!("Container image {:?} already present on machine", c.image);
                     self.event(on, false, "Pulled", message);

@@ -6,11 +6,11 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 use bollard::{
     Docker as Client,
     errors::Error as BollardError,
-    models::{ContainerCreateBody, HostConfig},
+    models::{ContainerCreateBody, HostConfig, HostConfigLogConfig},
     query_parameters::{
         CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-        LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
-        WaitContainerOptionsBuilder,
+        LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+        StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
     },
 };
 use futures::StreamExt;
@@ -18,8 +18,8 @@ use futures::StreamExt;
 use super::{
     ContainerInfo, ContainerSpec, ContainerState, ExecSpec, LABEL_ATTEMPT, LABEL_CONTAINER,
     LABEL_DEVICE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, LogOptions,
-    LogStream, Process, PullAuth, Runtime, RuntimeError, SANDBOX, Sandbox, SandboxSpec,
-    docker_exec, docker_logs,
+    LogRotation, LogStream, Process, PullAuth, Runtime, RuntimeError, SANDBOX, Sandbox,
+    SandboxSpec, docker_exec, docker_logs,
 };
 
 /// The infra image arhat builds from its own static `pause` binary.
@@ -31,6 +31,7 @@ pub struct Docker {
     pause_binary: PathBuf,
     device: String,
     logs: Arc<docker_logs::LogReader>,
+    rotation: LogRotation,
 }
 
 impl Docker {
@@ -46,7 +47,15 @@ impl Docker {
             pause_binary,
             device: device.to_string(),
             logs: Arc::new(docker_logs::LogReader::start().await?),
+            rotation: LogRotation::default(),
         })
+    }
+
+    /// Containers created from now on keep their logs this way.
+    #[must_use]
+    pub fn with_log_rotation(mut self, rotation: LogRotation) -> Self {
+        self.rotation = rotation;
+        self
     }
 
     async fn create_named(
@@ -143,6 +152,27 @@ fn labels(
     ])
 }
 
+/// runAsUser[:runAsGroup]. A group without a user (which CRI runtimes
+/// refuse) becomes a supplementary group of the image's user, never root's.
+fn user(s: &super::Security) -> Option<String> {
+    match (s.run_as_user, s.run_as_group) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        (None, _) => None,
+    }
+}
+
+fn supplementary_groups(s: &super::Security) -> Option<Vec<String>> {
+    let lone_group = s.run_as_user.is_none().then_some(s.run_as_group).flatten();
+    let groups: Vec<String> = s
+        .supplemental_groups
+        .iter()
+        .chain(lone_group.iter())
+        .map(i64::to_string)
+        .collect();
+    (!groups.is_empty()).then_some(groups)
+}
+
 /// Docker names must be unique: pod UID and attempt make them so.
 fn container_name(
     container: &str,
@@ -237,7 +267,24 @@ impl Runtime for Docker {
             host_config: Some(HostConfig {
                 network_mode: Some(if spec.host_network { "host" } else { "bridge" }.to_string()),
                 // The pod's containers join its IPC namespace.
-                ipc_mode: Some("shareable".to_string()),
+                ipc_mode: Some(if spec.host_ipc { "host" } else { "shareable" }.to_string()),
+                // The network's owner holds resolv.conf and hosts for the pod.
+                dns: spec.dns.as_ref().map(|d| d.nameservers.clone()),
+                dns_search: spec.dns.as_ref().map(|d| {
+                    if d.searches.is_empty() {
+                        // Docker's way of saying "no search domains".
+                        vec![".".to_string()]
+                    } else {
+                        d.searches.clone()
+                    }
+                }),
+                dns_options: spec.dns.as_ref().map(|d| d.options.clone()),
+                extra_hosts: (!spec.host_aliases.is_empty()).then(|| {
+                    spec.host_aliases
+                        .iter()
+                        .flat_map(|(ip, names)| names.iter().map(move |n| format!("{n}:{ip}")))
+                        .collect()
+                }),
                 port_bindings: (!spec.ports.is_empty()).then(|| {
                     spec.ports
                         .iter()
@@ -305,6 +352,7 @@ impl Runtime for Docker {
             env: Some(env),
             tty: Some(spec.tty),
             open_stdin: Some(spec.stdin),
+            user: user(&spec.security),
             labels: Some(labels(
                 &self.device,
                 &spec.pod_uid,
@@ -323,8 +371,28 @@ impl Runtime for Docker {
                         })
                         .collect(),
                 ),
+                // json-file rotates and `docker logs` reads every file kept.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), self.rotation.max_size.to_string()),
+                        ("max-file".to_string(), self.rotation.max_files.to_string()),
+                    ])),
+                }),
                 network_mode: Some(format!("container:{}", sandbox.id)),
-                ipc_mode: Some(format!("container:{}", sandbox.id)),
+                ipc_mode: Some(if spec.host_ipc {
+                    "host".to_string()
+                } else {
+                    format!("container:{}", sandbox.id)
+                }),
+                pid_mode: spec.host_pid.then(|| "host".to_string()),
+                readonly_rootfs: Some(spec.security.read_only_root_filesystem),
+                privileged: Some(spec.security.privileged),
+                cap_add: (!spec.security.add_capabilities.is_empty())
+                    .then(|| spec.security.add_capabilities.clone()),
+                cap_drop: (!spec.security.drop_capabilities.is_empty())
+                    .then(|| spec.security.drop_capabilities.clone()),
+                group_add: supplementary_groups(&spec.security),
                 nano_cpus: (spec.cpu_millis > 0)
                     .then(|| i64::try_from(spec.cpu_millis * 1_000_000).unwrap_or(i64::MAX)),
                 memory: (spec.memory_bytes > 0)
@@ -452,6 +520,61 @@ impl Runtime for Docker {
             query = query.since(since);
         }
         Ok(self.logs.read(id, query.build()))
+    }
+
+    async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
+        let options = ListContainersOptionsBuilder::default().all(true).build();
+        let list = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        Ok(list.into_iter().filter_map(|c| c.image_id).collect())
+    }
+
+    async fn image_info(&self, reference: &str) -> Result<Option<(String, u64)>, RuntimeError> {
+        match self.client.inspect_image(reference).await {
+            Ok(i) => Ok(Some((
+                i.id.unwrap_or_default(),
+                u64::try_from(i.size.unwrap_or(0)).unwrap_or(0),
+            ))),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(failed("inspecting image", e)),
+        }
+    }
+
+    async fn image_fs(&self) -> Result<Option<(u64, u64)>, RuntimeError> {
+        let info = self
+            .client
+            .info()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        let Some(root) = info.docker_root_dir else {
+            return Ok(None);
+        };
+        let Ok(fs) = rustix::fs::statvfs(root.as_str()) else {
+            return Ok(None);
+        };
+        let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        Ok(Some((total.saturating_sub(free), total)))
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError> {
+        let options = RemoveImageOptionsBuilder::default().force(false).build();
+        match self
+            .client
+            .remove_image(reference, Some(options), None)
+            .await
+        {
+            Ok(_)
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(failed("removing an image", e)),
+        }
     }
 
     async fn list_pod_objects(&self) -> Result<Vec<Labelled>, RuntimeError> {

@@ -50,6 +50,24 @@ pub struct SandboxSpec {
     pub host_network: bool,
     /// Ports published on the device: the sandbox owns the pod's network.
     pub ports: Vec<PortMapping>,
+    /// The host's IPC namespace instead of the pod's own.
+    pub host_ipc: bool,
+    /// The pod's resolv.conf; `None` leaves the runtime's default.
+    pub dns: Option<crate::pod::dns::Resolver>,
+    /// Extra /etc/hosts entries: (address, names).
+    pub host_aliases: Vec<(String, Vec<String>)>,
+}
+
+/// Who a container runs as and what it may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub supplemental_groups: Vec<i64>,
+    pub read_only_root_filesystem: bool,
+    pub privileged: bool,
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,6 +104,28 @@ pub struct ContainerSpec {
     pub tty: bool,
     pub stdin: bool,
     pub mounts: Vec<Mount>,
+    /// The host's PID and IPC namespaces instead of its own and the pod's.
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    pub security: Security,
+}
+
+/// How the runtime keeps container logs: files of at most `max_size` bytes,
+/// `max_files` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl Default for LogRotation {
+    /// A kubelet's defaults: 10 MiB × 5.
+    fn default() -> Self {
+        Self {
+            max_size: 10 << 20,
+            max_files: 5,
+        }
+    }
 }
 
 /// Registry credentials for a pull. Never logged.
@@ -267,6 +307,22 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         options: &LogOptions,
     ) -> impl Future<Output = Result<LogStream, RuntimeError>> + Send;
+    /// The image ids of every container the engine has (anyone's, running or not).
+    fn images_in_use(
+        &self,
+    ) -> impl Future<Output = Result<std::collections::HashSet<String>, RuntimeError>> + Send;
+    /// The id and size in bytes of the image a reference names, if present.
+    fn image_info(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<(String, u64)>, RuntimeError>> + Send;
+    /// Bytes used and total on the filesystem holding the images, if known.
+    fn image_fs(&self) -> impl Future<Output = Result<Option<(u64, u64)>, RuntimeError>> + Send;
+    /// Removes a reference (not forced: an image in use or with other names stays).
+    fn remove_image(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Every sandbox and container this device's agent created, found by label.
     fn list_pod_objects(&self) -> impl Future<Output = Result<Vec<Labelled>, RuntimeError>> + Send;
     /// Runs a command in a running container.

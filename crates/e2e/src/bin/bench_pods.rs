@@ -50,8 +50,7 @@ async fn main() -> anyhow::Result<()> {
                 namespace: NAMESPACE.into(),
                 name: uid.clone(),
                 hostname: uid.clone(),
-                host_network: false,
-                ports: Vec::new(),
+                ..Default::default()
             })
             .await?;
         let spec = ContainerSpec {

@@ -491,6 +491,18 @@ impl Runtime for Fake {
             .push((id.to_string(), options.clone()));
         Ok((self.logs)())
     }
+    async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
+        Ok(std::collections::HashSet::new())
+    }
+    async fn image_info(&self, _: &str) -> Result<Option<(String, u64)>, RuntimeError> {
+        Ok(None)
+    }
+    async fn image_fs(&self) -> Result<Option<(u64, u64)>, RuntimeError> {
+        Ok(None)
+    }
+    async fn remove_image(&self, _: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     async fn list_pod_objects(&self) -> Result<Vec<Labelled>, RuntimeError> {
         Ok(Vec::new())
     }

@@ -1,0 +1,125 @@
+//! A pod's resolv.conf from its dnsPolicy and dnsConfig, merged with the
+//! device's own resolver settings as a kubelet merges them with the node's.
+
+use proto::api::DnsConfig;
+
+/// What the runtime writes into the pod's resolv.conf.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolver {
+    pub nameservers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// A kubelet's limits: 3 nameservers, 32 search domains.
+const MAX_NAMESERVERS: usize = 3;
+const MAX_SEARCHES: usize = 32;
+
+/// The pod's resolver, or `None` to leave the runtime's default (the
+/// device's own settings). ClusterFirst is treated as Default until the
+/// device serves the cluster's DNS itself.
+pub fn resolver(dns: Option<&DnsConfig>, host_resolv_conf: &str) -> Option<Resolver> {
+    let dns = dns?;
+    let none = dns.policy == "None";
+    if !none && dns.nameservers.is_empty() && dns.searches.is_empty() && dns.options.is_empty() {
+        return None;
+    }
+    let mut out = if none {
+        Resolver::default()
+    } else {
+        parse(host_resolv_conf)
+    };
+    let push_unique = |list: &mut Vec<String>, items: &[String]| {
+        for item in items {
+            if !list.contains(item) {
+                list.push(item.clone());
+            }
+        }
+    };
+    push_unique(&mut out.nameservers, &dns.nameservers);
+    push_unique(&mut out.searches, &dns.searches);
+    // A pod's option replaces the device's option of the same name.
+    for option in &dns.options {
+        let name = option.split(':').next().unwrap_or_default();
+        out.options
+            .retain(|o| o.split(':').next().unwrap_or_default() != name);
+        out.options.push(option.clone());
+    }
+    out.nameservers.truncate(MAX_NAMESERVERS);
+    out.searches.truncate(MAX_SEARCHES);
+    Some(out)
+}
+
+/// The device's resolv.conf; loopback servers are left out (they mean
+/// nothing inside a pod's own network).
+fn parse(text: &str) -> Resolver {
+    let mut out = Resolver::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                if let Some(ns) = words.next()
+                    && !ns.starts_with("127.")
+                    && ns != "::1"
+                {
+                    out.nameservers.push(ns.to_string());
+                }
+            }
+            Some("search") | Some("domain") => out.searches.extend(words.map(str::to_string)),
+            Some("options") => out.options.extend(words.map(str::to_string)),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str =
+        "nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch lan\noptions ndots:1 edns0\n";
+
+    fn config(policy: &str, ns: &[&str], search: &[&str], options: &[&str]) -> DnsConfig {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        DnsConfig {
+            policy: policy.into(),
+            nameservers: owned(ns),
+            searches: owned(search),
+            options: owned(options),
+        }
+    }
+
+    #[test]
+    fn none_takes_only_the_pods_settings() {
+        let r = resolver(
+            Some(&config(
+                "None",
+                &["192.0.2.53"],
+                &["example.internal"],
+                &["ndots:2"],
+            )),
+            HOST,
+        )
+        .expect("set");
+        assert_eq!(r.nameservers, ["192.0.2.53"]);
+        assert_eq!(r.searches, ["example.internal"]);
+        assert_eq!(r.options, ["ndots:2"]);
+    }
+
+    #[test]
+    fn other_policies_add_to_the_devices_settings() {
+        assert_eq!(
+            resolver(Some(&config("ClusterFirst", &[], &[], &[])), HOST),
+            None
+        );
+        let r = resolver(
+            Some(&config("Default", &["192.0.2.53"], &["x"], &["ndots:5"])),
+            HOST,
+        )
+        .expect("set");
+        assert_eq!(r.nameservers, ["10.0.0.2", "192.0.2.53"]);
+        assert_eq!(r.searches, ["lan", "x"]);
+        assert_eq!(r.options, ["edns0", "ndots:5"]);
+    }
+}
