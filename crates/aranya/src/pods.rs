@@ -51,7 +51,6 @@ pub fn spawn(
         policy: policy_rx,
         listed: false,
         rejected: HashSet::new(),
-        events: events::Recorder::default(),
         refresh,
         pods: Api::all(client.clone()),
         client,
@@ -94,7 +93,6 @@ struct PodSync {
     listed: bool,
     /// UIDs refused by admission, whose Failed status may not be seen yet.
     rejected: HashSet<String>,
-    events: events::Recorder,
 }
 
 impl PodSync {
@@ -238,8 +236,6 @@ impl PodSync {
     /// The Pod object is gone (force delete, or removed after the device cleaned up).
     fn on_gone(&mut self, pod: Pod) {
         let uid = pod.uid().unwrap_or_default();
-        self.events.forget(&uid);
-        self.rejected.remove(&uid);
         self.known.remove(&uid);
         self.ensured.remove(&uid);
         if !self.deleting.contains(&uid) {
@@ -381,9 +377,7 @@ impl PodSync {
         let namespace = pod.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         if !status.events.is_empty() {
-            self.events
-                .record(&self.client, &pod, &self.node, &status.events)
-                .await;
+            events::record(&self.client, &pod, &self.node, &status.events).await;
         }
         if status.removed {
             self.deleting.remove(&status.uid);
