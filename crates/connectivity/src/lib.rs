@@ -7,6 +7,7 @@
 //!
 //! - [`link`]: the transport seam (a link, a dialer).
 //! - [`grpc`]: the gRPC transport (one bidirectional stream per device).
+//! - [`mqtt`]: the MQTT 3.1.1 transport (clients of a broker, per-device topics).
 //! - [`handshake`]: Hello / Welcome / Refuse on a fresh link.
 //! - [`session`]: the tokio driver around the sans-I/O session.
 //! - [`stream`]: what the application reads and writes.
@@ -14,9 +15,10 @@
 pub mod grpc;
 pub mod handshake;
 pub mod link;
+pub mod mqtt;
 pub mod session;
 pub mod stream;
 
-pub use link::{Dialer, Link, TransportError};
+pub use link::{Dialer, Link, MIN_PAYLOAD, TransportError};
 pub use session::{LinkState, SessionConfig, SessionHandle};
 pub use stream::{Stream, StreamError, StreamReceiver, StreamSender};

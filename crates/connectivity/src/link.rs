@@ -6,6 +6,11 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
+/// Every transport carries messages of at least this many bytes; a session's
+/// open headers are kept small enough for it, so a session can move between
+/// transports of any payload size.
+pub const MIN_PAYLOAD: usize = 4096;
+
 /// Failures of a transport, before any session exists.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::{
-    link::{Link, TransportError},
+    link::{Link, MIN_PAYLOAD, TransportError},
     stream::{Stream, StreamError, StreamEvent},
 };
 
@@ -189,13 +189,13 @@ pub fn spawn(
     link: Link,
     span: tracing::Span,
 ) -> Result<(SessionHandle, mpsc::UnboundedReceiver<Stream>), proto::session::Error> {
-    // Frames must fit the link, and an open header must fit one frame.
-    let frame = link.max_payload.saturating_sub(FRAME_OVERHEAD);
-    config.session.max_frame_size = frame;
+    // Frames must fit the link. An open header must fit one frame of any link
+    // the session may move to later, not only this one.
+    config.session.max_frame_size = frame_size(&link);
     config.session.max_header_size = config
         .session
         .max_header_size
-        .min(frame.saturating_sub(proto::session::OPEN_OVERHEAD));
+        .min((MIN_PAYLOAD - FRAME_OVERHEAD).saturating_sub(proto::session::OPEN_OVERHEAD));
     config.session.validate()?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
@@ -377,6 +377,7 @@ impl Driver {
             Cmd::Attach { link, epoch } => {
                 info!(transport = link.transport, peer = %link.peer, epoch, "session resumed on a new link");
                 self.session.resume(epoch, now);
+                self.session.set_max_frame_size(frame_size(&link));
                 self.transport = link.transport;
                 self.link_tx = Some(link.tx);
                 self.link_rx = Some(link.rx);
@@ -486,6 +487,11 @@ impl Driver {
             }
         }
     }
+}
+
+/// The session frame that fills one message of `link`.
+fn frame_size(link: &Link) -> usize {
+    link.max_payload.max(MIN_PAYLOAD) - FRAME_OVERHEAD
 }
 
 async fn next_inbound(

@@ -25,6 +25,7 @@
 //! (build cache, default `~/.cache/aranya`).
 
 mod binary;
+mod broker;
 mod certs;
 mod controlplane;
 mod error;
@@ -32,6 +33,7 @@ mod process;
 mod sys;
 
 pub use binary::{KUBE_BIN_ENV, cache_dir, kube_binary, kube_source_dir};
+pub use broker::{Broker, BrokerOptions};
 pub use certs::{Ca, Issued, ServiceAccountKey};
 pub use controlplane::{
     ControlPlane, K8S_VERSION, KEEP_ENV, KUBELET_CLIENT_BINDING, KUBELET_CLIENT_USER, Options,

@@ -103,3 +103,9 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
         Err(io::Error::other("atexit failed"))
     }
 }
+
+/// Whether this process runs as root.
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -434,6 +434,20 @@ impl Session {
         }
     }
 
+    /// The largest frame `poll_transmit` returns from now on, e.g. after a resume
+    /// over a transport with a smaller payload. Unacknowledged data is cut anew on
+    /// retransmission; an open header never shrinks with it, so the caller keeps
+    /// `max_header_size` within the smallest frame it will use.
+    pub fn set_max_frame_size(&mut self, max_frame_size: usize) {
+        let max_frame_size = max_frame_size.clamp(MIN_FRAME_SIZE, MAX_FRAME_SIZE);
+        self.config.max_frame_size = max_frame_size;
+        self.config.max_inflight = self.config.max_inflight.max(max_frame_size);
+        self.config.max_header_size = self
+            .config
+            .max_header_size
+            .min(max_frame_size - OPEN_OVERHEAD);
+    }
+
     /// Opens a stream. `header` (at most `max_header_size` bytes) is delivered to the
     /// peer with [`Event::Opened`], reliably. With `idle_timeout`, both sides reset the
     /// stream with [`ResetCode::IdleTimeout`] once nothing happened on it for that long.

@@ -457,6 +457,27 @@ fn resume_retransmits_promptly_and_ignores_old_epoch() {
 }
 
 #[test]
+fn resume_on_a_smaller_transport_recuts_unacknowledged_data() {
+    let mut p = Pair::new(Config {
+        max_frame_size: 4096,
+        ..cfg()
+    });
+    let id = p.a.open(Bytes::new(), None, p.now).unwrap();
+    p.a.send(id, payload(6000), p.now).unwrap();
+    // Everything sent in big frames is lost with the old link.
+    while p.a.poll_transmit(p.now).is_some() {}
+    p.a.resume(2, p.now);
+    p.b.resume(2, p.now);
+    p.a.set_max_frame_size(600);
+    p.b.set_max_frame_size(600);
+    // pump_with checks every frame against the new size.
+    p.pump();
+    assert_eq!(p.take_b(id), payload(6000).to_vec());
+    assert_eq!(p.a.config().max_frame_size, 600);
+    assert!(p.a.config().max_header_size + OPEN_OVERHEAD <= 600);
+}
+
+#[test]
 fn reset_reaches_peer_reliably() {
     let mut p = Pair::new(cfg());
     let id = p.a.open(Bytes::new(), None, p.now).unwrap();
