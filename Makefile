@@ -16,15 +16,15 @@ HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/host: //p')
 # The pod sandbox's process, linked statically so the infra image needs nothing else.
 export ARANYA_PAUSE_BINARY ?= $(CARGO_TARGET_DIR)/static/$(HOST_TRIPLE)/release/pause
 
-.PHONY: up down test bench deps docker build kube pause lint clean
+.PHONY: up down test bench deps docker mosquitto build kube pause lint clean
 
-up: deps docker build kube pause
+up: deps docker mosquitto build kube pause
 	@scripts/up.sh "$(CARGO_TARGET_DIR)/debug/demo"
 
 down:
 	@scripts/down.sh
 
-test: deps docker lint build kube pause
+test: deps docker mosquitto lint build kube pause
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
@@ -33,7 +33,7 @@ test: deps docker lint build kube pause
 # kubectl exec vs docker exec, the session layer over gRPC vs loopback TCP,
 # and the Node's return to Ready after partitions vs a fresh agent (release
 # builds; the partitions need root and iptables).
-bench: deps docker kube pause
+bench: deps docker mosquitto kube pause
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/bench-pods --pods 20
 	$(CARGO_TARGET_DIR)/release/bench-logs --mib 100
@@ -47,6 +47,11 @@ deps:
 # A Docker engine on the default socket (installed and started if absent; needs root then).
 docker:
 	@scripts/docker.sh
+
+# Debian's Mosquitto broker (installed if absent; needs root then). Tests and
+# the demo start their own broker processes.
+mosquitto:
+	@scripts/mosquitto.sh
 
 build:
 	$(CARGO) build --workspace --bins

@@ -84,16 +84,23 @@ async fn reconcile(device: Arc<EdgeDevice>, ctx: Arc<Context>) -> Result<Action,
 async fn apply(device: Arc<EdgeDevice>, ctx: &Context) -> Result<Action, kube::Error> {
     let name = device.name_any();
     let mut nodes = ctx.nodes.lock().await;
+    let methods = device
+        .spec
+        .connectivity
+        .methods
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
     let handle = match nodes.get(&name) {
         Some(handle) if !handle.cmds.is_closed() => handle,
         _ => {
             info!(device = %name, "starting virtual node");
             let handle = virtualnode::spawn(ctx.env.clone(), name.clone());
-            ctx.hub.register(&name, handle.cmds.clone()).await;
             nodes.insert(name.clone(), handle);
             &nodes[&name]
         }
     };
+    ctx.hub.register(&name, handle.cmds.clone(), methods).await;
     let _ = handle
         .cmds
         .send(NodeCmd::Spec(Box::new((*device).clone())))

@@ -92,24 +92,47 @@ impl MethodName {
 #[serde(rename_all = "camelCase")]
 pub struct GrpcSettings {}
 
-/// MQTT settings (the transport arrives in a later release; validated now so
-/// objects written today stay valid).
+/// MQTT settings: aranya and the device are both clients of this broker.
+/// Topics are `<topicNamespace>/<device>/{cmd,msg,status}`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MqttSettings {
-    /// Broker address, host:port.
-    #[schemars(length(min = 1))]
+    /// Broker address, host:port (the host is what its certificate must name).
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new("self.matches('^([^:]+|\\\\[[0-9a-fA-F:.]+\\\\]):[0-9]{1,5}$')").message("must be host:port"))]
     pub broker: String,
-    /// Topic prefix for this device's topics.
+    /// Topic prefix for this device's topics (default `arhat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = Rule::new("!self.contains('+') && !self.contains('#') && !self.startsWith('/') && !self.endsWith('/')").message("must be a topic prefix without wildcards or a leading or trailing '/'"))]
     pub topic_namespace: Option<String>,
-    /// Largest MQTT payload the broker accepts, bytes.
+    /// Largest MQTT payload the broker accepts, bytes (default 131072).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1024, max = 268435455))]
+    #[schemars(range(min = 8192, max = 268435455))]
     pub max_payload_size: Option<u32>,
+    /// MQTT keepalive of aranya's connection (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub keepalive_seconds: Option<u32>,
+    /// Client id prefix of aranya's connection (default `aranya-<device>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub client_id: Option<String>,
+    /// Secret in aranya's namespace with `username` and `password` keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// Secret in aranya's namespace with `ca.crt` (and, for client
+    /// certificates, `tls.crt` and `tls.key`); TLS is used when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretRef>,
+}
+
+/// A Secret in aranya's own namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -34,6 +34,8 @@ struct Live {
 struct Entry {
     node: mpsc::Sender<NodeCmd>,
     live: Option<Live>,
+    /// Transports the EdgeDevice lists; links over others are refused.
+    methods: Vec<&'static str>,
 }
 
 /// A new session for a virtual node, with the streams its device opens.
@@ -64,13 +66,25 @@ impl Hub {
         })
     }
 
-    /// Makes `device` known: its links are accepted and go to `node`.
-    pub async fn register(&self, device: &str, node: mpsc::Sender<NodeCmd>) {
+    /// Makes `device` known: its links over `methods` are accepted and go to `node`.
+    pub async fn register(
+        &self,
+        device: &str,
+        node: mpsc::Sender<NodeCmd>,
+        methods: Vec<&'static str>,
+    ) {
         let mut devices = self.devices.lock().await;
         devices
             .entry(device.to_string())
-            .and_modify(|e| e.node = node.clone())
-            .or_insert(Entry { node, live: None });
+            .and_modify(|e| {
+                e.node = node.clone();
+                e.methods.clone_from(&methods);
+            })
+            .or_insert(Entry {
+                node,
+                live: None,
+                methods,
+            });
     }
 
     /// Forgets `device` and ends its session.
@@ -130,6 +144,15 @@ impl Hub {
             None => Decision::Refuse(
                 RefuseReason::UnknownDevice,
                 format!("no EdgeDevice named {:?} is managed here", hello.device),
+            ),
+            Some(entry) if !entry.methods.contains(&link.transport) => Decision::Refuse(
+                RefuseReason::MethodNotAllowed,
+                format!(
+                    "EdgeDevice {:?} does not list {} among its connectivity methods ({})",
+                    hello.device,
+                    link.transport,
+                    entry.methods.join(", ")
+                ),
             ),
             Some(entry) => decide(entry, &hello),
         };

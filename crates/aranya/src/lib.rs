@@ -5,6 +5,7 @@
 //! - [`controller`]: EdgeDevice reconcile (finalizer, virtual node lifetime).
 //! - [`virtualnode`]: the Node object, its status and its Lease.
 //! - [`hub`]: devices arriving over any transport: handshake, sessions.
+//! - [`mqtt`]: aranya's broker connection for each device with an mqtt method.
 //! - [`kubelet`]: the kubelet endpoint of every virtual node.
 //! - [`pods`]: pods bound to a virtual node, run on its device.
 //! - [`leader`]: one active replica at a time.
@@ -15,6 +16,7 @@ pub mod crd;
 pub mod hub;
 pub mod kubelet;
 pub mod leader;
+pub mod mqtt;
 pub mod pods;
 pub mod resources;
 pub mod virtualnode;
@@ -95,6 +97,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         () = shutdown_signal() => return Ok(()),
     }
 
+    let (links_tx, links_rx) = mpsc::channel(64);
     let env = Arc::new(virtualnode::NodeEnv {
         client: client.clone(),
         node_address: cfg.node_address,
@@ -102,6 +105,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         kubelet_version: kubelet_version(&client).await?,
         reconnect_grace: cfg.reconnect_grace,
         pod_refresh: cfg.pod_refresh,
+        mqtt: Arc::new(mqtt::Env {
+            client: client.clone(),
+            namespace: cfg.namespace.clone(),
+            links: links_tx.clone(),
+        }),
     });
     let listener = bind(cfg.grpc_listen).await?;
     info!(address = %listener.local_addr()?, "gRPC endpoint listening");
@@ -109,7 +117,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         resume_window: cfg.resume_window,
         ..Default::default()
     });
-    let (links_tx, links_rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(grpc::serve(listener, tls, links_tx, async {
         let _ = stop_rx.await;

@@ -72,6 +72,8 @@ pub struct NodeEnv {
     pub reconnect_grace: Duration,
     /// How often pods are re-sent so tokens and volume content stay fresh.
     pub pod_refresh: Duration,
+    /// Broker connections of devices with an mqtt method.
+    pub mqtt: Arc<crate::mqtt::Env>,
 }
 
 impl std::fmt::Debug for NodeEnv {
@@ -137,7 +139,7 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
         name,
         device: None,
         session: None,
-        transport: None,
+        mqtt: None,
         report: None,
         report_tx,
         node_uid: None,
@@ -167,7 +169,8 @@ struct VirtualNode {
     name: String,
     device: Option<Box<EdgeDevice>>,
     session: Option<SessionHandle>,
-    transport: Option<&'static str>,
+    /// aranya's broker connection for the device, when it lists mqtt.
+    mqtt: Option<crate::mqtt::Connector>,
     report: Option<NodeStatus>,
     report_tx: mpsc::Sender<NodeStatus>,
     pods: PodSyncHandle,
@@ -213,13 +216,13 @@ impl VirtualNode {
                             p.clone_from(&device.spec.pod);
                             changed
                         });
+                        crate::mqtt::sync(&mut self.mqtt, &self.env.mqtt, &device, &self.name);
                         self.device = Some(device);
                         self.apply_node().await;
                         self.write_status().await;
                     }
                     Some(NodeCmd::Connected(connected)) => {
                         state = connected.session.state();
-                        self.transport = Some(connected.transport);
                         self.accept_streams(connected.incoming);
                         self.request_status(connected.session.clone());
                         self.pods.session.send_replace(Some(connected.session.clone()));
@@ -263,10 +266,18 @@ impl VirtualNode {
         }
     }
 
-    fn connected(&self) -> bool {
+    /// The transport the device is connected over now, if it is.
+    fn transport(&self) -> Option<&'static str> {
         self.session
             .as_ref()
-            .is_some_and(|s| matches!(*s.state().borrow(), LinkState::Connected { .. }))
+            .and_then(|s| match *s.state().borrow() {
+                LinkState::Connected { transport, .. } => Some(transport),
+                _ => None,
+            })
+    }
+
+    fn connected(&self) -> bool {
+        self.transport().is_some()
     }
 
     fn accept_streams(&self, mut incoming: mpsc::UnboundedReceiver<Stream>) {
@@ -486,7 +497,8 @@ impl VirtualNode {
     }
 
     fn ready_condition(&self, now: &str) -> Option<Value> {
-        let connected = self.connected() && self.report.is_some();
+        let transport = self.transport();
+        let connected = transport.is_some() && self.report.is_some();
         let in_grace = self.known.was_ready
             && self.started.elapsed() < self.env.reconnect_grace
             && self.session.is_none();
@@ -494,7 +506,7 @@ impl VirtualNode {
             return None;
         }
         let (status, reason, message) = if connected {
-            let via = self.transport.unwrap_or("unknown");
+            let via = transport.unwrap_or("unknown");
             (
                 "True",
                 REASON_CONNECTED,
@@ -674,7 +686,7 @@ impl VirtualNode {
         let patch = json!({
             "status": {
                 "conditions": conditions,
-                "connectedVia": if connected { self.transport.map(Value::from).unwrap_or(Value::Null) } else { Value::Null },
+                "connectedVia": self.transport(),
                 "nodeName": self.name,
             }
         });

@@ -8,6 +8,7 @@ use connectivity::{
     Dialer, SessionConfig, SessionHandle, Stream,
     grpc::GrpcDialer,
     handshake::{self, HandshakeError},
+    mqtt::{self, MqttDialer},
     session::LinkState,
 };
 use proto::{
@@ -20,7 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     backoff::Backoff,
-    config::{Config, MethodName, RuntimeKind},
+    config::{Config, Method, MethodName, RuntimeKind},
     nodeinfo,
     pod::PodManager,
     runtime::{Runtime, docker::Docker},
@@ -88,28 +89,11 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     pub async fn new(config: Config, options: Options) -> Result<Self, AgentError> {
-        let mut dialers: Vec<Box<dyn Dialer>> = Vec::new();
-        for method in config.methods_by_priority() {
-            match method.name {
-                MethodName::Grpc => {
-                    let grpc = method.grpc.as_ref().ok_or_else(|| AgentError::Transport {
-                        method: "grpc",
-                        reason: "no grpc settings".into(),
-                    })?;
-                    let ca_pem =
-                        std::fs::read(&grpc.ca_file).map_err(|e| AgentError::Transport {
-                            method: "grpc",
-                            reason: format!("caFile {}: {e}", grpc.ca_file.display()),
-                        })?;
-                    dialers.push(Box::new(GrpcDialer {
-                        endpoint: grpc.endpoint.clone(),
-                        ca_pem,
-                        server_name: grpc.server_name.clone(),
-                        connect_timeout: grpc.connect_timeout,
-                    }));
-                }
-            }
-        }
+        let dialers = config
+            .methods_by_priority()
+            .into_iter()
+            .map(|m| dialer(&config, m))
+            .collect::<Result<Vec<_>, _>>()?;
         let (pods, runtime_version) = match config.runtime.kind {
             RuntimeKind::None => (None, NO_RUNTIME.to_string()),
             RuntimeKind::Docker => {
@@ -158,7 +142,7 @@ impl Agent {
         let mut backoff = Backoff::new(backoff.initial, backoff.max);
         let mut current: Option<Current> = None;
         loop {
-            for dialer in &self.dialers {
+            for (at, dialer) in self.dialers.iter().enumerate() {
                 let span = info_span!("connect", transport = dialer.name());
                 match self
                     .connect(dialer.as_ref(), &mut current)
@@ -167,7 +151,7 @@ impl Agent {
                 {
                     Ok(state) => {
                         backoff.reset();
-                        wait_link_lost(state).await;
+                        self.stay(at, state, &mut current).await;
                     }
                     Err(HandshakeError::Refused {
                         reason: RefuseReason::IncompatibleVersion,
@@ -181,6 +165,48 @@ impl Agent {
             let delay = backoff.next_delay();
             debug!(?delay, "reconnecting after back-off");
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Returns once the link is lost. Meanwhile, on a fallback method, tries
+    /// the preferred ones now and then and moves the session to the first
+    /// that answers (a resume: streams and pods carry on).
+    async fn stay(
+        &self,
+        mut at: usize,
+        mut state: watch::Receiver<LinkState>,
+        current: &mut Option<Current>,
+    ) {
+        loop {
+            if at == 0 {
+                return wait_link_lost(state).await;
+            }
+            tokio::select! {
+                () = wait_link_lost(state.clone()) => return,
+                () = tokio::time::sleep(self.config.connectivity.preferred_retry) => {}
+            }
+            for (preferred, dialer) in self.dialers[..at].iter().enumerate() {
+                let span = info_span!("connect", transport = dialer.name());
+                match self
+                    .connect(dialer.as_ref(), current)
+                    .instrument(span)
+                    .await
+                {
+                    Ok(s) => {
+                        info!(
+                            from = self.dialers[at].name(),
+                            to = dialer.name(),
+                            "back on a preferred transport"
+                        );
+                        at = preferred;
+                        state = s;
+                        break;
+                    }
+                    Err(e) => {
+                        debug!(transport = dialer.name(), error = %e, "preferred transport still unavailable")
+                    }
+                }
+            }
         }
     }
 
@@ -256,6 +282,83 @@ async fn wait_link_lost(mut state: watch::Receiver<LinkState>) {
         }
         if state.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// The transport of one configured method, with its files read.
+fn dialer(config: &Config, method: &Method) -> Result<Box<dyn Dialer>, AgentError> {
+    let read = |method: &'static str, key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| AgentError::Transport {
+            method,
+            reason: format!("{key} {}: {e}", path.display()),
+        })
+    };
+    let missing = |method: &'static str| AgentError::Transport {
+        method,
+        reason: format!("no {method} settings"),
+    };
+    match method.name {
+        MethodName::Grpc => {
+            let grpc = method.grpc.as_ref().ok_or_else(|| missing("grpc"))?;
+            Ok(Box::new(GrpcDialer {
+                endpoint: grpc.endpoint.clone(),
+                ca_pem: read("grpc", "caFile", &grpc.ca_file)?,
+                server_name: grpc.server_name.clone(),
+                connect_timeout: grpc.connect_timeout,
+                keepalive: grpc.keepalive,
+            }))
+        }
+        MethodName::Mqtt => {
+            let m = method.mqtt.as_ref().ok_or_else(|| missing("mqtt"))?;
+            let tls = match &m.tls {
+                None => None,
+                Some(t) => Some(mqtt::Tls {
+                    ca_pem: read("mqtt", "tls.caFile", &t.ca_file)?,
+                    client: match (&t.cert_file, &t.key_file) {
+                        (Some(cert), Some(key)) => Some((
+                            read("mqtt", "tls.certFile", cert)?,
+                            read("mqtt", "tls.keyFile", key)?,
+                        )),
+                        _ => None,
+                    },
+                }),
+            };
+            let credentials = match (&m.username, &m.password_file) {
+                (Some(username), Some(file)) => {
+                    let password = read("mqtt", "passwordFile", file)?;
+                    Some(mqtt::Credentials {
+                        username: username.clone(),
+                        password: String::from_utf8_lossy(&password).trim_end().to_string(),
+                    })
+                }
+                (Some(username), None) => Some(mqtt::Credentials {
+                    username: username.clone(),
+                    password: String::new(),
+                }),
+                _ => None,
+            };
+            let settings = mqtt::Settings {
+                broker: m.broker.clone(),
+                topic_namespace: m.topic_namespace.clone(),
+                client_id: m
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("arhat-{}", config.device.name)),
+                keepalive: m.keepalive,
+                max_payload: usize::try_from(m.max_payload).unwrap_or(usize::MAX),
+                connect_timeout: m.connect_timeout,
+                tls,
+                credentials,
+            };
+            settings.validate().map_err(|e| AgentError::Transport {
+                method: "mqtt",
+                reason: e.to_string(),
+            })?;
+            Ok(Box::new(MqttDialer {
+                settings,
+                device: config.device.name.clone(),
+            }))
         }
     }
 }

@@ -200,6 +200,15 @@ pub struct Connectivity {
     #[serde(default)]
     pub backoff: Backoff,
     pub methods: Vec<Method>,
+    /// While connected over a method other than the most preferred, how
+    /// often the preferred ones are tried again (the session moves over to the
+    /// first that answers, without a restart of anything above it).
+    #[serde(default = "default_preferred_retry", with = "duration")]
+    pub preferred_retry: Duration,
+}
+
+fn default_preferred_retry() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,12 +246,69 @@ pub struct Method {
     pub priority: u32,
     #[serde(default)]
     pub grpc: Option<Grpc>,
+    #[serde(default)]
+    pub mqtt: Option<Mqtt>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MethodName {
     Grpc,
+    Mqtt,
+}
+
+/// A broker aranya also connects to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mqtt {
+    /// `host:port`; the host is what the broker's certificate must name.
+    pub broker: String,
+    /// Topic prefix; must match the EdgeDevice's `topicNamespace`.
+    #[serde(default = "default_topic_namespace")]
+    pub topic_namespace: String,
+    /// Client id at the broker (a per-connection suffix is appended).
+    /// Default: `arhat-<device name>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_mqtt_keepalive", with = "duration")]
+    pub keepalive: Duration,
+    /// Largest payload the broker accepts (at least 8Ki).
+    #[serde(default = "default_mqtt_max_payload", with = "size")]
+    pub max_payload: u64,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// TLS to the broker; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<MqttTls>,
+    /// Username; the password is read from `passwordFile`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MqttTls {
+    /// PEM CA bundle that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate and key, for brokers that authenticate devices by certificate.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_topic_namespace() -> String {
+    connectivity::mqtt::DEFAULT_NAMESPACE.to_string()
+}
+
+fn default_mqtt_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_mqtt_max_payload() -> u64 {
+    connectivity::mqtt::DEFAULT_MAX_PAYLOAD as u64
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -257,6 +323,15 @@ pub struct Grpc {
     pub server_name: Option<String>,
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// HTTP/2 ping interval; a link is declared dead when a ping goes
+    /// unanswered for twice this. Short on links that have a fallback, so the
+    /// device moves before aranya notices.
+    #[serde(default = "default_grpc_keepalive", with = "duration")]
+    pub keepalive: Duration,
+}
+
+fn default_grpc_keepalive() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_connect_timeout() -> Duration {
@@ -366,8 +441,21 @@ impl Config {
                             format!("{:?} is not host:port", grpc.endpoint),
                         ));
                     }
+                    if grpc.keepalive < Duration::from_millis(100) {
+                        return Err(ConfigError::key(
+                            format!("connectivity.methods[{i}].grpc.keepalive"),
+                            "must be at least 100ms",
+                        ));
+                    }
                 }
+                MethodName::Mqtt => self.validate_mqtt(i, m.mqtt.as_ref())?,
             }
+        }
+        if self.connectivity.preferred_retry < Duration::from_secs(1) {
+            return Err(ConfigError::key(
+                "connectivity.preferredRetry",
+                "must be at least 1s",
+            ));
         }
         let b = &self.connectivity.backoff;
         if b.initial.is_zero() || b.max < b.initial {
@@ -415,6 +503,61 @@ impl Config {
             return Err(ConfigError::key(
                 "node.statusInterval",
                 "must be at least 1s",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_mqtt(&self, i: usize, mqtt: Option<&Mqtt>) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("connectivity.methods[{i}].mqtt{k}");
+        let Some(mqtt) = mqtt else {
+            return Err(ConfigError::key(key(""), "required for an mqtt method"));
+        };
+        let checks: [(&str, bool, String); 5] = [
+            (
+                ".broker",
+                mqtt.broker
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                format!("{:?} is not host:port", mqtt.broker),
+            ),
+            (
+                ".topicNamespace",
+                connectivity::mqtt::Topics::new(&mqtt.topic_namespace, &self.device.name).is_ok(),
+                format!(
+                    "{:?} is not usable in a topic (no wildcards, no leading or trailing '/')",
+                    mqtt.topic_namespace
+                ),
+            ),
+            (
+                ".maxPayload",
+                mqtt.max_payload >= connectivity::mqtt::MIN_MAX_PAYLOAD as u64
+                    && mqtt.max_payload <= 256 << 20,
+                "must be between 8Ki and 256Mi".to_string(),
+            ),
+            (
+                ".keepalive",
+                mqtt.keepalive >= Duration::from_secs(1)
+                    && mqtt.keepalive <= Duration::from_secs(65535),
+                "must be between 1s and 65535s".to_string(),
+            ),
+            (
+                ".passwordFile",
+                mqtt.password_file.is_none() || mqtt.username.is_some(),
+                "needs a username".to_string(),
+            ),
+        ];
+        for (k, ok, message) in checks {
+            if !ok {
+                return Err(ConfigError::key(key(k), message));
+            }
+        }
+        if let Some(tls) = &mqtt.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            return Err(ConfigError::key(
+                key(".tls"),
+                "certFile and keyFile go together",
             ));
         }
         Ok(())

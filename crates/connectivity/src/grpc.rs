@@ -24,7 +24,8 @@ mod pb {
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Messages queued toward the peer before the sender waits.
 const LINK_QUEUE: usize = 64;
-/// HTTP/2 pings notice a half-open connection without waiting for TCP.
+/// HTTP/2 pings notice a half-open connection without waiting for TCP
+/// (aranya's side; a device sets its own).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 receive windows, both ends. The session layer does its own flow
@@ -138,6 +139,9 @@ pub struct GrpcDialer {
     /// Name to verify in aranya's certificate; defaults to the endpoint's host.
     pub server_name: Option<String>,
     pub connect_timeout: Duration,
+    /// HTTP/2 ping interval; the link is dead when a ping goes unanswered for
+    /// twice this.
+    pub keepalive: Duration,
 }
 
 impl std::fmt::Debug for GrpcDialer {
@@ -164,8 +168,8 @@ impl GrpcDialer {
             .map_err(|e| TransportError::Config(format!("gRPC TLS: {e}")))
             .map(|e| {
                 e.connect_timeout(self.connect_timeout)
-                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .http2_keep_alive_interval(self.keepalive)
+                    .keep_alive_timeout(self.keepalive * 2)
                     .keep_alive_while_idle(true)
                     .tcp_nodelay(true)
                     .initial_stream_window_size(STREAM_WINDOW)

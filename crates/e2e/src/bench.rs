@@ -69,6 +69,7 @@ impl BenchBed {
             data_dir: &dir.join("arhat-data"),
             log: "warn",
             quick: false,
+            mqtt: None,
             extra: arhat_extra,
         })?;
         std::fs::write(&config, yaml)?;

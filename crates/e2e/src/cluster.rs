@@ -18,7 +18,7 @@ use kube::{
 use testbed::ControlPlane;
 use tokio::sync::OnceCell;
 
-use crate::{process::Proc, wait::wait_for};
+use crate::{process::Proc, transport::Transport, wait::wait_for};
 
 /// Label every test's EdgeDevices carry; each test's aranya selects on it.
 pub const TEST_LABEL: &str = "e2e.aranya.arhat.dev/test";
@@ -183,6 +183,10 @@ pub struct TestEnv {
     pub name: String,
     pub dir: PathBuf,
     pub grpc_port: u16,
+    /// How this test's devices reach aranya.
+    pub transport: Transport,
+    /// The test's own Mosquitto, for MQTT tests.
+    broker: std::sync::Mutex<Option<testbed::Broker>>,
     /// Devices created here; their containers are removed when the test ends.
     devices: std::sync::Mutex<Vec<String>>,
 }
@@ -206,6 +210,57 @@ impl std::fmt::Debug for TestEnv {
 }
 
 impl TestEnv {
+    /// A test whose devices use `transport` (an MQTT test gets its own broker,
+    /// persistent, refusing payloads above the transport's limit).
+    pub async fn over(test: &str, transport: Transport) -> anyhow::Result<TestEnv> {
+        let mut env = Self::new(&format!("{test}-{}", transport.short())).await?;
+        env.transport = transport;
+        if let Transport::Mqtt { max_payload } = transport {
+            let broker = testbed::Broker::start(
+                &env.dir.join("broker"),
+                &testbed::BrokerOptions {
+                    max_payload: Some(max_payload),
+                    persistence: true,
+                    ..Default::default()
+                },
+            )?;
+            env.broker = std::sync::Mutex::new(Some(broker));
+        }
+        Ok(env)
+    }
+
+    /// The test's broker address, when it has one.
+    pub fn broker_address(&self) -> Option<String> {
+        self.with_broker(|b| b.address())
+    }
+
+    /// Runs `f` on the test's broker (e.g. to restart it).
+    pub fn with_broker<T>(&self, f: impl FnOnce(&mut testbed::Broker) -> T) -> Option<T> {
+        self.broker.lock().ok()?.as_mut().map(f)
+    }
+
+    /// Starts a broker for this test with `options`, replacing any other.
+    pub fn start_broker(&self, options: &testbed::BrokerOptions) -> anyhow::Result<String> {
+        let broker = testbed::Broker::start(&self.dir.join("broker"), options)?;
+        let address = broker.address();
+        if let Ok(mut b) = self.broker.lock() {
+            *b = Some(broker);
+        }
+        Ok(address)
+    }
+
+    /// The EdgeDevice's `connectivity.methods` for this test's transport.
+    pub fn device_methods(&self) -> serde_json::Value {
+        match (self.transport, self.broker_address()) {
+            (Transport::Mqtt { max_payload }, Some(broker)) => serde_json::json!([{
+                "name": "mqtt",
+                "priority": 0,
+                "mqtt": { "broker": broker, "maxPayloadSize": max_payload, "keepaliveSeconds": 5 },
+            }]),
+            _ => serde_json::json!([{ "name": "grpc", "priority": 0 }]),
+        }
+    }
+
     pub async fn new(test: &str) -> anyhow::Result<TestEnv> {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("info,kube_client=off"))
@@ -237,6 +292,8 @@ impl TestEnv {
             cluster,
             client,
             grpc_port: free_port()?,
+            transport: Transport::Grpc,
+            broker: std::sync::Mutex::default(),
             name,
             dir,
             devices: std::sync::Mutex::default(),
@@ -274,7 +331,7 @@ impl TestEnv {
             "kind": "EdgeDevice",
             "metadata": { "name": name, "labels": { TEST_LABEL: self.name } },
             "spec": {
-                "connectivity": { "methods": [{ "name": "grpc", "priority": 0 }] },
+                "connectivity": { "methods": self.device_methods() },
                 "node": { "zone": "edge-zone-a", "labels": { "example.com/site": "lab" } },
                 "pod": pod,
             },
@@ -327,6 +384,13 @@ impl TestEnv {
             data_dir: &self.dir.join(format!("arhat-data-{device}")),
             log: "info,arhat=debug,connectivity=debug",
             quick: true,
+            mqtt: match (self.transport, self.broker_address()) {
+                (Transport::Mqtt { max_payload }, Some(broker)) => Some(MqttMethod {
+                    broker,
+                    max_payload,
+                }),
+                _ => None,
+            },
             extra,
         })?;
         std::fs::write(&path, config)?;
@@ -471,9 +535,18 @@ pub struct ArhatConfig<'a> {
     pub log: &'a str,
     /// Short back-off and status interval, for tests.
     pub quick: bool,
+    /// Dial through this broker instead of aranya's gRPC endpoint.
+    pub mqtt: Option<MqttMethod>,
     /// More config YAML (e.g. a `host:` section, or `runtime.logs`), merged
     /// key by key over the rest.
     pub extra: &'a str,
+}
+
+/// An MQTT method of an arhat config.
+#[derive(Debug, Clone)]
+pub struct MqttMethod {
+    pub broker: String,
+    pub max_payload: usize,
 }
 
 /// An arhat config dialing aranya on loopback and running pods in Docker.
@@ -494,6 +567,13 @@ pub fn arhat_config_yaml(c: &ArhatConfig<'_>) -> anyhow::Result<String> {
         log = c.log,
     );
     let mut config: serde_norway::Value = serde_norway::from_str(&base)?;
+    if let Some(m) = &c.mqtt {
+        let methods = format!(
+            "connectivity:\n  methods:\n    - name: mqtt\n      mqtt:\n        broker: {}\n        maxPayload: {}\n        keepalive: 5s\n",
+            m.broker, m.max_payload
+        );
+        merge_yaml(&mut config, serde_norway::from_str(&methods)?);
+    }
     if !c.extra.trim().is_empty() {
         merge_yaml(&mut config, serde_norway::from_str(c.extra)?);
     }

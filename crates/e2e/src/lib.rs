@@ -16,8 +16,10 @@ pub mod process;
 pub mod pty;
 pub mod registry;
 pub mod spdy_client;
+pub mod transport;
 pub mod wait;
 
 pub use cluster::{Cluster, TestEnv};
 pub use process::Proc;
+pub use transport::Transport;
 pub use wait::wait_for;

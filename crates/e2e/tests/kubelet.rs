@@ -106,9 +106,9 @@ fn is_timestamped(line: &str, text: &str) -> bool {
         && stamp.parse::<jiff::Timestamp>().is_ok()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_logs_with_every_option() -> anyhow::Result<()> {
-    let env = TestEnv::new("logs").await?;
+e2e::over_transports! {
+async fn kubectl_logs_with_every_option(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("logs", transport).await?;
     let mut up = env.device_up("a", 10).await?;
     let ns = env.name.clone();
     create_pod(
@@ -185,10 +185,11 @@ async fn kubectl_logs_with_every_option() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_logs_previous_after_a_restart() -> anyhow::Result<()> {
-    let env = TestEnv::new("logs-prev").await?;
+e2e::over_transports! {
+async fn kubectl_logs_previous_after_a_restart(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("logs-prev", transport).await?;
     let up = env.device_up("a", 10).await?;
     let ns = env.name.clone();
     create_pod(
@@ -213,10 +214,11 @@ async fn kubectl_logs_previous_after_a_restart() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_logs_reads_across_rotated_files() -> anyhow::Result<()> {
-    let env = TestEnv::new("rotate").await?;
+e2e::over_transports! {
+async fn kubectl_logs_reads_across_rotated_files(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("rotate", transport).await?;
     let up = env
         .device_up_configured(
             "a",
@@ -271,10 +273,11 @@ async fn kubectl_logs_reads_across_rotated_files() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn host_pod_shows_the_host_log_files_only_when_allowed() -> anyhow::Result<()> {
-    let env = TestEnv::new("hostlogs").await?;
+e2e::over_transports! {
+async fn host_pod_shows_the_host_log_files_only_when_allowed(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("hostlogs", transport).await?;
     let mut up = env.device_up("a", 10).await?;
     let ns = env.name.clone();
     let host_pod: kube::Api<Pod> = kube::Api::namespaced(env.client.clone(), &ns);
@@ -326,6 +329,7 @@ async fn host_pod_shows_the_host_log_files_only_when_allowed() -> anyhow::Result
     }
     follow.wait("the appended line", |l| l == "written later")?;
     Ok(())
+}
 }
 
 /// A client certificate signed by the cluster CA (what the apiserver holds).

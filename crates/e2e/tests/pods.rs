@@ -20,9 +20,9 @@ use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
-    let env = TestEnv::new("deploy").await?;
+e2e::over_transports! {
+async fn deployment_runs_on_the_device_and_scales_down(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("deploy", transport).await?;
     let up = env.device_up("a", 10).await?;
     let node = up.name.clone();
     let configmaps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.name);
@@ -153,6 +153,7 @@ async fn deployment_runs_on_the_device_and_scales_down() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+}
 
 /// Reasons of the events recorded for a pod, waiting until `want` are all there.
 async fn wait_events(env: &TestEnv, pod: &str, want: &[&str]) -> anyhow::Result<Vec<String>> {
@@ -199,9 +200,9 @@ fn waiting_reason(pod: &Pod) -> Option<String> {
     first_container(pod)?.state?.waiting?.reason
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn run_to_completion_reports_exit_codes() -> anyhow::Result<()> {
-    let env = TestEnv::new("exit").await?;
+e2e::over_transports! {
+async fn run_to_completion_reports_exit_codes(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("exit", transport).await?;
     let up = env.device_up("a", 10).await?;
     let never = json!({ "restartPolicy": "Never" });
     create_pod(
@@ -288,10 +289,11 @@ async fn run_to_completion_reports_exit_codes() -> anyhow::Result<()> {
     assert_eq!(code, Some(3));
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn init_containers_run_first_in_order() -> anyhow::Result<()> {
-    let env = TestEnv::new("init").await?;
+e2e::over_transports! {
+async fn init_containers_run_first_in_order(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("init", transport).await?;
     let up = env.device_up("a", 10).await?;
     create_pod(
         &env,
@@ -340,6 +342,7 @@ async fn init_containers_run_first_in_order() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
 fn first_container_running_since(
     c: &k8s_openapi::api::core::v1::ContainerStatus,
@@ -347,9 +350,9 @@ fn first_container_running_since(
     c.state.clone()?.running?.started_at.map(|t| t.0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn crashing_container_backs_off() -> anyhow::Result<()> {
-    let env = TestEnv::new("crash").await?;
+e2e::over_transports! {
+async fn crashing_container_backs_off(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("crash", transport).await?;
     let up = env.device_up("a", 10).await?;
     create_pod(
         &env,
@@ -376,10 +379,11 @@ async fn crashing_container_backs_off() -> anyhow::Result<()> {
     wait_events(&env, "crash", &["Created", "Started", "BackOff"]).await?;
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn unpullable_image_and_missing_secret_say_why() -> anyhow::Result<()> {
-    let env = TestEnv::new("why").await?;
+e2e::over_transports! {
+async fn unpullable_image_and_missing_secret_say_why(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("why", transport).await?;
     let up = env.device_up("a", 10).await?;
     // A registry that refuses connections: the pull fails at once.
     create_pod(&env, &up.name, "noimage", json!({
@@ -416,10 +420,11 @@ async fn unpullable_image_and_missing_secret_say_why() -> anyhow::Result<()> {
     assert!(message.contains("absent"), "{message}");
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn deletion_honours_the_grace_period_and_force() -> anyhow::Result<()> {
-    let env = TestEnv::new("grace").await?;
+e2e::over_transports! {
+async fn deletion_honours_the_grace_period_and_force(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("grace", transport).await?;
     let up = env.device_up("a", 10).await?;
     // Exits as soon as SIGTERM arrives.
     let polite = "trap 'exit 0' TERM; while true; do sleep 1; done";
@@ -498,11 +503,12 @@ async fn deletion_honours_the_grace_period_and_force() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn volumes_carry_configmaps_secrets_init_output_and_the_token() -> anyhow::Result<()> {
+e2e::over_transports! {
+async fn volumes_carry_configmaps_secrets_init_output_and_the_token(transport) -> anyhow::Result<()> {
     use k8s_openapi::api::{authentication::v1::TokenReview, core::v1::Secret};
-    let env = TestEnv::new("volumes").await?;
+    let env = TestEnv::over("volumes", transport).await?;
     let up = env.device_up("a", 10).await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.name);
     configmaps
@@ -606,10 +612,11 @@ async fn volumes_carry_configmaps_secrets_init_output_and_the_token() -> anyhow:
     .await?;
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn private_images_pull_with_image_pull_secrets() -> anyhow::Result<()> {
-    let env = TestEnv::new("pull").await?;
+e2e::over_transports! {
+async fn private_images_pull_with_image_pull_secrets(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("pull", transport).await?;
     let registry = e2e::registry::Registry::shared(&env.cluster.dir).await?;
     let up = env.device_up("a", 10).await?;
     registry.create_pull_secret(env.cluster, &env.name, "regcred")?;
@@ -665,6 +672,7 @@ async fn private_images_pull_with_image_pull_secrets() -> anyhow::Result<()> {
         "{message}"
     );
     Ok(())
+}
 }
 
 #[tokio::test(flavor = "multi_thread")]

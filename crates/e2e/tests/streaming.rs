@@ -90,9 +90,9 @@ fn proxied_to_kubelet(env: &TestEnv, subresource: &str) -> anyhow::Result<u64> {
         .unwrap_or(0))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_exec_exit_codes_and_stdin() -> anyhow::Result<()> {
-    let env = TestEnv::new("exec").await?;
+e2e::over_transports! {
+async fn kubectl_exec_exit_codes_and_stdin(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("exec", transport).await?;
     let up = env.device_up("a", 10).await?;
     running_pod(&env, &up.name, "shell", "exec sleep 3600").await?;
     let ns = env.name.as_str();
@@ -177,6 +177,7 @@ async fn kubectl_exec_exit_codes_and_stdin() -> anyhow::Result<()> {
     assert!(err.contains("nope"), "{err}");
     Ok(())
 }
+}
 
 /// `kubectl port-forward` running, and the local port it listens on.
 struct PortForward {
@@ -259,9 +260,9 @@ fn local_sha256(data: &[u8]) -> anyhow::Result<String> {
         .to_string())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_port_forward_is_byte_exact_and_concurrent() -> anyhow::Result<()> {
-    let env = TestEnv::new("portfwd").await?;
+e2e::over_transports! {
+async fn kubectl_port_forward_is_byte_exact_and_concurrent(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("portfwd", transport).await?;
     let up = env.device_up("a", 10).await?;
     // Only on the pod's loopback: reachable from inside its network namespace.
     running_pod(
@@ -335,10 +336,11 @@ async fn kubectl_port_forward_is_byte_exact_and_concurrent() -> anyhow::Result<(
     );
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_cp_both_ways() -> anyhow::Result<()> {
-    let env = TestEnv::new("cp").await?;
+e2e::over_transports! {
+async fn kubectl_cp_both_ways(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("cp", transport).await?;
     let up = env.device_up("a", 10).await?;
     running_pod(&env, &up.name, "box", "exec sleep 3600").await?;
     let ns = env.name.as_str();
@@ -372,10 +374,11 @@ async fn kubectl_cp_both_ways() -> anyhow::Result<()> {
     }
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn host_pod_verbs_only_when_allowed() -> anyhow::Result<()> {
-    let env = TestEnv::new("hostverbs").await?;
+e2e::over_transports! {
+async fn host_pod_verbs_only_when_allowed(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("hostverbs", transport).await?;
     let mut up = env.device_up("a", 10).await?;
     let ns = env.name.clone();
     let host = up.name.clone();
@@ -507,10 +510,11 @@ async fn host_pod_verbs_only_when_allowed() -> anyhow::Result<()> {
     }
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_exec_it_drives_a_terminal() -> anyhow::Result<()> {
-    let env = TestEnv::new("exectty").await?;
+e2e::over_transports! {
+async fn kubectl_exec_it_drives_a_terminal(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("exectty", transport).await?;
     let up = env.device_up("a", 10).await?;
     running_pod(&env, &up.name, "term", "exec sleep 3600").await?;
     let ns = env.name.as_str();
@@ -533,10 +537,11 @@ async fn kubectl_exec_it_drives_a_terminal() -> anyhow::Result<()> {
     }
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_attach_with_and_without_a_terminal() -> anyhow::Result<()> {
-    let env = TestEnv::new("attach").await?;
+e2e::over_transports! {
+async fn kubectl_attach_with_and_without_a_terminal(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("attach", transport).await?;
     let up = env.device_up("a", 10).await?;
     let ns = env.name.as_str();
     create_pod(
@@ -592,10 +597,11 @@ async fn kubectl_attach_with_and_without_a_terminal() -> anyhow::Result<()> {
     }
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_that_goes_away_leaves_nothing_behind() -> anyhow::Result<()> {
-    let env = TestEnv::new("execgone").await?;
+e2e::over_transports! {
+async fn a_client_that_goes_away_leaves_nothing_behind(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("execgone", transport).await?;
     let up = env.device_up("a", 10).await?;
     running_pod(
         &env,
@@ -705,6 +711,7 @@ async fn a_client_that_goes_away_leaves_nothing_behind() -> anyhow::Result<()> {
         drop(idle);
     }
     Ok(())
+}
 }
 
 type ApiWebSocket =
@@ -855,9 +862,9 @@ async fn websocket_port_forward(
     Ok((data, error))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn websocket_clients_reach_the_kubelet_endpoint() -> anyhow::Result<()> {
-    let env = TestEnv::new("wsexec").await?;
+e2e::over_transports! {
+async fn websocket_clients_reach_the_kubelet_endpoint(transport) -> anyhow::Result<()> {
+    let env = TestEnv::over("wsexec", transport).await?;
     let up = env.device_up("a", 10).await?;
     running_pod(
         &env,
@@ -916,4 +923,5 @@ async fn websocket_clients_reach_the_kubelet_endpoint() -> anyhow::Result<()> {
         "{error}"
     );
     Ok(())
+}
 }

@@ -47,5 +47,6 @@ pub fn dialer(endpoint: &str, ca_pem: &str) -> GrpcDialer {
         ca_pem: ca_pem.as_bytes().to_vec(),
         server_name: Some("localhost".into()),
         connect_timeout: Duration::from_secs(5),
+        keepalive: Duration::from_secs(5),
     }
 }

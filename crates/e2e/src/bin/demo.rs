@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: &state.join("arhat-data"),
         log: "info",
         quick: false,
+        mqtt: None,
         extra: "",
     })?;
     std::fs::write(&config, yaml)?;
