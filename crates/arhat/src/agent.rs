@@ -232,15 +232,30 @@ impl Agent {
             && !c.handle.is_closed()
         {
             c.epoch = welcome.epoch;
-            if c.handle.attach(link, welcome.epoch).is_ok() {
-                info!(
-                    session = welcome.session_id,
-                    epoch = welcome.epoch,
-                    "session resumed"
-                );
-                return Ok(c.handle.state());
+            if c.handle.attach(link, welcome.epoch).is_err() {
+                return Err(HandshakeError::Closed);
             }
-            return Err(HandshakeError::Closed);
+            // The driver takes the link asynchronously: until it has, the state
+            // still says the old link is lost (or up), which is not this link.
+            let mut state = c.handle.state();
+            let epoch = welcome.epoch;
+            let attached = state.wait_for(|s| match s {
+                LinkState::Connected { epoch: e, .. } => *e == epoch,
+                LinkState::Closed { .. } => true,
+                LinkState::Disconnected { .. } => false,
+            });
+            if tokio::time::timeout(HANDSHAKE_TIMEOUT, attached)
+                .await
+                .is_err()
+            {
+                return Err(HandshakeError::Timeout(HANDSHAKE_TIMEOUT));
+            }
+            info!(
+                session = welcome.session_id,
+                epoch = welcome.epoch,
+                "session resumed"
+            );
+            return Ok(c.handle.state());
         }
         if let Some(old) = current.take() {
             old.handle.close("aranya started a new session");

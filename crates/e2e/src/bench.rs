@@ -8,9 +8,10 @@ use serde_json::json;
 
 use crate::{
     Cluster, Proc,
-    cluster::{ArhatConfig, arhat_config_yaml},
+    cluster::{ArhatConfig, MqttMethod, arhat_config_yaml},
     images::{ensure_busybox, remove_device_containers},
     process::start_arhat,
+    transport::Transport,
 };
 
 pub struct BenchBed {
@@ -21,6 +22,8 @@ pub struct BenchBed {
     pub device: String,
     /// aranya's gRPC port on loopback.
     pub port: u16,
+    /// The broker of an MQTT bed.
+    pub broker: Option<testbed::Broker>,
     _aranya: Proc,
     arhat: Option<Proc>,
     arhat_config: PathBuf,
@@ -42,6 +45,17 @@ impl BenchBed {
         allocatable_pods: usize,
         arhat_extra: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_over(device, allocatable_pods, arhat_extra, Transport::Grpc).await
+    }
+
+    /// Like [`Self::start`], the device reaching aranya over `transport` (an
+    /// MQTT bed runs its own Mosquitto, refusing payloads above the limit).
+    pub async fn start_over(
+        device: &str,
+        allocatable_pods: usize,
+        arhat_extra: &str,
+        transport: Transport,
+    ) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         ensure_busybox()?;
         let cp = testbed::ControlPlane::start(Default::default()).await?;
@@ -53,10 +67,31 @@ impl BenchBed {
             .port();
         let aranya = cluster.aranya_command("default", port, "warn")?;
         let aranya = Proc::spawn("aranya", aranya, &dir.join("aranya.log"))?;
+        let broker = match transport {
+            Transport::Grpc => None,
+            Transport::Mqtt { max_payload } => Some(testbed::Broker::start(
+                &dir.join("broker"),
+                &testbed::BrokerOptions {
+                    max_payload: Some(max_payload),
+                    persistence: true,
+                    ..Default::default()
+                },
+            )?),
+        };
+        let (methods, mqtt) = match (&broker, transport) {
+            (Some(b), Transport::Mqtt { max_payload }) => (
+                json!([{ "name": "mqtt", "mqtt": { "broker": b.address(), "maxPayloadSize": max_payload } }]),
+                Some(MqttMethod {
+                    broker: b.address(),
+                    max_payload,
+                }),
+            ),
+            _ => (json!([{ "name": "grpc" }]), None),
+        };
         let manifest = json!({
             "apiVersion": "aranya.arhat.dev/v1alpha1", "kind": "EdgeDevice",
             "metadata": { "name": device },
-            "spec": { "connectivity": { "methods": [{ "name": "grpc" }] }, "pod": { "allocatable": allocatable_pods } },
+            "spec": { "connectivity": { "methods": methods }, "pod": { "allocatable": allocatable_pods } },
         });
         let path = dir.join("device.json");
         std::fs::write(&path, manifest.to_string())?;
@@ -69,7 +104,7 @@ impl BenchBed {
             data_dir: &dir.join("arhat-data"),
             log: "warn",
             quick: false,
-            mqtt: None,
+            mqtt,
             extra: arhat_extra,
         })?;
         std::fs::write(&config, yaml)?;
@@ -89,6 +124,7 @@ impl BenchBed {
             dir,
             device: device.to_string(),
             port,
+            broker,
             _aranya: aranya,
             arhat: Some(arhat),
             arhat_config: config,

@@ -322,6 +322,18 @@ impl TestEnv {
         allocatable_pods: u32,
         pod: serde_json::Value,
     ) -> anyhow::Result<EdgeDevice> {
+        self.create_device_over(name, allocatable_pods, pod, self.device_methods())
+            .await
+    }
+
+    /// Like [`Self::create_device_with`], with its own `connectivity.methods`.
+    pub async fn create_device_over(
+        &self,
+        name: &str,
+        allocatable_pods: u32,
+        pod: serde_json::Value,
+        methods: serde_json::Value,
+    ) -> anyhow::Result<EdgeDevice> {
         let pod = crate::pods::merge(
             serde_json::json!({ "allocatable": allocatable_pods, "ipv4CIDR": "10.200.1.0/24" }),
             pod,
@@ -331,7 +343,7 @@ impl TestEnv {
             "kind": "EdgeDevice",
             "metadata": { "name": name, "labels": { TEST_LABEL: self.name } },
             "spec": {
-                "connectivity": { "methods": self.device_methods() },
+                "connectivity": { "methods": methods },
                 "node": { "zone": "edge-zone-a", "labels": { "example.com/site": "lab" } },
                 "pod": pod,
             },

@@ -7,7 +7,11 @@
 //!   each against the same download over a direct TCP connection to the
 //!   container;
 //! - exec: `kubectl exec -- true` round trips against `docker exec` of the
-//!   same container.
+//!   same container, and the interactive round trip (a line typed into
+//!   `cat` until its echo) of `kubectl exec -i` against `docker exec -i`.
+//!
+//! Each transport (gRPC; MQTT through a local Mosquitto at 128 KiB and at
+//! 8 KiB payloads) gets its own bed, measured against its own baselines.
 //!
 //! `make bench` runs it (needs what `make test` needs).
 
@@ -26,6 +30,7 @@ use e2e::{
     kubelet::{self, Caller},
     pods::merge,
     spdy_client::PortForward,
+    transport::Transport,
     wait_for,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -43,6 +48,60 @@ struct Cli {
     /// exec round trips per side; the median is reported.
     #[arg(long, default_value_t = 15)]
     execs: usize,
+    /// Interactive echo round trips per side; the median is reported.
+    #[arg(long, default_value_t = 50)]
+    echoes: usize,
+    /// Transports to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "grpc,mqtt,mqtt8k")]
+    transports: Vec<String>,
+}
+
+/// One transport's figures.
+struct Report {
+    transport: String,
+    direct: Duration,
+    segment: Duration,
+    tunneled: Duration,
+    docker_exec: Duration,
+    kubectl_exec: Duration,
+    docker_echo: Duration,
+    kubectl_echo: Duration,
+}
+
+fn transport(name: &str) -> anyhow::Result<Transport> {
+    Ok(match name {
+        "grpc" => Transport::Grpc,
+        "mqtt" => e2e::transport::MQTT,
+        "mqtt8k" => e2e::transport::MQTT_8K,
+        other => bail!("unknown transport {other:?} (grpc, mqtt, mqtt8k)"),
+    })
+}
+
+/// Median time from writing a line into `cmd`'s stdin (a `cat`) to reading it back.
+fn echo_rtt(mut cmd: Command, rounds: usize) -> anyhow::Result<Duration> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut samples = Vec::with_capacity(rounds);
+    // The first line also waits for the stream to be set up: not counted.
+    for i in 0..=rounds {
+        let started = Instant::now();
+        writeln!(stdin, "echo {i}")?;
+        stdin.flush()?;
+        let line = lines.next().context("the echo ended")??;
+        anyhow::ensure!(line == format!("echo {i}"), "echoed {line:?}");
+        if i > 0 {
+            samples.push(started.elapsed());
+        }
+    }
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(median(samples))
 }
 
 const DEVICE: &str = "bench-streams-device";
@@ -81,7 +140,30 @@ fn timed(mut cmd: Command) -> anyhow::Result<Duration> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let bed = BenchBed::start(DEVICE, 5, "").await?;
+    let mut reports = Vec::new();
+    for name in &cli.transports {
+        let report = measure(&cli, name).await?;
+        print(&cli, &report);
+        reports.push(report);
+    }
+    println!("\nsummary (each against its own bed's direct baseline)");
+    println!(
+        "  transport  segment throughput / direct   interactive echo kubectl / docker   exec kubectl / docker"
+    );
+    for r in &reports {
+        println!(
+            "  {:<9}  {:>28.3}   {:>34.2}   {:>21.2}",
+            r.transport,
+            r.direct.as_secs_f64() / r.segment.as_secs_f64(),
+            r.kubectl_echo.as_secs_f64() / r.docker_echo.as_secs_f64(),
+            r.kubectl_exec.as_secs_f64() / r.docker_exec.as_secs_f64(),
+        );
+    }
+    Ok(())
+}
+
+async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
+    let bed = BenchBed::start_over(DEVICE, 5, "", transport(name)?).await?;
     let size = cli.mib << 20;
     let script = format!(
         "mkdir -p /tmp/www && head -c {size} /dev/zero > /tmp/www/big && exec httpd -f -p 8080 -h /tmp/www"
@@ -158,12 +240,17 @@ async fn main() -> anyhow::Result<()> {
     let _ = forward.kill();
     let _ = forward.wait();
 
-    let kubectl_exec = || {
+    let kubectl = || {
         let mut cmd = Command::new(&bed.cluster.kube_binary);
         cmd.arg("kubectl")
             .arg("--kubeconfig")
             .arg(&bed.cluster.admin_kubeconfig)
-            .args(["exec", "web", "--", "true"]);
+            .arg("exec");
+        cmd
+    };
+    let kubectl_exec = || {
+        let mut cmd = kubectl();
+        cmd.args(["web", "--", "true"]);
         cmd
     };
     let docker_exec = || {
@@ -177,38 +264,78 @@ async fn main() -> anyhow::Result<()> {
         via_kubectl.push(timed(kubectl_exec())?);
     }
     let (via_kubectl, via_docker) = (median(via_kubectl), median(via_docker));
+    let mut kubectl_cat = kubectl();
+    kubectl_cat.args(["-i", "web", "--", "cat"]);
+    let mut docker_cat = Command::new("docker");
+    docker_cat.args(["exec", "-i", &id, "cat"]);
+    let docker_echo = echo_rtt(docker_cat, cli.echoes)?;
+    let kubectl_echo = echo_rtt(kubectl_cat, cli.echoes)?;
+    Ok(Report {
+        transport: name.to_string(),
+        direct,
+        segment,
+        tunneled,
+        docker_exec: via_docker,
+        kubectl_exec: via_kubectl,
+        docker_echo,
+        kubectl_echo,
+    })
+}
 
+fn print(cli: &Cli, r: &Report) {
     let mibs = |t: Duration| cli.mib as f64 / t.as_secs_f64();
+    println!("== over {}", r.transport);
     println!(
         "port-forward, {} MiB download, best of {} rounds each",
         cli.mib, cli.rounds
     );
     println!(
         "  direct TCP to the container:          {:.1} MiB/s",
-        mibs(direct)
+        mibs(r.direct)
     );
     println!(
         "  aranya↔arhat segment (SPDY client to the kubelet endpoint): {:.1} MiB/s",
-        mibs(segment)
+        mibs(r.segment)
     );
     println!(
         "  kubectl port-forward (whole path):    {:.1} MiB/s",
-        mibs(tunneled)
+        mibs(r.tunneled)
     );
     println!(
         "  throughput ratio, segment / direct:    {:.3}",
-        direct.as_secs_f64() / segment.as_secs_f64()
+        r.direct.as_secs_f64() / r.segment.as_secs_f64()
     );
     println!(
         "  throughput ratio, whole path / direct: {:.3}",
-        direct.as_secs_f64() / tunneled.as_secs_f64()
+        r.direct.as_secs_f64() / r.tunneled.as_secs_f64()
     );
     println!("exec round trip (`true`), median of {}", cli.execs);
-    println!("  docker exec:   {:.1} ms", via_docker.as_secs_f64() * 1e3);
-    println!("  kubectl exec:  {:.1} ms", via_kubectl.as_secs_f64() * 1e3);
+    println!(
+        "  docker exec:   {:.1} ms",
+        r.docker_exec.as_secs_f64() * 1e3
+    );
+    println!(
+        "  kubectl exec:  {:.1} ms",
+        r.kubectl_exec.as_secs_f64() * 1e3
+    );
     println!(
         "  time ratio (kubectl exec / docker exec): {:.2}",
-        via_kubectl.as_secs_f64() / via_docker.as_secs_f64()
+        r.kubectl_exec.as_secs_f64() / r.docker_exec.as_secs_f64()
     );
-    Ok(())
+    println!(
+        "interactive round trip (a line through `cat`), median of {}",
+        cli.echoes
+    );
+    println!(
+        "  docker exec -i:   {:.2} ms",
+        r.docker_echo.as_secs_f64() * 1e3
+    );
+    println!(
+        "  kubectl exec -i:  {:.2} ms",
+        r.kubectl_echo.as_secs_f64() * 1e3
+    );
+    println!(
+        "  time ratio (kubectl / docker): {:.2}",
+        r.kubectl_echo.as_secs_f64() / r.docker_echo.as_secs_f64()
+    );
 }

@@ -1,0 +1,386 @@
+//! What only MQTT has: the last will, broker credentials and ACLs, a second
+//! agent under one name, and falling back to MQTT when gRPC is cut (and
+//! returning). Each test runs its own Mosquitto.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use e2e::{
+    TestEnv,
+    netcut::LinkCut,
+    pods::{busybox, container_id, create_pod, restarts, running_and_ready, wait_pod},
+    transport::MQTT,
+    wait_for,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use serde_json::json;
+
+/// The broker sees the agent's TCP connection close and publishes its last
+/// will: aranya marks the Node NotReady within seconds, long before any
+/// keepalive (5 s, so 7.5 s at the broker) or session timeout (30 s) would.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_will_turns_the_node_not_ready_within_seconds() -> anyhow::Result<()> {
+    let env = TestEnv::over("will", MQTT).await?;
+    let mut up = env.device_up("a", 10).await?;
+    let killed = Instant::now();
+    up.arhat.kill();
+    env.wait_ready(
+        &up.name,
+        "False",
+        Some("EdgeDeviceDisconnected"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "NotReady {took:?} after the agent died: the will, not a timeout\naranya:\n{}",
+        up.aranya.log_tail(20)
+    );
+    Ok(())
+}
+
+fn client(broker: &str, id: &str, user: &str, password: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let (host, port) = broker.rsplit_once(':').unwrap_or((broker, "1883"));
+    let mut opts = MqttOptions::new(id, host, port.parse().unwrap_or(1883));
+    opts.set_credentials(user, password)
+        .set_keep_alive(Duration::from_secs(5));
+    AsyncClient::new(opts, 16)
+}
+
+/// Polls `events` for `window`, collecting SUBACK codes and publishes.
+async fn observe(
+    events: &mut rumqttc::EventLoop,
+    window: Duration,
+) -> anyhow::Result<(Vec<SubscribeReasonCode>, Vec<String>)> {
+    let deadline = tokio::time::Instant::now() + window;
+    let (mut codes, mut topics) = (Vec::new(), Vec::new());
+    loop {
+        let event = tokio::select! {
+            e = events.poll() => e.context("broker connection")?,
+            () = tokio::time::sleep_until(deadline) => return Ok((codes, topics)),
+        };
+        match event {
+            Event::Incoming(Packet::SubAck(ack)) => codes.extend(ack.return_codes),
+            Event::Incoming(Packet::Publish(p)) => topics.push(p.topic),
+            _ => {}
+        }
+    }
+}
+
+/// Devices log in with their own name and password; the ACL lets each use
+/// only its own topics. aranya's broker login comes from a Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_and_an_acl_keep_a_device_to_its_own_topics() -> anyhow::Result<()> {
+    let env = TestEnv::new("mqttacl").await?;
+    let a = env.device("a");
+    let b = env.device("b");
+    let broker = env.start_broker(&testbed::BrokerOptions {
+        users: vec![
+            ("aranya".into(), "aranya-secret".into()),
+            (a.clone(), "a-secret".into()),
+            (b.clone(), "b-secret".into()),
+        ],
+        acl: Some("user aranya\ntopic readwrite arhat/#\n\npattern readwrite arhat/%u/#\n".into()),
+        ..Default::default()
+    })?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "broker-login" },
+                "stringData": { "username": "aranya", "password": "aranya-secret" },
+            }))?,
+        )
+        .await?;
+    env.create_device_over(
+        &a,
+        10,
+        json!({}),
+        json!([{ "name": "mqtt", "mqtt": {
+            "broker": broker, "keepaliveSeconds": 5,
+            "credentialsSecretRef": { "name": "broker-login" },
+        }}]),
+    )
+    .await?;
+    let password = env.dir.join("a.password");
+    std::fs::write(&password, "a-secret\n")?;
+    let aranya = env.start_aranya("a")?;
+    let arhat = env.start_arhat_with(
+        &a,
+        "1",
+        &[],
+        &format!(
+            "connectivity:\n  methods:\n    - name: mqtt\n      mqtt:\n        broker: {broker}\n        username: {a}\n        passwordFile: {}\n",
+            password.display()
+        ),
+    )?;
+    env.wait_ready(
+        &a,
+        "True",
+        Some("EdgeDeviceConnected"),
+        Duration::from_secs(60),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\naranya:\n{}\narhat:\n{}",
+            aranya.log_tail(20),
+            arhat.log_tail(20)
+        )
+    })?;
+
+    // An observer with aranya's rights sees both devices' message topics.
+    let (observer, mut observer_events) = client(&broker, "observer", "aranya", "aranya-secret");
+    observer
+        .subscribe(format!("arhat/{a}/msg"), QoS::AtLeastOnce)
+        .await?;
+    observer
+        .subscribe(format!("arhat/{b}/msg"), QoS::AtLeastOnce)
+        .await?;
+    let (codes, _) = observe(&mut observer_events, Duration::from_millis(500)).await?;
+    anyhow::ensure!(
+        !codes.contains(&SubscribeReasonCode::Failure),
+        "aranya may read every device: {codes:?}"
+    );
+
+    // Device a's login tries device b's topics. (Mosquitto 2.0 grants a
+    // denied MQTT 3.1.1 subscription, then delivers nothing on it.)
+    let (rogue, mut rogue_events) = client(&broker, "rogue", &a, "a-secret");
+    rogue
+        .subscribe(format!("arhat/{b}/cmd"), QoS::AtLeastOnce)
+        .await?;
+    observe(&mut rogue_events, Duration::from_millis(500)).await?;
+    observer
+        .publish(
+            format!("arhat/{b}/cmd"),
+            QoS::AtLeastOnce,
+            false,
+            b"for b only".to_vec(),
+        )
+        .await?;
+    rogue
+        .publish(
+            format!("arhat/{b}/msg"),
+            QoS::AtLeastOnce,
+            false,
+            b"forged".to_vec(),
+        )
+        .await?;
+    // Its own topic is fine, and shows the observer would have seen a forgery.
+    rogue
+        .publish(
+            format!("arhat/{a}/msg"),
+            QoS::AtLeastOnce,
+            false,
+            b"\x01own".to_vec(),
+        )
+        .await?;
+    let (rogue_got, seen) = tokio::join!(
+        observe(&mut rogue_events, Duration::from_secs(2)),
+        observe(&mut observer_events, Duration::from_secs(2)),
+    );
+    let (_, rogue_got) = rogue_got?;
+    let (_, seen) = seen?;
+    assert!(
+        rogue_got.is_empty(),
+        "nothing of b's reached a: {rogue_got:?}"
+    );
+    assert!(
+        seen.contains(&format!("arhat/{a}/msg")),
+        "a's own publish arrived: {seen:?}"
+    );
+    assert!(
+        !seen.contains(&format!("arhat/{b}/msg")),
+        "a's forgery on b's topic was dropped: {seen:?}"
+    );
+    // The device is still fine after the junk on its topic.
+    assert_eq!(env.ready(&a).await.map(|r| r.0), Some("True".to_string()));
+    Ok(())
+}
+
+async fn connected_via(env: &TestEnv, device: &str) -> Option<String> {
+    let d = env.devices().get_opt(device).await.ok()??;
+    let status = serde_json::to_value(d.status?).ok()?;
+    status["connectedVia"].as_str().map(str::to_string)
+}
+
+/// gRPC cut: arhat notices within its 1 s keepalive and moves the session to
+/// MQTT before aranya notices anything; gRPC back: it returns within
+/// `preferredRetry`. The Node stays Ready and the pod keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_grpc_link_falls_back_to_mqtt_and_returns() -> anyhow::Result<()> {
+    let env = TestEnv::new("fallback").await?;
+    let name = env.device("a");
+    let broker = env.start_broker(&testbed::BrokerOptions {
+        persistence: true,
+        ..Default::default()
+    })?;
+    env.create_device_over(
+        &name,
+        10,
+        json!({}),
+        json!([
+            { "name": "grpc", "priority": 0 },
+            { "name": "mqtt", "priority": 1, "mqtt": { "broker": broker, "keepaliveSeconds": 5 } },
+        ]),
+    )
+    .await?;
+    let aranya = env.start_aranya("a")?;
+    let arhat = env.start_arhat_with(
+        &name,
+        "1",
+        &[],
+        &format!(
+            "connectivity:\n  preferredRetry: 3s\n  methods:\n    - name: grpc\n      priority: 0\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\n        connectTimeout: 2s\n        keepalive: 1s\n    - name: mqtt\n      priority: 1\n      mqtt:\n        broker: {broker}\n        keepalive: 5s\n",
+            port = env.grpc_port,
+            ca = env.cluster.ca_file.display(),
+        ),
+    )?;
+    let logs = || {
+        format!(
+            "aranya:\n{}\narhat:\n{}",
+            aranya.log_tail(25),
+            arhat.log_tail(25)
+        )
+    };
+    env.wait_ready(
+        &name,
+        "True",
+        Some("EdgeDeviceConnected"),
+        Duration::from_secs(60),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    create_pod(
+        &env,
+        &name,
+        "steady",
+        json!({ "containers": [busybox("main", "exec sleep 3600")] }),
+    )
+    .await?;
+    let before = wait_pod(&env, "steady", "running", Duration::from_secs(90), |p| {
+        running_and_ready(p).then(|| container_id(p)).flatten()
+    })
+    .await?;
+    wait_for("connected over grpc", Duration::from_secs(30), || async {
+        (connected_via(&env, &name).await.as_deref() == Some("grpc")).then_some(())
+    })
+    .await?;
+
+    // Watch Ready the whole time.
+    let watch_env = env.nodes();
+    let watched = name.clone();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        let mut not_ready = Vec::new();
+        loop {
+            if let Ok(Some(node)) = watch_env.get_opt(&watched).await
+                && let Some((status, reason)) = e2e::cluster::node_ready(&node)
+                && status != "True"
+            {
+                not_ready.push(reason);
+            }
+            tokio::select! {
+                _ = &mut stop_rx => return not_ready,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    });
+
+    let cut = LinkCut::new(env.grpc_port)?;
+    let switched = Instant::now();
+    wait_for("fallen back to mqtt", Duration::from_secs(30), || async {
+        (connected_via(&env, &name).await.as_deref() == Some("mqtt")).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    let fallback = switched.elapsed();
+    // Stay cut past aranya's own gRPC keepalive (15 s): it must not matter.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    cut.restore();
+    let restored = Instant::now();
+    wait_for("back on grpc", Duration::from_secs(40), || async {
+        (connected_via(&env, &name).await.as_deref() == Some("grpc")).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    let back = restored.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(());
+    let not_ready = watcher.await?;
+    assert!(
+        not_ready.is_empty(),
+        "the Node left Ready: {not_ready:?}\n{}",
+        logs()
+    );
+    let pod = wait_pod(
+        &env,
+        "steady",
+        "still running",
+        Duration::from_secs(10),
+        |p| running_and_ready(p).then(|| p.clone()),
+    )
+    .await?;
+    assert_eq!(restarts(&pod), 0, "the pod never restarted");
+    assert_eq!(container_id(&pod), Some(before), "the same container runs");
+    eprintln!("fell back to mqtt in {fallback:?}; back on grpc {back:?} after the link returned");
+    Ok(())
+}
+
+/// A second agent under the same name is refused while the first lives
+/// (they do not take turns at the broker); once the first is gone, the
+/// second takes over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_agent_with_the_same_name_is_refused() -> anyhow::Result<()> {
+    let env = TestEnv::over("dupmqtt", MQTT).await?;
+    let mut up = env.device_up("a", 10).await?;
+    let first_sessions = up.arhat.log().matches("session resumed").count();
+    let second = env.start_arhat_with(
+        &up.name,
+        "2",
+        &[],
+        &format!(
+            "runtime:\n  kind: none\n  dataDir: {}\n",
+            env.dir.join("second-agent").display()
+        ),
+    )?;
+    wait_for(
+        "the second agent refused",
+        Duration::from_secs(30),
+        || async { second.log().contains("already connected").then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nsecond:\n{}", second.log_tail(20)))?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        up.arhat.log().matches("session resumed").count(),
+        first_sessions,
+        "the first agent kept its link:\n{}",
+        up.arhat.log_tail(20)
+    );
+    assert_eq!(
+        env.ready(&up.name).await.map(|r| r.0),
+        Some("True".to_string())
+    );
+    // The first dies: its will frees the name, and the second is let in.
+    up.arhat.kill();
+    wait_for(
+        "the second agent connected",
+        Duration::from_secs(60),
+        || async { second.log().contains("connected to aranya").then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nsecond:\n{}", second.log_tail(20)))?;
+    env.wait_ready(
+        &up.name,
+        "True",
+        Some("EdgeDeviceConnected"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(())
+}
