@@ -9,8 +9,8 @@
 //! Pub/sub has no connections, so this transport makes its own: every broker
 //! connection of a device is one link, named by a random link id that every
 //! message carries in a [`HEADER_LEN`]-byte header (kind, link id). aranya starts
-//! a link when a new id says Hello, ends it when that id goes offline or a newer
-//! one replaces it, and answers data of an id it does not know with `Gone`, so a
+//! a link when a new id says Hello, ends it when that id goes offline or its
+//! session lets go of it, and answers data of an id it does not know with `Gone`, so a
 //! device whose aranya restarted dials again at once instead of waiting for a
 //! timeout. Loss, duplicates and reordering (QoS 1 redelivery, a broker restart
 //! without persistence, a full broker queue) are the session layer's to repair:
@@ -48,6 +48,8 @@ const LINK_QUEUE: usize = 64;
 /// Messages from the broker queued toward the session before the MQTT event
 /// loop waits (and so reads no more from the broker).
 const INBOUND_QUEUE: usize = 256;
+/// Live links of one device aranya keeps apart; more end the oldest.
+const MAX_LINKS: usize = 8;
 /// rumqttc's own request queue.
 const REQUEST_QUEUE: usize = 64;
 /// Unacknowledged QoS 1 publishes per broker connection.
@@ -503,7 +505,7 @@ pub async fn serve_device(
         topics,
         links,
         settings,
-        current: None,
+        links_by_id: Vec::new(),
         last_gone: None,
     };
     tokio::select! {
@@ -531,7 +533,8 @@ struct CloudSide {
     topics: Topics,
     links: mpsc::Sender<Link>,
     settings: Settings,
-    current: Option<CloudLink>,
+    /// Live links of the device, oldest first.
+    links_by_id: Vec<CloudLink>,
     last_gone: Option<u64>,
 }
 
@@ -576,36 +579,40 @@ impl CloudSide {
             debug!(topic = %p.topic, "malformed MQTT message");
             return;
         };
-        let current = self.current.as_ref().map(|c| c.id);
-        match kind {
-            Kind::Offline if is_status && current == Some(id) => {
+        let known = self.links_by_id.iter().position(|l| l.id == id);
+        match (kind, known) {
+            (Kind::Offline, Some(i)) if is_status => {
                 info!(
                     link = format_args!("{id:016x}"),
                     "device offline (last will or disconnect)"
                 );
-                if let Some(link) = self.current.take() {
-                    link.end("the device went offline at the broker");
-                }
+                self.links_by_id
+                    .remove(i)
+                    .end("the device went offline at the broker");
             }
-            Kind::Data if !is_status && current == Some(id) => {
-                let delivered = match &self.current {
-                    Some(link) => link.inbound.send(Ok(body)).await.is_ok(),
-                    None => false,
-                };
+            (Kind::Data, Some(i)) if !is_status => {
+                let delivered = self.links_by_id[i].inbound.send(Ok(body)).await.is_ok();
                 if !delivered {
                     // The session let go of this link.
-                    self.current = None;
+                    self.links_by_id.remove(i);
                 }
             }
-            Kind::Data if !is_status && is_hello(&body) => self.new_link(client, id, body).await,
-            Kind::Data if !is_status => self.gone(client, id),
+            (Kind::Data, None) if !is_status && is_hello(&body) => {
+                self.new_link(client, id, body).await;
+            }
+            (Kind::Data, None) if !is_status => self.gone(client, id),
             _ => {}
         }
     }
 
+    /// A new link beside the others: an agent's newer connection, or a second
+    /// agent under the same name, which the hub must see (and refuse) while
+    /// the first one's link stays up.
     async fn new_link(&mut self, client: &AsyncClient, id: u64, hello: Bytes) {
-        if let Some(old) = self.current.take() {
-            old.end("replaced by a newer link of the device");
+        self.links_by_id.retain(|l| !l.inbound.is_closed());
+        if self.links_by_id.len() >= MAX_LINKS {
+            let oldest = self.links_by_id.remove(0);
+            oldest.end("too many links of one device");
         }
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         let (out_tx, out_rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
@@ -627,7 +634,7 @@ impl CloudSide {
             publisher.abort();
             return;
         }
-        self.current = Some(CloudLink {
+        self.links_by_id.push(CloudLink {
             id,
             inbound: in_tx,
             publisher,
