@@ -524,9 +524,19 @@ async fn kubectl_exec_it_drives_a_terminal(transport) -> anyhow::Result<()> {
             80,
             24,
         )?;
-        term.type_text("echo hello-$((40+2)); stty size\r")?;
+        term.type_text("echo hello-$((40+2))\r")?;
         term.expect("hello-42", Duration::from_secs(30))?;
-        term.expect("24 80", Duration::from_secs(10))?;
+        // The initial size travels beside stdin and may land just after the
+        // shell's first command (CI saw `stty` fail once): ask until it shows.
+        let mut sized = Err(anyhow::anyhow!("never asked"));
+        for _ in 0..5 {
+            term.type_text("stty size\r")?;
+            sized = term.expect("24 80", Duration::from_secs(3));
+            if sized.is_ok() {
+                break;
+            }
+        }
+        sized?;
         term.resize(120, 40)?;
         // The resize travels separately from stdin: allow it to land.
         std::thread::sleep(Duration::from_millis(500));
