@@ -302,32 +302,58 @@ fn client_tls(tls: &Tls) -> Result<Arc<rustls::ClientConfig>, TransportError> {
     Ok(Arc::new(config))
 }
 
+/// Drives the event loop until `pick` takes an incoming packet, at most `timeout`.
+async fn poll_until<T>(
+    events: &mut EventLoop,
+    timeout: Duration,
+    what: &str,
+    mut pick: impl FnMut(Packet) -> Option<T>,
+) -> Result<T, String> {
+    let polled = tokio::time::timeout(timeout, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(p)) => {
+                    if let Some(v) = pick(p) {
+                        return Ok(v);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(describe(&e)),
+            }
+        }
+    });
+    polled
+        .await
+        .unwrap_or_else(|_| Err(format!("no {what} within {timeout:?}")))
+}
+
+fn new_client(opts: MqttOptions, connect_timeout: Duration) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(opts, REQUEST_QUEUE);
+    events
+        .network_options
+        .set_connection_timeout(connect_timeout.as_secs().max(1));
+    // Every message is a whole frame, often a keystroke: Nagle would hold
+    // each one behind the broker's delayed ACK (some 40 ms a hop).
+    events.network_options.set_tcp_nodelay(true);
+    (client, events)
+}
+
 /// Connects and waits for the broker's CONNACK.
 async fn connect(
     opts: MqttOptions,
     timeout: Duration,
     broker: &str,
 ) -> Result<(AsyncClient, EventLoop), TransportError> {
-    let (client, mut events) = AsyncClient::new(opts, REQUEST_QUEUE);
-    events
-        .network_options
-        .set_connection_timeout(timeout.as_secs().max(1));
-    let connect_err = |reason: String| TransportError::Connect {
-        endpoint: broker.to_string(),
-        reason,
-    };
-    let connected = tokio::time::timeout(timeout, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(connect_err(describe(&e))),
-            }
-        }
+    let (client, mut events) = new_client(opts, timeout);
+    poll_until(&mut events, timeout, "CONNACK", |p| {
+        matches!(p, Packet::ConnAck(_)).then_some(())
     })
     .await
-    .map_err(|_| connect_err(format!("no CONNACK within {timeout:?}")))?;
-    connected.map(|()| (client, events))
+    .map_err(|reason| TransportError::Connect {
+        endpoint: broker.to_string(),
+        reason,
+    })?;
+    Ok((client, events))
 }
 
 /// Subscribes and waits for the SUBACK, failing if the broker refused (an ACL).
@@ -344,17 +370,12 @@ async fn subscribe(
         .subscribe_many(filters)
         .await
         .map_err(|e| TransportError::Closed(format!("subscribing: {e}")))?;
-    let acked = tokio::time::timeout(timeout, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(ack))) => return Ok(ack),
-                Ok(_) => {}
-                Err(e) => return Err(TransportError::Closed(describe(&e))),
-            }
-        }
+    let acked = poll_until(events, timeout, "SUBACK", |p| match p {
+        Packet::SubAck(ack) => Some(ack),
+        _ => None,
     })
     .await
-    .map_err(|_| TransportError::Closed(format!("no SUBACK within {timeout:?}")))??;
+    .map_err(TransportError::Closed)?;
     if acked.return_codes.contains(&SubscribeReasonCode::Failure) {
         return Err(TransportError::Config(format!(
             "the broker refused the subscription to {topics:?} (not authorized?)"
@@ -462,23 +483,37 @@ async fn device_inbound(
     let _ = inbound.send(Err(TransportError::Closed(end))).await;
 }
 
-/// Publishes the session's messages; once the session drops the link, marks
-/// it offline and disconnects (a clean disconnect publishes no last will).
+/// Publishes the session's messages of link `id` to `topic` until the session
+/// drops the link (true) or the broker connection is gone (false).
+async fn publish_link(
+    client: &AsyncClient,
+    topic: &str,
+    id: u64,
+    mut outbound: mpsc::Receiver<Bytes>,
+) -> bool {
+    while let Some(body) = outbound.recv().await {
+        let msg = message(Kind::Data, id, &body);
+        if client
+            .publish_bytes(topic.to_string(), QoS::AtLeastOnce, false, msg)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// The device's publisher: once the session drops the link, marks it offline
+/// and disconnects (a clean disconnect publishes no last will).
 async fn device_outbound(
     client: AsyncClient,
     topics: Topics,
     id: u64,
-    mut outbound: mpsc::Receiver<Bytes>,
+    outbound: mpsc::Receiver<Bytes>,
 ) {
-    while let Some(body) = outbound.recv().await {
-        let msg = message(Kind::Data, id, &body);
-        if client
-            .publish_bytes(topics.msg.clone(), QoS::AtLeastOnce, false, msg)
-            .await
-            .is_err()
-        {
-            return;
-        }
+    if !publish_link(&client, &topics.msg, id, outbound).await {
+        return;
     }
     let _ = client
         .publish_bytes(
@@ -540,10 +575,7 @@ struct CloudSide {
 
 impl CloudSide {
     async fn run(&mut self, opts: MqttOptions) -> Result<(), TransportError> {
-        let (client, mut events) = AsyncClient::new(opts, REQUEST_QUEUE);
-        events
-            .network_options
-            .set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
+        let (client, mut events) = new_client(opts, self.settings.connect_timeout);
         let mut delay = RECONNECT_MIN;
         loop {
             match events.poll().await {
@@ -616,12 +648,10 @@ impl CloudSide {
         }
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         let (out_tx, out_rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
-        let publisher = tokio::spawn(cloud_outbound(
-            client.clone(),
-            self.topics.cmd.clone(),
-            id,
-            out_rx,
-        ));
+        let (client, cmd) = (client.clone(), self.topics.cmd.clone());
+        let publisher = tokio::spawn(async move {
+            publish_link(&client, &cmd, id, out_rx).await;
+        });
         let _ = in_tx.send(Ok(hello)).await;
         let link = Link {
             tx: out_tx,
@@ -664,24 +694,6 @@ fn is_hello(body: &Bytes) -> bool {
         Envelope::from_bytes(body.clone()).map(|e| e.body),
         Ok(Some(Body::Hello(_)))
     )
-}
-
-async fn cloud_outbound(
-    client: AsyncClient,
-    cmd: String,
-    id: u64,
-    mut outbound: mpsc::Receiver<Bytes>,
-) {
-    while let Some(body) = outbound.recv().await {
-        let msg = message(Kind::Data, id, &body);
-        if client
-            .publish_bytes(cmd.clone(), QoS::AtLeastOnce, false, msg)
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

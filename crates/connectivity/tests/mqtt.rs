@@ -42,20 +42,24 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Reads a link's Hello and welcomes it into session 7 at `epoch`.
+async fn welcome(mut link: Link, epoch: u64, resumed: bool) -> Option<Link> {
+    handshake::read_hello(&mut link, T).await.ok()?;
+    let welcome = Welcome {
+        session_id: 7,
+        epoch,
+        resumed,
+        protocol_version: 1,
+    };
+    handshake::welcome(&mut link, welcome).await.ok()?;
+    Some(link)
+}
+
 /// The cloud: welcomes the first link with a new session, attaches later
 /// ones (resumes) to it.
 async fn cloud(mut links: mpsc::Receiver<Link>) -> SessionHandle {
-    let mut link = links.recv().await.expect("a link");
-    handshake::read_hello(&mut link, T).await.expect("hello");
-    let welcome = Welcome {
-        session_id: 7,
-        epoch: 1,
-        resumed: false,
-        protocol_version: 1,
-    };
-    handshake::welcome(&mut link, welcome)
-        .await
-        .expect("welcome");
+    let first = links.recv().await.expect("a link");
+    let link = welcome(first, 1, false).await.expect("hello and welcome");
     let (handle, _incoming) = session::spawn(
         Role::Cloud,
         SessionConfig::default(),
@@ -68,18 +72,9 @@ async fn cloud(mut links: mpsc::Receiver<Link>) -> SessionHandle {
     let resumer = handle.clone();
     tokio::spawn(async move {
         let mut epoch = 1;
-        while let Some(mut link) = links.recv().await {
-            if handshake::read_hello(&mut link, T).await.is_err() {
-                continue;
-            }
-            epoch += 1;
-            let welcome = Welcome {
-                session_id: 7,
-                epoch,
-                resumed: true,
-                protocol_version: 1,
-            };
-            if handshake::welcome(&mut link, welcome).await.is_ok() {
+        while let Some(link) = links.recv().await {
+            if let Some(link) = welcome(link, epoch + 1, true).await {
+                epoch += 1;
                 let _ = resumer.attach(link, epoch);
             }
         }
@@ -87,25 +82,27 @@ async fn cloud(mut links: mpsc::Receiver<Link>) -> SessionHandle {
     handle
 }
 
-async fn hello(dialer: &MqttDialer, session_id: u64) -> (Link, Welcome) {
-    let mut link = dialer.dial().await.expect("dial");
+/// Dials a link and says Hello for `session_id` (0: a new session).
+async fn hello(
+    dialer: &MqttDialer,
+    session_id: u64,
+) -> Result<(Link, Welcome), Box<dyn std::error::Error + Send + Sync>> {
+    let mut link = dialer.dial().await?;
     let hello = Hello {
         device: DEVICE.into(),
         protocol_version: 1,
         session_id,
         ..Default::default()
     };
-    let welcome = handshake::hello(&mut link, hello, T)
-        .await
-        .expect("welcome");
-    (link, welcome)
+    let welcome = handshake::hello(&mut link, hello, T).await?;
+    Ok((link, welcome))
 }
 
 /// The device: a session, and on every link loss a new link that resumes it.
 async fn device(
     dialer: MqttDialer,
 ) -> (SessionHandle, mpsc::UnboundedReceiver<connectivity::Stream>) {
-    let (link, welcome) = hello(&dialer, 0).await;
+    let (link, welcome) = hello(&dialer, 0).await.expect("hello");
     let (handle, incoming) = session::spawn(
         Role::Device,
         SessionConfig::default(),
@@ -126,18 +123,10 @@ async fn device(
                 continue;
             }
             loop {
-                match dialer.dial().await {
-                    Ok(mut link) => {
-                        let hello = Hello {
-                            device: DEVICE.into(),
-                            protocol_version: 1,
-                            session_id: 7,
-                            ..Default::default()
-                        };
-                        if let Ok(w) = handshake::hello(&mut link, hello, T).await {
-                            let _ = resumer.attach(link, w.epoch);
-                            break;
-                        }
+                match hello(&dialer, 7).await {
+                    Ok((link, w)) => {
+                        let _ = resumer.attach(link, w.epoch);
+                        break;
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
