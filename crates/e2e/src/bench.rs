@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     Cluster, Proc,
-    cluster::{ArhatConfig, MqttMethod, arhat_config_yaml},
+    cluster::{ArhatConfig, arhat_config_yaml},
     images::{ensure_busybox, remove_device_containers},
     process::start_arhat,
     transport::Transport,
@@ -45,16 +45,26 @@ impl BenchBed {
         allocatable_pods: usize,
         arhat_extra: &str,
     ) -> anyhow::Result<Self> {
-        Self::start_over(device, allocatable_pods, arhat_extra, Transport::Grpc).await
+        let broker = testbed::BrokerOptions::default();
+        Self::start_over(
+            device,
+            allocatable_pods,
+            arhat_extra,
+            Transport::Grpc,
+            broker,
+        )
+        .await
     }
 
     /// Like [`Self::start`], the device reaching aranya over `transport` (an
-    /// MQTT bed runs its own Mosquitto, refusing payloads above the limit).
+    /// MQTT bed runs its own Mosquitto with `broker`, refusing payloads
+    /// above the limit, persistence on).
     pub async fn start_over(
         device: &str,
         allocatable_pods: usize,
         arhat_extra: &str,
         transport: Transport,
+        broker: testbed::BrokerOptions,
     ) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         ensure_busybox()?;
@@ -74,20 +84,11 @@ impl BenchBed {
                 &testbed::BrokerOptions {
                     max_payload: Some(max_payload),
                     persistence: true,
-                    ..Default::default()
+                    ..broker
                 },
             )?),
         };
-        let (methods, mqtt) = match (&broker, transport) {
-            (Some(b), Transport::Mqtt { max_payload }) => (
-                json!([{ "name": "mqtt", "mqtt": { "broker": b.address(), "maxPayloadSize": max_payload } }]),
-                Some(MqttMethod {
-                    broker: b.address(),
-                    max_payload,
-                }),
-            ),
-            _ => (json!([{ "name": "grpc" }]), None),
-        };
+        let (methods, mqtt) = transport.methods(broker.as_ref().map(|b| b.address()).as_deref());
         let manifest = json!({
             "apiVersion": "aranya.arhat.dev/v1alpha1", "kind": "EdgeDevice",
             "metadata": { "name": device },

@@ -139,3 +139,94 @@ fn dechunk(mut rest: &str) -> anyhow::Result<String> {
         rest = after.get(size + 2..).unwrap_or_default();
     }
 }
+
+/// A `v4.channel.k8s.io` WebSocket exec on the kubelet endpoint itself (the
+/// aranya↔arhat segment, without kubectl and the apiserver): channel 0 is
+/// stdin, 1 stdout, 2 stderr, 3 the exit status.
+#[derive(Debug)]
+pub struct Exec {
+    ws: tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+}
+
+impl Exec {
+    /// Runs `command` in `namespace/pod/container`, with stdin when `stdin`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open(
+        ip: IpAddr,
+        port: u16,
+        ca_pem: &str,
+        caller: Caller<'_>,
+        (namespace, pod, container): (&str, &str, &str),
+        command: &[&str],
+        stdin: bool,
+    ) -> anyhow::Result<Self> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let tls = connect(ip, port, ca_pem, caller).await?;
+        let mut query = String::from("output=1&error=1");
+        if stdin {
+            query.push_str("&input=1");
+        }
+        for arg in command {
+            query.push_str("&command=");
+            query.push_str(&url_escape(arg));
+        }
+        let mut request = format!("wss://{ip}:{port}/exec/{namespace}/{pod}/{container}?{query}")
+            .into_client_request()?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse()?);
+        let (ws, _) = tokio_tungstenite::client_async(request, tls)
+            .await
+            .context("exec upgrade on the kubelet endpoint")?;
+        Ok(Self { ws })
+    }
+
+    /// Sends `data` on stdin.
+    pub async fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        use futures::SinkExt;
+        let mut message = vec![0u8];
+        message.extend_from_slice(data);
+        self.ws.send(message.into()).await?;
+        Ok(())
+    }
+
+    /// The next (channel, data) message; `None` once the endpoint closes.
+    pub async fn read(&mut self) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                .await
+                .context("nothing from the exec for 60 s")?;
+            match next.transpose()? {
+                None | Some(Message::Close(_)) => return Ok(None),
+                Some(Message::Binary(b)) if !b.is_empty() => {
+                    return Ok(Some((b[0], b[1..].to_vec())));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the exit status; returns it (`{"status":"Success"}` or a failure).
+    pub async fn wait(&mut self) -> anyhow::Result<String> {
+        let mut status = Vec::new();
+        while let Some((channel, data)) = self.read().await? {
+            if channel == 3 {
+                status.extend(data);
+            }
+        }
+        Ok(String::from_utf8_lossy(&status).into_owned())
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -25,6 +25,26 @@ pub struct BrokerOptions {
     pub users: Vec<(String, String)>,
     /// Contents of an ACL file (Mosquitto syntax).
     pub acl: Option<String>,
+    /// Listen here instead of on a free port (the demo's broker keeps its address).
+    pub port: Option<u16>,
+    /// Serve TLS instead of plain MQTT.
+    pub tls: Option<BrokerTls>,
+    /// Leave Nagle's algorithm on for client sockets (Mosquitto's default;
+    /// the test bed turns it off, as a broker carrying shells should).
+    pub nagle: bool,
+}
+
+/// The broker's TLS listener.
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    /// CA that signs client certificates.
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Refuse clients without a certificate from `ca_file`, and take each
+    /// client's username from its certificate's common name (so ACL
+    /// patterns on `%u` follow the certificate).
+    pub require_client_cert: bool,
 }
 
 /// A running Mosquitto; stopped when dropped.
@@ -52,13 +72,19 @@ fn mosquitto() -> Result<PathBuf, Error> {
 }
 
 impl Broker {
-    /// Writes the config under `dir` and starts the broker on a free loopback port.
+    /// Writes the config under `dir` and starts the broker on loopback, on
+    /// `options.port` or a free port.
     pub fn start(dir: &Path, options: &BrokerOptions) -> Result<Broker, Error> {
         std::fs::create_dir_all(dir.join("data"))
             .map_err(io(format!("creating {}", dir.display())))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        // Bound here first, so a port another broker holds is an error, not
+        // a readiness check answered by that broker.
+        let port = std::net::TcpListener::bind(("127.0.0.1", options.port.unwrap_or(0)))
             .and_then(|l| l.local_addr())
-            .map_err(io("picking a broker port"))?
+            .map_err(io(format!(
+                "binding the broker port {}",
+                options.port.unwrap_or(0)
+            )))?
             .port();
         let mut conf = format!(
             "listener {port} 127.0.0.1\nlog_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nconnection_messages true\nmax_queued_messages 1000\n",
@@ -67,6 +93,20 @@ impl Broker {
         // As root, Mosquitto would switch to its own user and lose access here.
         if crate::sys::is_root() {
             conf.push_str("user root\n");
+        }
+        if !options.nagle {
+            conf.push_str("set_tcp_nodelay true\n");
+        }
+        if let Some(tls) = &options.tls {
+            conf.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                tls.ca_file.display(),
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ));
+            if tls.require_client_cert {
+                conf.push_str("require_certificate true\nuse_identity_as_username true\n");
+            }
         }
         if options.persistence {
             conf.push_str(&format!(

@@ -33,7 +33,7 @@ mod process;
 mod sys;
 
 pub use binary::{KUBE_BIN_ENV, cache_dir, kube_binary, kube_source_dir};
-pub use broker::{Broker, BrokerOptions};
+pub use broker::{Broker, BrokerOptions, BrokerTls};
 pub use certs::{Ca, Issued, ServiceAccountKey};
 pub use controlplane::{
     ControlPlane, K8S_VERSION, KEEP_ENV, KUBELET_CLIENT_BINDING, KUBELET_CLIENT_USER, Options,

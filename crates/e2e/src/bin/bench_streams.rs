@@ -6,9 +6,10 @@
 //!   kubelet endpoint as the apiserver does (the aranya↔arhat segment),
 //!   each against the same download over a direct TCP connection to the
 //!   container;
-//! - exec: `kubectl exec -- true` round trips against `docker exec` of the
-//!   same container, and the interactive round trip (a line typed into
-//!   `cat` until its echo) of `kubectl exec -i` against `docker exec -i`.
+//! - exec: `exec true` round trips and the interactive round trip (a line
+//!   typed into `cat` until its echo), each through `kubectl exec` (whole
+//!   path) and a WebSocket exec on aranya's kubelet endpoint (the segment),
+//!   against `docker exec` of the same container.
 //!
 //! Each transport (gRPC; MQTT through a local Mosquitto at 128 KiB and at
 //! 8 KiB payloads) gets its own bed, measured against its own baselines.
@@ -54,6 +55,10 @@ struct Cli {
     /// Transports to measure, in order.
     #[arg(long, value_delimiter = ',', default_value = "grpc,mqtt,mqtt8k")]
     transports: Vec<String>,
+    /// Leave Nagle's algorithm on at the broker (Mosquitto's default), to
+    /// see what `set_tcp_nodelay true` is worth.
+    #[arg(long)]
+    broker_nagle: bool,
 }
 
 /// One transport's figures.
@@ -63,9 +68,15 @@ struct Report {
     segment: Duration,
     tunneled: Duration,
     docker_exec: Duration,
+    segment_exec: Duration,
     kubectl_exec: Duration,
     docker_echo: Duration,
+    segment_echo: Duration,
     kubectl_echo: Duration,
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
 }
 
 fn transport(name: &str) -> anyhow::Result<Transport> {
@@ -101,6 +112,69 @@ fn echo_rtt(mut cmd: Command, rounds: usize) -> anyhow::Result<Duration> {
     drop(stdin);
     let _ = child.kill();
     let _ = child.wait();
+    Ok(median(samples))
+}
+
+/// The device's kubelet endpoint, called as the apiserver calls it.
+struct Endpoint<'a> {
+    ip: std::net::IpAddr,
+    port: u16,
+    ca: &'a str,
+    caller: Caller<'a>,
+}
+
+impl Endpoint<'_> {
+    async fn exec(&self, command: &[&str], stdin: bool) -> anyhow::Result<kubelet::Exec> {
+        let target = ("default", "web", "web");
+        kubelet::Exec::open(
+            self.ip,
+            self.port,
+            self.ca,
+            self.caller,
+            target,
+            command,
+            stdin,
+        )
+        .await
+    }
+}
+
+/// One `exec true` on the segment, connection to exit status, as the apiserver makes it.
+async fn segment_exec(endpoint: &Endpoint<'_>) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = endpoint.exec(&["true"], false).await?.wait().await?;
+    anyhow::ensure!(
+        status.contains("Success"),
+        "exec true ended with {status:?}"
+    );
+    Ok(started.elapsed())
+}
+
+/// [`echo_rtt`] on the segment: lines through `cat` over one exec.
+async fn segment_echo_rtt(endpoint: &Endpoint<'_>, rounds: usize) -> anyhow::Result<Duration> {
+    let mut exec = endpoint.exec(&["cat"], true).await?;
+    let mut samples = Vec::with_capacity(rounds);
+    for i in 0..=rounds {
+        let line = format!("echo {i}\n");
+        let started = Instant::now();
+        exec.write(line.as_bytes()).await?;
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n") {
+            match exec.read().await? {
+                Some((1, data)) => got.extend(data),
+                Some(_) => {}
+                None => bail!("the segment exec ended"),
+            }
+        }
+        anyhow::ensure!(
+            got == line.as_bytes(),
+            "echoed {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        if i > 0 {
+            samples.push(started.elapsed());
+        }
+    }
     Ok(median(samples))
 }
 
@@ -146,24 +220,29 @@ async fn main() -> anyhow::Result<()> {
         print(&cli, &report);
         reports.push(report);
     }
-    println!("\nsummary (each against its own bed's direct baseline)");
+    println!("\nsummary: the aranya↔arhat segment against each bed's own direct baseline");
     println!(
-        "  transport  segment throughput / direct   interactive echo kubectl / docker   exec kubectl / docker"
+        "  {:<9} {:>22} {:>22} {:>26}",
+        "transport", "throughput seg/direct", "exec time seg/direct", "echo time seg/direct"
     );
     for r in &reports {
         println!(
-            "  {:<9}  {:>28.3}   {:>34.2}   {:>21.2}",
+            "  {:<9} {:>22.3} {:>22.2} {:>26.2}",
             r.transport,
-            r.direct.as_secs_f64() / r.segment.as_secs_f64(),
-            r.kubectl_echo.as_secs_f64() / r.docker_echo.as_secs_f64(),
-            r.kubectl_exec.as_secs_f64() / r.docker_exec.as_secs_f64(),
+            ratio(r.direct, r.segment),
+            ratio(r.segment_exec, r.docker_exec),
+            ratio(r.segment_echo, r.docker_echo),
         );
     }
     Ok(())
 }
 
 async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
-    let bed = BenchBed::start_over(DEVICE, 5, "", transport(name)?).await?;
+    let broker = testbed::BrokerOptions {
+        nagle: cli.broker_nagle,
+        ..Default::default()
+    };
+    let bed = BenchBed::start_over(DEVICE, 5, "", transport(name)?, broker).await?;
     let size = cli.mib << 20;
     let script = format!(
         "mkdir -p /tmp/www && head -c {size} /dev/zero > /tmp/www/big && exec httpd -f -p 8080 -h /tmp/www"
@@ -258,17 +337,26 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
         cmd.args(["exec", &id, "true"]);
         cmd
     };
-    let (mut via_kubectl, mut via_docker) = (Vec::new(), Vec::new());
+    let endpoint = Endpoint {
+        ip: e2e::cluster::node_address(),
+        port: kubelet_port,
+        ca: &ca,
+        caller: Caller::Certificate(&identity),
+    };
+    let (mut via_kubectl, mut via_docker, mut via_segment) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..cli.execs {
         via_docker.push(timed(docker_exec())?);
+        via_segment.push(segment_exec(&endpoint).await?);
         via_kubectl.push(timed(kubectl_exec())?);
     }
-    let (via_kubectl, via_docker) = (median(via_kubectl), median(via_docker));
+    let (via_kubectl, via_docker, via_segment) =
+        (median(via_kubectl), median(via_docker), median(via_segment));
     let mut kubectl_cat = kubectl();
     kubectl_cat.args(["-i", "web", "--", "cat"]);
     let mut docker_cat = Command::new("docker");
     docker_cat.args(["exec", "-i", &id, "cat"]);
     let docker_echo = echo_rtt(docker_cat, cli.echoes)?;
+    let segment_echo = segment_echo_rtt(&endpoint, cli.echoes).await?;
     let kubectl_echo = echo_rtt(kubectl_cat, cli.echoes)?;
     Ok(Report {
         transport: name.to_string(),
@@ -276,66 +364,69 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
         segment,
         tunneled,
         docker_exec: via_docker,
+        segment_exec: via_segment,
         kubectl_exec: via_kubectl,
         docker_echo,
+        segment_echo,
         kubectl_echo,
     })
 }
 
 fn print(cli: &Cli, r: &Report) {
     let mibs = |t: Duration| cli.mib as f64 / t.as_secs_f64();
+    let ms = |t: Duration| t.as_secs_f64() * 1e3;
     println!("== over {}", r.transport);
     println!(
         "port-forward, {} MiB download, best of {} rounds each",
         cli.mib, cli.rounds
     );
-    println!(
-        "  direct TCP to the container:          {:.1} MiB/s",
-        mibs(r.direct)
-    );
-    println!(
-        "  aranya↔arhat segment (SPDY client to the kubelet endpoint): {:.1} MiB/s",
-        mibs(r.segment)
-    );
-    println!(
-        "  kubectl port-forward (whole path):    {:.1} MiB/s",
-        mibs(r.tunneled)
-    );
-    println!(
-        "  throughput ratio, segment / direct:    {:.3}",
-        r.direct.as_secs_f64() / r.segment.as_secs_f64()
-    );
-    println!(
-        "  throughput ratio, whole path / direct: {:.3}",
-        r.direct.as_secs_f64() / r.tunneled.as_secs_f64()
-    );
-    println!("exec round trip (`true`), median of {}", cli.execs);
-    println!(
-        "  docker exec:   {:.1} ms",
-        r.docker_exec.as_secs_f64() * 1e3
-    );
-    println!(
-        "  kubectl exec:  {:.1} ms",
-        r.kubectl_exec.as_secs_f64() * 1e3
-    );
-    println!(
-        "  time ratio (kubectl exec / docker exec): {:.2}",
-        r.kubectl_exec.as_secs_f64() / r.docker_exec.as_secs_f64()
-    );
-    println!(
-        "interactive round trip (a line through `cat`), median of {}",
-        cli.echoes
-    );
-    println!(
-        "  docker exec -i:   {:.2} ms",
-        r.docker_echo.as_secs_f64() * 1e3
-    );
-    println!(
-        "  kubectl exec -i:  {:.2} ms",
-        r.kubectl_echo.as_secs_f64() * 1e3
-    );
-    println!(
-        "  time ratio (kubectl / docker): {:.2}",
-        r.kubectl_echo.as_secs_f64() / r.docker_echo.as_secs_f64()
-    );
+    for (what, t) in [
+        ("direct TCP to the container", r.direct),
+        (
+            "aranya↔arhat segment (SPDY to the kubelet endpoint)",
+            r.segment,
+        ),
+        ("kubectl port-forward (whole path)", r.tunneled),
+    ] {
+        println!("  {what:<52} {:>8.1} MiB/s", mibs(t));
+    }
+    for (what, t) in [("segment", r.segment), ("whole path", r.tunneled)] {
+        println!(
+            "  throughput ratio, {what} / direct: {:.3}",
+            ratio(r.direct, t)
+        );
+    }
+    for (title, n, docker, segment, kubectl) in [
+        (
+            "exec round trip (`true`)",
+            cli.execs,
+            r.docker_exec,
+            r.segment_exec,
+            r.kubectl_exec,
+        ),
+        (
+            "interactive round trip (a line through `cat`)",
+            cli.echoes,
+            r.docker_echo,
+            r.segment_echo,
+            r.kubectl_echo,
+        ),
+    ] {
+        println!("{title}, median of {n}");
+        for (what, t) in [
+            ("docker exec (direct)", docker),
+            (
+                "aranya↔arhat segment (WebSocket to the kubelet endpoint)",
+                segment,
+            ),
+            ("kubectl exec (whole path)", kubectl),
+        ] {
+            println!("  {what:<58} {:>8.2} ms", ms(t));
+        }
+        println!(
+            "  time ratio, segment / direct: {:.2}; whole path / direct: {:.2}",
+            ratio(segment, docker),
+            ratio(kubectl, docker)
+        );
+    }
 }
