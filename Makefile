@@ -18,8 +18,11 @@ export ARANYA_PAUSE_BINARY ?= $(CARGO_TARGET_DIR)/static/$(HOST_TRIPLE)/release/
 
 .PHONY: up down test bench deps docker mosquitto build kube pause lint clean
 
+# `make up TRANSPORT=mqtt`: the device reaches aranya through the demo's own
+# Mosquitto (.local/mosquitto, persistence on) instead of gRPC.
+TRANSPORT ?= grpc
 up: deps docker mosquitto build kube pause
-	@scripts/up.sh "$(CARGO_TARGET_DIR)/debug/demo"
+	@scripts/up.sh "$(CARGO_TARGET_DIR)/debug/demo" "$(TRANSPORT)"
 
 down:
 	@scripts/down.sh

@@ -9,13 +9,15 @@ if [ -f "$state/demo.pid" ] && kill -0 "$(cat "$state/demo.pid")" 2>/dev/null; t
 fi
 rm -f "$state/kubeconfig"
 demo="$1"
-setsid nohup "$demo" --state-dir "$state" > "$state/demo.log" 2>&1 < /dev/null &
+transport="${2:-grpc}"
+setsid nohup "$demo" --state-dir "$state" --transport "$transport" > "$state/demo.log" 2>&1 < /dev/null &
 echo $! > "$state/demo.pid"
 for _ in $(seq 1 600); do
   if [ -f "$state/kubeconfig" ]; then
     cat <<TXT
 Up: a Kubernetes v1.37 control plane, aranya, and the device 'demo-device' (its Node is Ready),
 running the sample Deployment hello-edge (deploy/sample-deployment.yaml) in Docker.
+$(grep -m1 '^ready: ' "$state/demo.log" | sed 's/^ready: //')
 
 Try:
   .local/bin/kubectl --kubeconfig .local/kubeconfig get nodes -o wide
@@ -24,6 +26,7 @@ Try:
   .local/bin/kubectl --kubeconfig .local/kubeconfig get pods -o wide
   docker ps --filter label=io.arhat.device=demo-device
 Logs: .local/logs/{aranya,arhat}.log, .local/testbed/logs/, .local/demo.log
+  (over MQTT also .local/mosquitto/{mosquitto.conf,mosquitto.log})
 Stop: make down
 TXT
     exit 0

@@ -95,9 +95,14 @@ impl Proc {
         }
     }
 
-    /// SIGTERM and wait (SIGKILL after the grace period).
+    /// SIGTERM and wait (SIGKILL after 5 s).
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        Ok(self.guard.stop(Duration::from_secs(5))?)
+        self.stop_within(Duration::from_secs(5))
+    }
+
+    /// SIGTERM and wait (SIGKILL after `grace`).
+    pub fn stop_within(&mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
+        Ok(self.guard.stop(grace)?)
     }
 
     /// Waits for the process to exit by itself.

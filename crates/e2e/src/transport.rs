@@ -1,6 +1,8 @@
 //! The transports the end-to-end suites run over, and the macro that runs a
 //! test once per transport.
 
+use crate::cluster::MqttMethod;
+
 /// How the device reaches aranya in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -20,6 +22,25 @@ pub const MQTT_8K: Transport = Transport::Mqtt {
 };
 
 impl Transport {
+    /// The EdgeDevice's `spec.connectivity.methods` and arhat's MQTT method
+    /// (none over gRPC) for this transport through `broker`.
+    pub fn methods(self, broker: Option<&str>) -> (serde_json::Value, Option<MqttMethod>) {
+        match (self, broker) {
+            (Self::Mqtt { max_payload }, Some(broker)) => (
+                serde_json::json!([{
+                    "name": "mqtt",
+                    "priority": 0,
+                    "mqtt": { "broker": broker, "maxPayloadSize": max_payload, "keepaliveSeconds": 5 },
+                }]),
+                Some(MqttMethod {
+                    broker: broker.to_string(),
+                    max_payload,
+                }),
+            ),
+            _ => (serde_json::json!([{ "name": "grpc", "priority": 0 }]), None),
+        }
+    }
+
     /// A short name for namespaces and logs: `grpc`, `mqtt`, `mqtt8k`.
     pub fn short(self) -> String {
         match self {

@@ -1,5 +1,7 @@
 //! The local demo: a real control plane, aranya, and one arhat device on this
-//! machine, staying up until SIGTERM. `make up` runs it in the background.
+//! machine, staying up until SIGTERM. `make up` runs it in the background;
+//! `make up TRANSPORT=mqtt` has the device reach aranya through a Mosquitto
+//! broker the demo starts itself (its own config file, persistence on).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -9,6 +11,7 @@ use e2e::{
     Cluster, Proc,
     cluster::{ArhatConfig, arhat_config_yaml, repo_root},
     process::start_arhat,
+    transport::Transport,
 };
 
 #[derive(Debug, Parser)]
@@ -19,6 +22,12 @@ struct Cli {
     /// aranya's gRPC port.
     #[arg(long, default_value_t = 9443)]
     grpc_port: u16,
+    /// How the device reaches aranya: `grpc`, or `mqtt` through the demo's broker.
+    #[arg(long, default_value = "grpc")]
+    transport: String,
+    /// The demo broker's port on loopback (with `--transport mqtt`).
+    #[arg(long, default_value_t = 18830)]
+    mqtt_port: u16,
 }
 
 const DEVICE: &str = "demo-device";
@@ -34,6 +43,27 @@ async fn main() -> anyhow::Result<()> {
     let logs = state.join("logs");
     std::fs::create_dir_all(&logs)?;
 
+    let transport = match cli.transport.as_str() {
+        "grpc" => Transport::Grpc,
+        "mqtt" => e2e::transport::MQTT,
+        other => anyhow::bail!("--transport {other:?}: expected grpc or mqtt"),
+    };
+    let broker = match transport {
+        Transport::Grpc => None,
+        Transport::Mqtt { .. } => {
+            let options = testbed::BrokerOptions {
+                persistence: true,
+                port: Some(cli.mqtt_port),
+                ..Default::default()
+            };
+            Some(
+                testbed::Broker::start(&state.join("mosquitto"), &options)
+                    .context("starting the demo's Mosquitto (--mqtt-port picks another port)")?,
+            )
+        }
+    };
+    let (methods, mqtt) = transport.methods(broker.as_ref().map(|b| b.address()).as_deref());
+
     let cp = testbed::ControlPlane::start_in(Default::default(), &state.join("testbed"))
         .await
         .context("starting the control plane")?;
@@ -42,13 +72,16 @@ async fn main() -> anyhow::Result<()> {
     let aranya = cluster.aranya_command("default", cli.grpc_port, "info")?;
     let _aranya = Proc::spawn("aranya", aranya, &logs.join("aranya.log"))?;
 
-    cluster.kubectl(&[
-        "apply",
-        "-f",
-        &repo_root()
-            .join("deploy/sample-edgedevice.yaml")
-            .to_string_lossy(),
-    ])?;
+    // The sample as it is in deploy/, with the methods of the chosen transport.
+    let mut device: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(
+        repo_root().join("deploy/sample-edgedevice.yaml"),
+    )?)?;
+    *device
+        .pointer_mut("/spec/connectivity/methods")
+        .context("deploy/sample-edgedevice.yaml lists no spec.connectivity.methods")? = methods;
+    let device_file = state.join("edgedevice.json");
+    std::fs::write(&device_file, serde_json::to_vec_pretty(&device)?)?;
+    cluster.kubectl(&["apply", "-f", &device_file.to_string_lossy()])?;
     let config = state.join("arhat.yaml");
     let yaml = arhat_config_yaml(&ArhatConfig {
         device: DEVICE,
@@ -57,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: &state.join("arhat-data"),
         log: "info",
         quick: false,
-        mqtt: None,
+        mqtt,
         extra: "",
     })?;
     std::fs::write(&config, yaml)?;
@@ -91,7 +124,13 @@ async fn main() -> anyhow::Result<()> {
     let tmp = state.join("kubeconfig.tmp");
     std::fs::copy(cp.kubeconfig_path(), &tmp)?;
     std::fs::rename(&tmp, state.join("kubeconfig"))?;
-    println!("ready");
+    match &broker {
+        Some(b) => println!(
+            "ready: the device is connected through the broker at {}",
+            b.address()
+        ),
+        None => println!("ready: the device is connected over gRPC"),
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -108,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(state.join("kubeconfig"));
     drop(arhat);
+    drop(broker);
     e2e::images::remove_device_containers(DEVICE);
     Ok(())
 }
