@@ -339,19 +339,18 @@ fn dialer(config: &Config, method: &Method) -> Result<Box<dyn Dialer>, AgentErro
                     },
                 }),
             };
-            let credentials = match (&m.username, &m.password_file) {
-                (Some(username), Some(file)) => {
-                    let password = read("mqtt", "passwordFile", file)?;
+            let credentials = match &m.username {
+                None => None,
+                Some(username) => {
+                    let password = match &m.password_file {
+                        Some(file) => read("mqtt", "passwordFile", file)?,
+                        None => Vec::new(),
+                    };
                     Some(mqtt::Credentials {
                         username: username.clone(),
                         password: String::from_utf8_lossy(&password).trim_end().to_string(),
                     })
                 }
-                (Some(username), None) => Some(mqtt::Credentials {
-                    username: username.clone(),
-                    password: String::new(),
-                }),
-                _ => None,
             };
             let settings = mqtt::Settings {
                 broker: m.broker.clone(),

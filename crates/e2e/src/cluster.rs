@@ -251,14 +251,7 @@ impl TestEnv {
 
     /// The EdgeDevice's `connectivity.methods` for this test's transport.
     pub fn device_methods(&self) -> serde_json::Value {
-        match (self.transport, self.broker_address()) {
-            (Transport::Mqtt { max_payload }, Some(broker)) => serde_json::json!([{
-                "name": "mqtt",
-                "priority": 0,
-                "mqtt": { "broker": broker, "maxPayloadSize": max_payload, "keepaliveSeconds": 5 },
-            }]),
-            _ => serde_json::json!([{ "name": "grpc", "priority": 0 }]),
-        }
+        self.transport.methods(self.broker_address().as_deref()).0
     }
 
     pub async fn new(test: &str) -> anyhow::Result<TestEnv> {
@@ -396,13 +389,7 @@ impl TestEnv {
             data_dir: &self.dir.join(format!("arhat-data-{device}")),
             log: "info,arhat=debug,connectivity=debug",
             quick: true,
-            mqtt: match (self.transport, self.broker_address()) {
-                (Transport::Mqtt { max_payload }, Some(broker)) => Some(MqttMethod {
-                    broker,
-                    max_payload,
-                }),
-                _ => None,
-            },
+            mqtt: self.transport.methods(self.broker_address().as_deref()).1,
             extra,
         })?;
         std::fs::write(&path, config)?;
@@ -463,8 +450,23 @@ impl TestEnv {
         pod: serde_json::Value,
         arhat_yaml: &str,
     ) -> anyhow::Result<DeviceUp> {
+        let methods = self.device_methods();
+        self.device_up_over(suffix, allocatable_pods, pod, methods, arhat_yaml)
+            .await
+    }
+
+    /// Like [`Self::device_up_configured`], with the EdgeDevice's own
+    /// `connectivity.methods` (arhat's go in `arhat_yaml`).
+    pub async fn device_up_over(
+        &self,
+        suffix: &str,
+        allocatable_pods: u32,
+        pod: serde_json::Value,
+        methods: serde_json::Value,
+        arhat_yaml: &str,
+    ) -> anyhow::Result<DeviceUp> {
         let name = self.device(suffix);
-        self.create_device_with(&name, allocatable_pods, pod)
+        self.create_device_over(&name, allocatable_pods, pod, methods)
             .await?;
         let aranya = self.start_aranya("a")?;
         let arhat = self.start_arhat_with(&name, "1", &[], arhat_yaml)?;
@@ -476,13 +478,7 @@ impl TestEnv {
                 Duration::from_secs(60),
             )
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}\naranya:\n{}\narhat:\n{}",
-                    aranya.log_tail(30),
-                    arhat.log_tail(30)
-                )
-            })?;
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", logs_of(&aranya, &arhat, 30)))?;
         Ok(DeviceUp {
             name,
             aranya,
@@ -534,6 +530,21 @@ pub struct DeviceUp {
     pub arhat: Proc,
     /// The Node as it first was Ready.
     pub node: Node,
+}
+
+impl DeviceUp {
+    /// The last `lines` of aranya's and arhat's logs, for failure messages.
+    pub fn logs(&self, lines: usize) -> String {
+        logs_of(&self.aranya, &self.arhat, lines)
+    }
+}
+
+fn logs_of(aranya: &Proc, arhat: &Proc, lines: usize) -> String {
+    format!(
+        "aranya:\n{}\narhat:\n{}",
+        aranya.log_tail(lines),
+        arhat.log_tail(lines)
+    )
 }
 
 /// What differs between the agents the harness, demo and benchmark start.

@@ -2,7 +2,11 @@
 //! agent under one name, and falling back to MQTT when gRPC is cut (and
 //! returning). Each test runs its own Mosquitto.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use e2e::{
@@ -96,42 +100,23 @@ async fn credentials_and_an_acl_keep_a_device_to_its_own_topics() -> anyhow::Res
             }))?,
         )
         .await?;
-    env.create_device_over(
-        &a,
-        10,
-        json!({}),
-        json!([{ "name": "mqtt", "mqtt": {
-            "broker": broker, "keepaliveSeconds": 5,
-            "credentialsSecretRef": { "name": "broker-login" },
-        }}]),
-    )
-    .await?;
     let password = env.dir.join("a.password");
     std::fs::write(&password, "a-secret\n")?;
-    let aranya = env.start_aranya("a")?;
-    let arhat = env.start_arhat_with(
-        &a,
-        "1",
-        &[],
-        &format!(
-            "connectivity:\n  methods:\n    - name: mqtt\n      mqtt:\n        broker: {broker}\n        username: {a}\n        passwordFile: {}\n",
-            password.display()
-        ),
-    )?;
-    env.wait_ready(
-        &a,
-        "True",
-        Some("EdgeDeviceConnected"),
-        Duration::from_secs(60),
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "{e}\naranya:\n{}\narhat:\n{}",
-            aranya.log_tail(20),
-            arhat.log_tail(20)
+    let _up = env
+        .device_up_over(
+            "a",
+            10,
+            json!({}),
+            json!([{ "name": "mqtt", "mqtt": {
+                "broker": broker, "keepaliveSeconds": 5,
+                "credentialsSecretRef": { "name": "broker-login" },
+            }}]),
+            &format!(
+                "connectivity:\n  methods:\n    - name: mqtt\n      mqtt:\n        broker: {broker}\n        username: {a}\n        passwordFile: {}\n",
+                password.display()
+            ),
         )
-    })?;
+        .await?;
 
     // An observer with aranya's rights sees both devices' message topics.
     let (observer, mut observer_events) = client(&broker, "observer", "aranya", "aranya-secret");
@@ -202,10 +187,126 @@ async fn credentials_and_an_acl_keep_a_device_to_its_own_topics() -> anyhow::Res
     Ok(())
 }
 
+/// The broker over TLS, asking every client for a certificate from its CA
+/// and naming the client by it (the ACL keys on that name): aranya's comes
+/// from a Secret (`tlsSecretRef`), the device's from files. A pod runs
+/// through it; an agent without a certificate is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_client_certificates_end_to_end() -> anyhow::Result<()> {
+    let env = TestEnv::new("mqtttls").await?;
+    let pki = env.dir.join("broker-pki");
+    let ca = testbed::Ca::new("broker-ca")?;
+    let (ca_file, _) = ca.write(&pki, "ca")?;
+    let (cert_file, key_file) = ca
+        .issue_server("broker", &["localhost"], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])?
+        .write(&pki, "broker")?;
+    let broker = env.start_broker(&testbed::BrokerOptions {
+        tls: Some(testbed::BrokerTls {
+            ca_file: ca_file.clone(),
+            cert_file,
+            key_file,
+            require_client_cert: true,
+        }),
+        acl: Some("user aranya\ntopic readwrite arhat/#\n\npattern readwrite arhat/%u/#\n".into()),
+        ..Default::default()
+    })?;
+    let aranya_cert = ca.issue_client("aranya", &[])?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "broker-tls" },
+                "stringData": {
+                    "ca.crt": ca.cert_pem(),
+                    "tls.crt": aranya_cert.cert_pem,
+                    "tls.key": aranya_cert.key_pem,
+                },
+            }))?,
+        )
+        .await?;
+    let methods = json!([{ "name": "mqtt", "mqtt": {
+        "broker": broker, "keepaliveSeconds": 5,
+        "tlsSecretRef": { "name": "broker-tls" },
+    }}]);
+    let arhat_yaml = |client: Option<(PathBuf, PathBuf)>| {
+        let client = client
+            .map(|(c, k)| {
+                format!(
+                    "          certFile: {}\n          keyFile: {}\n",
+                    c.display(),
+                    k.display()
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "connectivity:\n  methods:\n    - name: mqtt\n      mqtt:\n        broker: {broker}\n        tls:\n          caFile: {}\n{client}",
+            ca_file.display()
+        )
+    };
+    let a = env.device("a");
+    let device_cert = ca.issue_client(&a, &[])?.write(&pki, "device-a")?;
+    let up = env
+        .device_up_over(
+            "a",
+            10,
+            json!({}),
+            methods.clone(),
+            &arhat_yaml(Some(device_cert)),
+        )
+        .await?;
+    let logs = || up.logs(20);
+    wait_connected_via(&env, &a, "mqtt", Duration::from_secs(30), &logs).await?;
+    create_pod(
+        &env,
+        &a,
+        "over-tls",
+        json!({ "containers": [busybox("main", "exec sleep 3600")] }),
+    )
+    .await?;
+    wait_pod(&env, "over-tls", "running", Duration::from_secs(90), |p| {
+        running_and_ready(p).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+
+    // No certificate: the broker ends the handshake, and the device stays away.
+    let b = env.device("b");
+    env.create_device_over(&b, 10, json!({}), methods).await?;
+    let without = env.start_arhat_with(&b, "1", &[], &arhat_yaml(None))?;
+    wait_for("the broker refusing b", Duration::from_secs(30), || async {
+        without.log().contains("CertificateRequired").then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", without.log_tail(10)))?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    anyhow::ensure!(
+        env.ready(&b).await.map(|r| r.0) != Some("True".to_string()),
+        "b got in without a certificate:\n{}",
+        without.log_tail(20)
+    );
+    Ok(())
+}
+
 async fn connected_via(env: &TestEnv, device: &str) -> Option<String> {
     let d = env.devices().get_opt(device).await.ok()??;
     let status = serde_json::to_value(d.status?).ok()?;
     status["connectedVia"].as_str().map(str::to_string)
+}
+
+/// Waits for the EdgeDevice's `status.connectedVia` to read `via`.
+async fn wait_connected_via(
+    env: &TestEnv,
+    device: &str,
+    via: &str,
+    timeout: Duration,
+    logs: &dyn Fn() -> String,
+) -> anyhow::Result<()> {
+    wait_for(&format!("connected via {via}"), timeout, || async {
+        (connected_via(env, device).await.as_deref() == Some(via)).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))
 }
 
 /// gRPC cut: arhat notices within its 1 s keepalive and moves the session to
@@ -214,47 +315,28 @@ async fn connected_via(env: &TestEnv, device: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_grpc_link_falls_back_to_mqtt_and_returns() -> anyhow::Result<()> {
     let env = TestEnv::new("fallback").await?;
-    let name = env.device("a");
     let broker = env.start_broker(&testbed::BrokerOptions {
         persistence: true,
         ..Default::default()
     })?;
-    env.create_device_over(
-        &name,
-        10,
-        json!({}),
-        json!([
-            { "name": "grpc", "priority": 0 },
-            { "name": "mqtt", "priority": 1, "mqtt": { "broker": broker, "keepaliveSeconds": 5 } },
-        ]),
-    )
-    .await?;
-    let aranya = env.start_aranya("a")?;
-    let arhat = env.start_arhat_with(
-        &name,
-        "1",
-        &[],
-        &format!(
-            "connectivity:\n  preferredRetry: 3s\n  methods:\n    - name: grpc\n      priority: 0\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\n        connectTimeout: 2s\n        keepalive: 1s\n    - name: mqtt\n      priority: 1\n      mqtt:\n        broker: {broker}\n        keepalive: 5s\n",
-            port = env.grpc_port,
-            ca = env.cluster.ca_file.display(),
-        ),
-    )?;
-    let logs = || {
-        format!(
-            "aranya:\n{}\narhat:\n{}",
-            aranya.log_tail(25),
-            arhat.log_tail(25)
+    let up = env
+        .device_up_over(
+            "a",
+            10,
+            json!({}),
+            json!([
+                { "name": "grpc", "priority": 0 },
+                { "name": "mqtt", "priority": 1, "mqtt": { "broker": broker, "keepaliveSeconds": 5 } },
+            ]),
+            &format!(
+                "connectivity:\n  preferredRetry: 3s\n  methods:\n    - name: grpc\n      priority: 0\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\n        connectTimeout: 2s\n        keepalive: 1s\n    - name: mqtt\n      priority: 1\n      mqtt:\n        broker: {broker}\n        keepalive: 5s\n",
+                port = env.grpc_port,
+                ca = env.cluster.ca_file.display(),
+            ),
         )
-    };
-    env.wait_ready(
-        &name,
-        "True",
-        Some("EdgeDeviceConnected"),
-        Duration::from_secs(60),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+        .await?;
+    let name = up.name.clone();
+    let logs = || up.logs(25);
     create_pod(
         &env,
         &name,
@@ -266,10 +348,7 @@ async fn a_cut_grpc_link_falls_back_to_mqtt_and_returns() -> anyhow::Result<()> 
         running_and_ready(p).then(|| container_id(p)).flatten()
     })
     .await?;
-    wait_for("connected over grpc", Duration::from_secs(30), || async {
-        (connected_via(&env, &name).await.as_deref() == Some("grpc")).then_some(())
-    })
-    .await?;
+    wait_connected_via(&env, &name, "grpc", Duration::from_secs(30), &logs).await?;
 
     // Watch Ready the whole time.
     let watch_env = env.nodes();
@@ -293,21 +372,13 @@ async fn a_cut_grpc_link_falls_back_to_mqtt_and_returns() -> anyhow::Result<()> 
 
     let cut = LinkCut::new(env.grpc_port)?;
     let switched = Instant::now();
-    wait_for("fallen back to mqtt", Duration::from_secs(30), || async {
-        (connected_via(&env, &name).await.as_deref() == Some("mqtt")).then_some(())
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    wait_connected_via(&env, &name, "mqtt", Duration::from_secs(30), &logs).await?;
     let fallback = switched.elapsed();
     // Stay cut past aranya's own gRPC keepalive (15 s): it must not matter.
     tokio::time::sleep(Duration::from_secs(16)).await;
     cut.restore();
     let restored = Instant::now();
-    wait_for("back on grpc", Duration::from_secs(40), || async {
-        (connected_via(&env, &name).await.as_deref() == Some("grpc")).then_some(())
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    wait_connected_via(&env, &name, "grpc", Duration::from_secs(40), &logs).await?;
     let back = restored.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = stop_tx.send(());

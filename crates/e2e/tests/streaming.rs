@@ -991,6 +991,59 @@ async fn mqtt_broker_crash_mid_port_forward_keeps_bytes_exact() -> anyhow::Resul
     Ok(())
 }
 
+/// `kubectl exec -i <pod> -- cat`: a line typed, and the same line back.
+struct Cat {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<std::io::Result<String>>,
+}
+
+impl Cat {
+    fn start(env: &TestEnv, pod: &str) -> anyhow::Result<Self> {
+        let mut child = kubectl(
+            env,
+            Mode::WebSocket,
+            &["exec", "-i", "-n", &env.name, pod, "--", "cat"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let mut out = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.by_ref() {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Types `line {i}` and waits (at most 60 s) for it back; the round trip.
+    fn echo(&mut self, i: usize) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
+        writeln!(self.stdin, "line {i}")?;
+        self.stdin.flush()?;
+        let got = self.lines.recv_timeout(Duration::from_secs(60))??;
+        anyhow::ensure!(got == format!("line {i}"), "line {i} came back as {got:?}");
+        Ok(started.elapsed())
+    }
+}
+
+impl Drop for Cat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An interactive `cat` through exec answers every line typed before, during
 /// and after a broker crash, in order.
 #[tokio::test(flavor = "multi_thread")]
@@ -998,42 +1051,80 @@ async fn mqtt_broker_crash_mid_interactive_exec_keeps_the_shell() -> anyhow::Res
     let env = TestEnv::over("brokerexec", e2e::transport::MQTT).await?;
     let up = env.device_up("a", 10).await?;
     running_pod(&env, &up.name, "shell", "exec sleep 3600").await?;
-    let ns = env.name.as_str();
-    let mut child = kubectl(
-        &env,
-        Mode::WebSocket,
-        &["exec", "-i", "-n", ns, "shell", "--", "cat"],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.by_ref() {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut echo = |i: usize| -> anyhow::Result<()> {
-        writeln!(stdin, "line {i}")?;
-        stdin.flush()?;
-        let got = rx.recv_timeout(Duration::from_secs(60))??;
-        anyhow::ensure!(got == format!("line {i}"), "line {i} came back as {got:?}");
-        Ok(())
-    };
+    let mut cat = Cat::start(&env, "shell")?;
     for i in 0..5 {
-        echo(i)?;
+        cat.echo(i)?;
     }
     env.with_broker(|b| b.restart())
         .context("the test's broker")??;
     for i in 5..10 {
-        echo(i)?;
+        cat.echo(i)?;
     }
-    let _ = child.kill();
-    let _ = child.wait();
     Ok(())
+}
+
+e2e::over_transports! {
+/// A shell answers while a port-forward downloads as fast as it can: the
+/// download (4 GiB, sparse) outlasts the typing, so a starved shell would
+/// hang here rather than answer late.
+async fn a_shell_answers_during_a_bulk_port_forward(transport) -> anyhow::Result<()> {
+    use std::sync::{Arc, atomic::{AtomicBool, AtomicU64, Ordering}};
+    let env = TestEnv::over("busyshell", transport).await?;
+    let up = env.device_up("a", 10).await?;
+    running_pod(
+        &env,
+        &up.name,
+        "bulk",
+        "mkdir -p /tmp/www && dd if=/dev/zero of=/tmp/www/big bs=1M count=0 seek=4096 && exec httpd -f -p 8080 -h /tmp/www",
+    )
+    .await?;
+    let pf = PortForward::start(&env, Mode::WebSocket, &env.name, "pod/bulk", 8080)?;
+    let mut conn = pf.connect()?;
+    write!(conn, "GET /big HTTP/1.0\r\n\r\n")?;
+    let (received, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let downloader = {
+        let (received, stop) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while !stop.load(Ordering::Relaxed) {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received.fetch_add(n as u64, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    wait_for("the download under way", Duration::from_secs(30), || {
+        let got = received.load(Ordering::Relaxed);
+        async move { (got > 4 << 20).then_some(()) }
+    })
+    .await?;
+    let mut cat = Cat::start(&env, "bulk")?;
+    cat.echo(0)?;
+    // Typed at a person's pace, so the download has time to show it kept going.
+    let before = received.load(Ordering::Relaxed);
+    let mut rtts = Vec::new();
+    for i in 1..=20 {
+        std::thread::sleep(Duration::from_millis(100));
+        rtts.push(cat.echo(i)?);
+    }
+    let during = received.load(Ordering::Relaxed) - before;
+    let still_running = !downloader.is_finished();
+    stop.store(true, Ordering::Relaxed);
+    drop(pf);
+    anyhow::ensure!(
+        still_running && during > 1 << 20,
+        "the download ran the whole time ({during} bytes while typing)\n{}",
+        up.logs(20)
+    );
+    rtts.sort();
+    eprintln!(
+        "{}: 20 lines echoed during the download: median {:?}, worst {:?}; {} MiB downloaded in those 2 s",
+        transport.short(),
+        rtts[10],
+        rtts[19],
+        during >> 20
+    );
+    Ok(())
+}
 }
