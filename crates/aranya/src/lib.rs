@@ -98,6 +98,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
 
     let (links_tx, links_rx) = mpsc::channel(64);
+    let (secrets_tx, secrets) = tokio::sync::watch::channel(None);
+    tokio::spawn(mqtt::watch_secrets(
+        client.clone(),
+        cfg.namespace.clone(),
+        secrets_tx,
+    ));
     let env = Arc::new(virtualnode::NodeEnv {
         client: client.clone(),
         node_address: cfg.node_address,
@@ -109,6 +115,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             client: client.clone(),
             namespace: cfg.namespace.clone(),
             links: links_tx.clone(),
+            secrets,
         }),
     });
     let listener = bind(cfg.grpc_listen).await?;

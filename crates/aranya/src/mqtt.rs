@@ -1,16 +1,19 @@
 //! aranya's broker connections: one for every EdgeDevice that lists an `mqtt`
-//! method, started with its virtual node and restarted when the settings
-//! change. The device's links arrive at the hub like gRPC ones.
+//! method, started with its virtual node and restarted when the settings or
+//! a Secret they read change (rotated credentials or certificates). The
+//! device's links arrive at the hub like gRPC ones.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt;
 
 use connectivity::{
     Link,
     mqtt::{self, Credentials, Settings, Tls},
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use tokio::sync::mpsc;
+use kube::{Api, core::PartialObjectMeta, runtime::watcher};
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, warn};
 
 use crate::crd::{EdgeDevice, MethodName, MqttSettings, SecretRef};
@@ -29,6 +32,52 @@ pub struct Env {
     pub namespace: String,
     /// The hub's links.
     pub links: mpsc::Sender<Link>,
+    /// The Secrets in `namespace` and their resource versions, once listed.
+    pub secrets: watch::Receiver<Option<SecretVersions>>,
+}
+
+/// Secret name to resourceVersion.
+pub type SecretVersions = BTreeMap<String, String>;
+
+/// Keeps `versions` up to date with the Secrets in `namespace`: one watch of
+/// their metadata for every connector (the data is read only on connecting).
+pub async fn watch_secrets(
+    client: kube::Client,
+    namespace: String,
+    versions: watch::Sender<Option<SecretVersions>>,
+) {
+    let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(client, &namespace);
+    let mut events = watcher(secrets, watcher::Config::default()).boxed();
+    let mut listing = SecretVersions::new();
+    let version = |m: &kube::core::ObjectMeta| {
+        Some((
+            m.name.clone()?,
+            m.resource_version.clone().unwrap_or_default(),
+        ))
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing.clear(),
+            Ok(watcher::Event::InitApply(s)) => listing.extend(version(&s.metadata)),
+            Ok(watcher::Event::InitDone) => {
+                versions.send_replace(Some(std::mem::take(&mut listing)));
+            }
+            Ok(watcher::Event::Apply(s)) => versions.send_modify(|v| {
+                if let (Some(v), Some((name, rv))) = (v.as_mut(), version(&s.metadata)) {
+                    v.insert(name, rv);
+                }
+            }),
+            Ok(watcher::Event::Delete(s)) => versions.send_modify(|v| {
+                if let (Some(v), Some(name)) = (v.as_mut(), s.metadata.name.as_ref()) {
+                    v.remove(name);
+                }
+            }),
+            Err(e) => {
+                warn!(error = %e, "watching Secrets for MQTT settings");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Env {
@@ -73,13 +122,20 @@ pub fn sync(current: &mut Option<Connector>, env: &Arc<Env>, device: &EdgeDevice
 }
 
 async fn run(env: Arc<Env>, device: String, spec: MqttSettings) {
+    let names: Vec<String> = [&spec.credentials_secret_ref, &spec.tls_secret_ref]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect();
     loop {
+        // Also ends the wait after a failure: a fixed Secret is used at once.
+        let mut changed = std::pin::pin!(secrets_changed(env.secrets.clone(), names.clone()));
         let outcome = match resolve(&env, &device, &spec).await {
             Ok(settings) => mqtt::serve_device(
                 settings,
                 device.clone(),
                 env.links.clone(),
-                std::future::pending(),
+                changed.as_mut(),
             )
             .await
             .map_err(|e| e.to_string()),
@@ -87,8 +143,39 @@ async fn run(env: Arc<Env>, device: String, spec: MqttSettings) {
         };
         if let Err(e) = outcome {
             warn!(error = %e, retry_in = ?RETRY, "MQTT connectivity for the device");
+            tokio::select! {
+                () = tokio::time::sleep(RETRY) => continue,
+                () = changed => {}
+            }
         }
-        tokio::time::sleep(RETRY).await;
+        info!(secrets = ?names, "a Secret of the MQTT settings changed: reconnecting");
+    }
+}
+
+/// Resolves once a Secret in `names` changes, appears or goes away after
+/// this call (or, before the first listing, after that listing).
+fn secrets_changed(
+    mut versions: watch::Receiver<Option<SecretVersions>>,
+    names: Vec<String>,
+) -> impl Future<Output = ()> {
+    let of = move |v: &Option<SecretVersions>| {
+        v.as_ref()
+            .map(|v| names.iter().map(|n| v.get(n).cloned()).collect::<Vec<_>>())
+    };
+    let mut seen = of(&versions.borrow_and_update());
+    async move {
+        loop {
+            if versions.changed().await.is_err() {
+                // No more watch: no more reconnects for Secrets.
+                return std::future::pending().await;
+            }
+            let now = of(&versions.borrow_and_update());
+            match (&seen, now) {
+                (None, now) => seen = now,
+                (Some(before), Some(now)) if *before != now => return,
+                _ => {}
+            }
+        }
     }
 }
 

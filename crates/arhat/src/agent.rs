@@ -89,11 +89,17 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     pub async fn new(config: Config, options: Options) -> Result<Self, AgentError> {
-        let dialers = config
-            .methods_by_priority()
-            .into_iter()
-            .map(|m| dialer(&config, m))
-            .collect::<Result<Vec<_>, _>>()?;
+        let config = Arc::new(config);
+        let mut dialers: Vec<Box<dyn Dialer>> = Vec::new();
+        for method in config.methods_by_priority() {
+            // Built once here so a bad file stops the agent at start.
+            let name = dialer(&config, method)?.name();
+            dialers.push(Box::new(Rereading {
+                config: config.clone(),
+                method: method.clone(),
+                name,
+            }));
+        }
         let (pods, runtime_version) = match config.runtime.kind {
             RuntimeKind::None => (None, NO_RUNTIME.to_string()),
             RuntimeKind::Docker => {
@@ -126,7 +132,7 @@ impl Agent {
         };
         info!(runtime = %runtime_version, "container runtime ready");
         Ok(Self {
-            config: Arc::new(config),
+            config,
             pods,
             runtime_version: runtime_version.into(),
             options,
@@ -298,6 +304,29 @@ async fn wait_link_lost(mut state: watch::Receiver<LinkState>) {
         if state.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// A method's dialer built anew for every dial, so certificates, CAs and
+/// password files rotated on disk are used from the next connection on.
+#[derive(Debug)]
+struct Rereading {
+    config: Arc<Config>,
+    method: Method,
+    name: &'static str,
+}
+
+impl Dialer for Rereading {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn dial(&self) -> connectivity::link::DialFuture<'_> {
+        Box::pin(async move {
+            let fresh = dialer(&self.config, &self.method)
+                .map_err(|e| connectivity::TransportError::Config(e.to_string()))?;
+            fresh.dial().await
+        })
     }
 }
 

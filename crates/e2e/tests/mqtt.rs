@@ -17,7 +17,7 @@ use e2e::{
     wait_for,
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::json;
 
@@ -74,20 +74,23 @@ async fn observe(
     }
 }
 
-/// Devices log in with their own name and password; the ACL lets each use
-/// only its own topics. aranya's broker login comes from a Secret.
-#[tokio::test(flavor = "multi_thread")]
-async fn credentials_and_an_acl_keep_a_device_to_its_own_topics() -> anyhow::Result<()> {
-    let env = TestEnv::new("mqttacl").await?;
-    let a = env.device("a");
-    let b = env.device("b");
+/// aranya may use every device's topics, each device only its own.
+const ACL: &str = "user aranya\ntopic readwrite arhat/#\n\npattern readwrite arhat/%u/#\n";
+
+/// A broker with [`ACL`] that knows `devices` and aranya (by
+/// `aranya_password`), and the Secret `broker-login` that gives aranya
+/// `secret_password`.
+async fn broker_with_logins(
+    env: &TestEnv,
+    devices: &[(&str, &str)],
+    aranya_password: &str,
+    secret_password: &str,
+) -> anyhow::Result<(String, Api<Secret>)> {
+    let mut users = vec![("aranya".to_string(), aranya_password.to_string())];
+    users.extend(devices.iter().map(|(u, p)| (u.to_string(), p.to_string())));
     let broker = env.start_broker(&testbed::BrokerOptions {
-        users: vec![
-            ("aranya".into(), "aranya-secret".into()),
-            (a.clone(), "a-secret".into()),
-            (b.clone(), "b-secret".into()),
-        ],
-        acl: Some("user aranya\ntopic readwrite arhat/#\n\npattern readwrite arhat/%u/#\n".into()),
+        users,
+        acl: Some(ACL.into()),
         ..Default::default()
     })?;
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.name);
@@ -96,10 +99,43 @@ async fn credentials_and_an_acl_keep_a_device_to_its_own_topics() -> anyhow::Res
             &PostParams::default(),
             &serde_json::from_value(json!({
                 "metadata": { "name": "broker-login" },
-                "stringData": { "username": "aranya", "password": "aranya-secret" },
+                "stringData": { "username": "aranya", "password": secret_password },
             }))?,
         )
         .await?;
+    Ok((broker, secrets))
+}
+
+/// The EdgeDevice's method: `broker`, aranya's login from `broker-login`.
+fn mqtt_with_login(broker: &str) -> serde_json::Value {
+    json!([{ "name": "mqtt", "mqtt": {
+        "broker": broker, "keepaliveSeconds": 5,
+        "credentialsSecretRef": { "name": "broker-login" },
+    }}])
+}
+
+/// arhat's config: `broker` as `user` with the password in `password_file`.
+fn arhat_with_login(broker: &str, user: &str, password_file: &std::path::Path) -> String {
+    format!(
+        "connectivity:\n  methods:\n    - name: mqtt\n      mqtt:\n        broker: {broker}\n        username: {user}\n        passwordFile: {}\n",
+        password_file.display()
+    )
+}
+
+/// Devices log in with their own name and password; the ACL lets each use
+/// only its own topics. aranya's broker login comes from a Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_and_an_acl_keep_a_device_to_its_own_topics() -> anyhow::Result<()> {
+    let env = TestEnv::new("mqttacl").await?;
+    let a = env.device("a");
+    let b = env.device("b");
+    let (broker, _) = broker_with_logins(
+        &env,
+        &[(&a, "a-secret"), (&b, "b-secret")],
+        "aranya-secret",
+        "aranya-secret",
+    )
+    .await?;
     let password = env.dir.join("a.password");
     std::fs::write(&password, "a-secret\n")?;
     let _up = env
@@ -107,14 +143,8 @@ async fn credentials_and_an_acl_keep_a_device_to_its_own_topics() -> anyhow::Res
             "a",
             10,
             json!({}),
-            json!([{ "name": "mqtt", "mqtt": {
-                "broker": broker, "keepaliveSeconds": 5,
-                "credentialsSecretRef": { "name": "broker-login" },
-            }}]),
-            &format!(
-                "connectivity:\n  methods:\n    - name: mqtt\n      mqtt:\n        broker: {broker}\n        username: {a}\n        passwordFile: {}\n",
-                password.display()
-            ),
+            mqtt_with_login(&broker),
+            &arhat_with_login(&broker, &a, &password),
         )
         .await?;
 
@@ -187,6 +217,80 @@ async fn credentials_and_an_acl_keep_a_device_to_its_own_topics() -> anyhow::Res
     Ok(())
 }
 
+/// Broker logins rotated on both sides are used without a restart: the
+/// device's password file, read on every dial, and aranya's Secret, watched.
+/// Both start out wrong, so only the rotations can bring the device in.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_broker_logins_are_used_without_a_restart() -> anyhow::Result<()> {
+    let env = TestEnv::new("mqttrotate").await?;
+    let a = env.device("a");
+    let (broker, secrets) =
+        broker_with_logins(&env, &[(&a, "device-now")], "aranya-now", "aranya-expired").await?;
+    let password = env.dir.join("device.password");
+    std::fs::write(&password, "device-expired\n")?;
+    env.create_device_over(&a, 10, json!({}), mqtt_with_login(&broker))
+        .await?;
+    let aranya = env.start_aranya("a")?;
+    let arhat = env.start_arhat_with(&a, "1", &[], &arhat_with_login(&broker, &a, &password))?;
+    let refused = |p: &e2e::Proc| p.log().contains("broker refused the connection");
+    wait_for(
+        "both refused by the broker",
+        Duration::from_secs(30),
+        || async { (refused(&aranya) && refused(&arhat)).then_some(()) },
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\naranya:\n{}\narhat:\n{}",
+            aranya.log_tail(10),
+            arhat.log_tail(10)
+        )
+    })?;
+
+    std::fs::write(&password, "device-now\n")?;
+    wait_for(
+        "the device's MQTT link up",
+        Duration::from_secs(30),
+        || async { arhat.log().contains("MQTT link up").then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\narhat:\n{}", arhat.log_tail(10)))?;
+    anyhow::ensure!(
+        env.ready(&a).await.map(|r| r.0) != Some("True".to_string()),
+        "Ready while aranya's login is still expired"
+    );
+
+    secrets
+        .patch(
+            "broker-login",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { "password": "aranya-now" } })),
+        )
+        .await?;
+    env.wait_ready(
+        &a,
+        "True",
+        Some("EdgeDeviceConnected"),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\naranya:\n{}\narhat:\n{}",
+            aranya.log_tail(20),
+            arhat.log_tail(10)
+        )
+    })?;
+    anyhow::ensure!(
+        aranya
+            .log()
+            .contains("a Secret of the MQTT settings changed"),
+        "{}",
+        aranya.log_tail(20)
+    );
+    Ok(())
+}
+
 /// The broker over TLS, asking every client for a certificate from its CA
 /// and naming the client by it (the ACL keys on that name): aranya's comes
 /// from a Secret (`tlsSecretRef`), the device's from files. A pod runs
@@ -207,7 +311,7 @@ async fn tls_with_client_certificates_end_to_end() -> anyhow::Result<()> {
             key_file,
             require_client_cert: true,
         }),
-        acl: Some("user aranya\ntopic readwrite arhat/#\n\npattern readwrite arhat/%u/#\n".into()),
+        acl: Some(ACL.into()),
         ..Default::default()
     })?;
     let aranya_cert = ca.issue_client("aranya", &[])?;
