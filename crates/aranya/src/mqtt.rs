@@ -12,7 +12,11 @@ use connectivity::{
     mqtt::{self, Credentials, Settings, Tls},
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, core::PartialObjectMeta, runtime::watcher};
+use kube::{
+    Api,
+    core::PartialObjectMeta,
+    runtime::{WatchStreamExt, watcher},
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, warn};
 
@@ -47,7 +51,9 @@ pub async fn watch_secrets(
     versions: watch::Sender<Option<SecretVersions>>,
 ) {
     let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(client, &namespace);
-    let mut events = watcher(secrets, watcher::Config::default()).boxed();
+    let mut events = watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut listing = SecretVersions::new();
     let version = |m: &kube::core::ObjectMeta| {
         Some((
@@ -72,10 +78,7 @@ pub async fn watch_secrets(
                     v.remove(name);
                 }
             }),
-            Err(e) => {
-                warn!(error = %e, "watching Secrets for MQTT settings");
-                tokio::time::sleep(RETRY).await;
-            }
+            Err(e) => warn!(error = %e, "watching Secrets for MQTT settings"),
         }
     }
 }

@@ -133,6 +133,23 @@ impl Proc {
         &self.log
     }
 
+    /// Waits until the log contains `needle`; the error carries the log's tail.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        crate::wait_for(&format!("{needle:?} in the log"), timeout, || async {
+            self.log().contains(needle).then_some(())
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}
+{}:
+{}",
+                self.guard.name(),
+                self.log_tail(20)
+            )
+        })
+    }
+
     /// The last lines of the log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();

@@ -232,29 +232,16 @@ async fn rotated_broker_logins_are_used_without_a_restart() -> anyhow::Result<()
         .await?;
     let aranya = env.start_aranya("a")?;
     let arhat = env.start_arhat_with(&a, "1", &[], &arhat_with_login(&broker, &a, &password))?;
-    let refused = |p: &e2e::Proc| p.log().contains("broker refused the connection");
-    wait_for(
-        "both refused by the broker",
-        Duration::from_secs(30),
-        || async { (refused(&aranya) && refused(&arhat)).then_some(()) },
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "{e}\naranya:\n{}\narhat:\n{}",
-            aranya.log_tail(10),
-            arhat.log_tail(10)
-        )
-    })?;
+    // Logs only grow: one after the other is both at once.
+    for p in [&aranya, &arhat] {
+        p.wait_log("broker refused the connection", Duration::from_secs(30))
+            .await?;
+    }
 
     std::fs::write(&password, "device-now\n")?;
-    wait_for(
-        "the device's MQTT link up",
-        Duration::from_secs(30),
-        || async { arhat.log().contains("MQTT link up").then_some(()) },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\narhat:\n{}", arhat.log_tail(10)))?;
+    arhat
+        .wait_log("MQTT link up", Duration::from_secs(30))
+        .await?;
     anyhow::ensure!(
         env.ready(&a).await.map(|r| r.0) != Some("True".to_string()),
         "Ready while aranya's login is still expired"
@@ -378,11 +365,9 @@ async fn tls_with_client_certificates_end_to_end() -> anyhow::Result<()> {
     let b = env.device("b");
     env.create_device_over(&b, 10, json!({}), methods).await?;
     let without = env.start_arhat_with(&b, "1", &[], &arhat_yaml(None))?;
-    wait_for("the broker refusing b", Duration::from_secs(30), || async {
-        without.log().contains("CertificateRequired").then_some(())
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", without.log_tail(10)))?;
+    without
+        .wait_log("CertificateRequired", Duration::from_secs(30))
+        .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     anyhow::ensure!(
         env.ready(&b).await.map(|r| r.0) != Some("True".to_string()),
@@ -523,13 +508,9 @@ async fn a_second_agent_with_the_same_name_is_refused() -> anyhow::Result<()> {
             env.dir.join("second-agent").display()
         ),
     )?;
-    wait_for(
-        "the second agent refused",
-        Duration::from_secs(30),
-        || async { second.log().contains("already connected").then_some(()) },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nsecond:\n{}", second.log_tail(20)))?;
+    second
+        .wait_log("already connected", Duration::from_secs(30))
+        .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         up.arhat.log().matches("session resumed").count(),
@@ -543,13 +524,9 @@ async fn a_second_agent_with_the_same_name_is_refused() -> anyhow::Result<()> {
     );
     // The first dies: its will frees the name, and the second is let in.
     up.arhat.kill();
-    wait_for(
-        "the second agent connected",
-        Duration::from_secs(60),
-        || async { second.log().contains("connected to aranya").then_some(()) },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nsecond:\n{}", second.log_tail(20)))?;
+    second
+        .wait_log("connected to aranya", Duration::from_secs(60))
+        .await?;
     env.wait_ready(
         &up.name,
         "True",

@@ -294,10 +294,9 @@ async fn standby_replica_takes_over_when_the_leader_dies() -> anyhow::Result<()>
     let name = env.device("a");
     env.create_device(&name, 3).await?;
     let mut leader = env.start_aranya("one")?;
-    wait_for("replica one leads", Duration::from_secs(30), || async {
-        leader.log().contains("became leader").then_some(())
-    })
-    .await?;
+    leader
+        .wait_log("became leader", Duration::from_secs(30))
+        .await?;
     let standby = env.start_aranya("two")?;
     let _arhat = env.start_arhat(&name, "1", &[])?;
     env.wait_ready(&name, "True", None, READY_TIMEOUT).await?;
@@ -310,16 +309,10 @@ async fn standby_replica_takes_over_when_the_leader_dies() -> anyhow::Result<()>
     assert!(!standby.log().contains("became leader"));
 
     leader.kill();
-    wait_for("replica two leads", Duration::from_secs(40), || async {
-        standby.log().contains("became leader").then_some(())
-    })
-    .await?;
-    wait_for(
-        "the device reconnected to replica two",
-        READY_TIMEOUT,
-        || async { standby.log().contains("device connected").then_some(()) },
-    )
-    .await?;
+    standby
+        .wait_log("became leader", Duration::from_secs(40))
+        .await?;
+    standby.wait_log("device connected", READY_TIMEOUT).await?;
     env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT)
         .await?;
     Ok(())
@@ -397,13 +390,9 @@ async fn second_agent_with_the_same_name_is_refused() -> anyhow::Result<()> {
         node: _,
     } = env.device_up("a", 3).await?;
     let second = env.start_arhat(&name, "2", &[])?;
-    wait_for(
-        "the second agent refused",
-        Duration::from_secs(20),
-        || async { second.log().contains("already connected").then_some(()) },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nsecond arhat:\n{}", second.log_tail(20)))?;
+    second
+        .wait_log("already connected", Duration::from_secs(20))
+        .await?;
     assert!(aranya.log().contains("refusing device"));
     // The first keeps its session: no reconnect, node stays Ready.
     tokio::time::sleep(Duration::from_secs(4)).await;
