@@ -526,17 +526,9 @@ async fn kubectl_exec_it_drives_a_terminal(transport) -> anyhow::Result<()> {
         )?;
         term.type_text("echo hello-$((40+2))\r")?;
         term.expect("hello-42", Duration::from_secs(30))?;
-        // The initial size travels beside stdin and may land just after the
-        // shell's first command (CI saw `stty` fail once): ask until it shows.
-        let mut sized = Err(anyhow::anyhow!("never asked"));
-        for _ in 0..5 {
-            term.type_text("stty size\r")?;
-            sized = term.expect("24 80", Duration::from_secs(3));
-            if sized.is_ok() {
-                break;
-            }
-        }
-        sized?;
+        // The process started at the client's size, before the first keys.
+        term.type_text("stty size\r")?;
+        term.expect("24 80", Duration::from_secs(10))?;
         term.resize(120, 40)?;
         // The resize travels separately from stdin: allow it to land.
         std::thread::sleep(Duration::from_millis(500));
@@ -804,20 +796,22 @@ async fn channel_messages(
     Ok(got)
 }
 
-/// A WebSocket exec through the apiserver: (stdout, stderr, status).
+/// A WebSocket exec through the apiserver, sending each (pause, channel,
+/// data) in turn: (stdout, stderr, status).
 async fn websocket_exec(
     env: &TestEnv,
     pod: &str,
     query: &str,
     protocol: &str,
-    stdin: Option<&[u8]>,
+    send: &[(Duration, u8, &[u8])],
 ) -> anyhow::Result<(Vec<u8>, Vec<u8>, serde_json::Value)> {
     use futures::SinkExt;
     let ca = std::fs::read_to_string(&env.cluster.ca_file)?;
     let path = format!("/api/v1/namespaces/{}/pods/{pod}/exec?{query}", env.name);
     let mut ws = apiserver_websocket(&path, protocol, &ca).await?;
-    if let Some(data) = stdin {
-        ws.send(channel_message(protocol, 0, data)).await?;
+    for (after, channel, data) in send {
+        tokio::time::sleep(*after).await;
+        ws.send(channel_message(protocol, *channel, data)).await?;
     }
     let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
     for (channel, data) in channel_messages(&mut ws, protocol).await? {
@@ -885,7 +879,7 @@ async fn websocket_clients_reach_the_kubelet_endpoint(transport) -> anyhow::Resu
     .await?;
     let query = "command=sh&command=-c&command=echo+out%3B+echo+err+%3E%262%3B+exit+5&stdout=true&stderr=true";
     for protocol in ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"] {
-        let (out, err, status) = websocket_exec(&env, "ws", query, protocol, None).await?;
+        let (out, err, status) = websocket_exec(&env, "ws", query, protocol, &[]).await?;
         assert_eq!(
             (out.as_slice(), err.as_slice()),
             (&b"out\n"[..], &b"err\n"[..]),
@@ -896,13 +890,25 @@ async fn websocket_clients_reach_the_kubelet_endpoint(transport) -> anyhow::Resu
     }
     // stdin over base64 text frames.
     let query = "command=head&command=-n&command=1&stdin=true&stdout=true&stderr=true";
+    let typed = [(Duration::ZERO, 0, &b"typed\n"[..])];
     let (out, _, status) =
-        websocket_exec(&env, "ws", query, "base64.channel.k8s.io", Some(b"typed\n")).await?;
+        websocket_exec(&env, "ws", query, "base64.channel.k8s.io", &typed).await?;
     assert_eq!(out, b"typed\n");
     assert!(
         status.is_null(),
         "older protocols send no status on success: {status}"
     );
+    // A terminal's first size trails the first keys (in SPDY it is a stream
+    // of its own): the terminal is sized before the keys reach it.
+    let query = "command=sh&stdin=true&stdout=true&tty=true";
+    let keys_then_size = [
+        (Duration::ZERO, 0, &b"stty size; exit\n"[..]),
+        (Duration::from_millis(300), 4, br#"{"Width":80,"Height":24}"#),
+    ];
+    let (out, _, _) =
+        websocket_exec(&env, "ws", query, "v4.channel.k8s.io", &keys_then_size).await?;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("\n24 80"), "{out:?}");
     // port-forward over channels, both flavours; then a refused port.
     for protocol in ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"] {
         let (data, error) = websocket_port_forward(

@@ -94,20 +94,41 @@ fn input(kind: exec_input::Kind) -> ExecInput {
     ExecInput { kind: Some(kind) }
 }
 
+fn resize_to(s: streaming::TerminalSize) -> exec_input::Kind {
+    exec_input::Kind::Resize(TerminalSize {
+        width: u32::from(s.width),
+        height: u32::from(s.height),
+    })
+}
+
+/// How long a terminal session waits for the client's size before its
+/// process starts anyway.
+const FIRST_SIZE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Carries the client's channels to the device's process and back.
 async fn bridge(io: ExecIo, stream: Stream) {
     let ExecIo {
+        tty,
         stdin,
         stdout,
         stderr,
         resize,
         gone,
         done,
-        ..
     } = io;
     let (mut tx, mut rx) = stream.split();
     let to_device = tokio::spawn(async move {
         let (mut stdin, mut resize) = (stdin, resize);
+        // kubectl sends the terminal's size on its own channel, which can
+        // trail the first keystrokes: the process starts at that size, or a
+        // shell's first `stty size` would read 0 0.
+        if tty && resize.is_some() {
+            match tokio::time::timeout(FIRST_SIZE, next(&mut resize)).await {
+                Ok(Some(s)) => tx.send_message(&input(resize_to(s))).await?,
+                Ok(None) => resize = None,
+                Err(_) => debug!("no terminal size before the start"),
+            }
+        }
         tx.send_message(&input(exec_input::Kind::Start(true)))
             .await?;
         loop {
@@ -120,10 +141,7 @@ async fn bridge(io: ExecIo, stream: Stream) {
                     }
                 },
                 size = next(&mut resize), if resize.is_some() => match size {
-                    Some(s) => exec_input::Kind::Resize(TerminalSize {
-                        width: u32::from(s.width),
-                        height: u32::from(s.height),
-                    }),
+                    Some(s) => resize_to(s),
                     None => {
                         resize = None;
                         continue;

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use connectivity::{Stream, StreamError, StreamReceiver, StreamSender};
 use futures::StreamExt;
 use proto::api::{
-    ExecInput, ExecOutput, ExecRequest, ExitStatus, exec_input, exec_output, stream_reply::Code,
+    ExecInput, ExecOutput, ExecRequest, ExitStatus, TerminalSize, exec_input, exec_output,
+    stream_reply::Code,
 };
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
@@ -48,12 +49,16 @@ pub async fn serve<R: Runtime>(
     };
     accept(&mut stream).await?;
     let (mut tx, mut rx) = stream.split();
-    match rx.recv_message::<ExecInput>().await? {
-        Some(ExecInput {
-            kind: Some(exec_input::Kind::Start(_)),
-        }) => {}
-        // The client never got ready.
-        _ => return Ok(()),
+    // A terminal's size may come before the start; it is set before any
+    // input reaches the process.
+    let mut size = None;
+    loop {
+        match rx.recv_message::<ExecInput>().await?.and_then(|m| m.kind) {
+            Some(exec_input::Kind::Start(_)) => break,
+            Some(exec_input::Kind::Resize(s)) => size = Some(s),
+            // The client never got ready.
+            _ => return Ok(()),
+        }
     }
     let spec = ExecSpec {
         command: request.command.clone(),
@@ -76,7 +81,12 @@ pub async fn serve<R: Runtime>(
         },
     };
     let process = match started {
-        Ok(p) => p,
+        Ok(p) => {
+            if let Some(size) = size {
+                resize(p.handle.as_ref(), size).await;
+            }
+            p
+        }
         Err(e) => {
             let exit = ExitStatus {
                 code: 0,
@@ -227,13 +237,15 @@ async fn feed(
                     let _ = s.shutdown().await;
                 }
             }
-            Some(exec_input::Kind::Resize(size)) => {
-                let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
-                if let Err(e) = handle.resize(clamp(size.width), clamp(size.height)).await {
-                    debug!(error = %e, "resize failed");
-                }
-            }
+            Some(exec_input::Kind::Resize(size)) => resize(handle.as_ref(), size).await,
             Some(exec_input::Kind::Start(_)) | None => {}
         }
+    }
+}
+
+async fn resize(handle: &dyn ProcessHandle, size: TerminalSize) {
+    let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+    if let Err(e) = handle.resize(clamp(size.width), clamp(size.height)).await {
+        debug!(error = %e, "resize failed");
     }
 }
