@@ -3,7 +3,7 @@
 //! a Secret they read change (rotated credentials or certificates). The
 //! device's links arrive at the hub like gRPC ones.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 
@@ -131,9 +131,16 @@ async fn run(env: Arc<Env>, device: String, spec: MqttSettings) {
         .map(|r| r.name.clone())
         .collect();
     loop {
+        // Taken before the Secrets are read, so a change while reading is
+        // not missed.
+        let snapshot = Snapshot::take(env.secrets.clone(), names.clone());
+        let (settings, read) = match resolve(&env, &device, &spec).await {
+            Ok((settings, read)) => (Ok(settings), Some(read)),
+            Err(e) => (Err(e), None),
+        };
         // Also ends the wait after a failure: a fixed Secret is used at once.
-        let mut changed = std::pin::pin!(secrets_changed(env.secrets.clone(), names.clone()));
-        let outcome = match resolve(&env, &device, &spec).await {
+        let mut changed = std::pin::pin!(snapshot.changed(read));
+        let outcome = match settings {
             Ok(settings) => mqtt::serve_device(
                 settings,
                 device.clone(),
@@ -155,26 +162,38 @@ async fn run(env: Arc<Env>, device: String, spec: MqttSettings) {
     }
 }
 
-/// Resolves once a Secret in `names` changes, appears or goes away after
-/// this call (or, before the first listing, after that listing).
-fn secrets_changed(
-    mut versions: watch::Receiver<Option<SecretVersions>>,
+/// The watch's view of the Secrets a device's settings name.
+struct Snapshot {
+    versions: watch::Receiver<Option<SecretVersions>>,
     names: Vec<String>,
-) -> impl Future<Output = ()> {
-    let of = move |v: &Option<SecretVersions>| {
-        v.as_ref()
-            .map(|v| names.iter().map(|n| v.get(n).cloned()).collect::<Vec<_>>())
-    };
-    let mut seen = of(&versions.borrow_and_update());
-    async move {
+    /// Their versions (None: missing), or None before the first listing.
+    seen: Option<Vec<Option<String>>>,
+}
+
+impl Snapshot {
+    fn take(mut versions: watch::Receiver<Option<SecretVersions>>, names: Vec<String>) -> Self {
+        let seen = of(&names, &versions.borrow_and_update());
+        Self {
+            versions,
+            names,
+            seen,
+        }
+    }
+
+    /// Resolves once a Secret changes, appears or goes away after the
+    /// snapshot. Taken before the first listing, that listing is compared
+    /// with the versions `read` meanwhile, if any.
+    async fn changed(mut self, read: Option<SecretVersions>) {
+        let read = of(&self.names, &read);
         loop {
-            if versions.changed().await.is_err() {
+            if self.versions.changed().await.is_err() {
                 // No more watch: no more reconnects for Secrets.
                 return std::future::pending().await;
             }
-            let now = of(&versions.borrow_and_update());
-            match (&seen, now) {
-                (None, now) => seen = now,
+            let now = of(&self.names, &self.versions.borrow_and_update());
+            match (&self.seen, now) {
+                (None, Some(now)) if read.as_ref().is_some_and(|r| *r != now) => return,
+                (None, now) => self.seen = now,
                 (Some(before), Some(now)) if *before != now => return,
                 _ => {}
             }
@@ -182,15 +201,31 @@ fn secrets_changed(
     }
 }
 
-/// The transport's settings, with the Secrets read. Errors name the field.
-async fn resolve(env: &Env, device: &str, spec: &MqttSettings) -> Result<Settings, String> {
+/// The versions of `names` in `versions` (None: missing), if listed.
+fn of(names: &[String], versions: &Option<SecretVersions>) -> Option<Vec<Option<String>>> {
+    versions
+        .as_ref()
+        .map(|v| names.iter().map(|n| v.get(n).cloned()).collect())
+}
+
+/// The transport's settings, with the Secrets read (each once, so a key is
+/// never paired with another version's), and the versions read. Errors name
+/// the field.
+async fn resolve(
+    env: &Env,
+    device: &str,
+    spec: &MqttSettings,
+) -> Result<(Settings, SecretVersions), String> {
     let field = "spec.connectivity.methods[name=mqtt].mqtt";
+    let mut read = SecretVersions::new();
     let credentials = match &spec.credentials_secret_ref {
         None => None,
         Some(r) => {
             let at = format!("{field}.credentialsSecretRef");
-            let username = secret_key(env, r, "username", &at).await?;
-            let password = secret_key(env, r, "password", &at).await?;
+            let secret = read_secret(env, r, &at).await?;
+            let username = secret.key("username")?;
+            let password = secret.key("password")?;
+            read.insert(r.name.clone(), secret.version());
             Some(Credentials {
                 username: String::from_utf8_lossy(&username).into_owned(),
                 password: String::from_utf8_lossy(&password).into_owned(),
@@ -201,13 +236,11 @@ async fn resolve(env: &Env, device: &str, spec: &MqttSettings) -> Result<Setting
         None => None,
         Some(r) => {
             let at = format!("{field}.tlsSecretRef");
-            let ca_pem = secret_key(env, r, "ca.crt", &at).await?;
-            let cert = secret_key(env, r, "tls.crt", &at).await.ok();
-            let key = secret_key(env, r, "tls.key", &at).await.ok();
-            Some(Tls {
-                ca_pem,
-                client: cert.zip(key),
-            })
+            let secret = read_secret(env, r, &at).await?;
+            let ca_pem = secret.key("ca.crt")?;
+            let client = secret.key("tls.crt").ok().zip(secret.key("tls.key").ok());
+            read.insert(r.name.clone(), secret.version());
+            Some(Tls { ca_pem, client })
         }
     };
     let settings = Settings {
@@ -231,10 +264,17 @@ async fn resolve(env: &Env, device: &str, spec: &MqttSettings) -> Result<Setting
         credentials,
     };
     settings.validate().map_err(|e| format!("{field}: {e}"))?;
-    Ok(settings)
+    Ok((settings, read))
 }
 
-async fn secret_key(env: &Env, r: &SecretRef, key: &str, field: &str) -> Result<Vec<u8>, String> {
+/// A Secret that settings name, and where they name it.
+struct Named<'a> {
+    secret: Secret,
+    field: &'a str,
+    env: &'a Env,
+}
+
+async fn read_secret<'a>(env: &'a Env, r: &SecretRef, field: &'a str) -> Result<Named<'a>, String> {
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
     let secret = secrets
         .get_opt(&r.name)
@@ -246,14 +286,96 @@ async fn secret_key(env: &Env, r: &SecretRef, key: &str, field: &str) -> Result<
                 env.namespace, r.name
             )
         })?;
-    secret
-        .data
-        .and_then(|mut d| d.remove(key))
-        .map(|b| b.0)
-        .ok_or_else(|| {
-            format!(
-                "{field}: Secret {}/{} has no key {key:?}",
-                env.namespace, r.name
-            )
-        })
+    Ok(Named { secret, field, env })
+}
+
+impl Named<'_> {
+    fn key(&self, key: &str) -> Result<Vec<u8>, String> {
+        self.secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .ok_or_else(|| {
+                format!(
+                    "{}: Secret {}/{} has no key {key:?}",
+                    self.field,
+                    self.env.namespace,
+                    self.secret.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
+    }
+
+    fn version(&self) -> String {
+        self.secret
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(pairs: &[(&str, &str)]) -> SecretVersions {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Whether `changed` has resolved after the watch moved through `steps`.
+    async fn resolved_after(
+        at_snapshot: Option<SecretVersions>,
+        read: Option<SecretVersions>,
+        steps: &[Option<SecretVersions>],
+    ) -> bool {
+        let (tx, rx) = watch::channel(at_snapshot);
+        let snapshot = Snapshot::take(rx, vec!["login".into()]);
+        let mut changed = std::pin::pin!(snapshot.changed(read));
+        for step in steps {
+            tx.send_replace(step.clone());
+            let poll = futures::poll!(changed.as_mut());
+            if poll.is_ready() {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_change_during_the_first_read_is_seen_in_the_listing() {
+        let read = Some(versions(&[("login", "1")]));
+        let listing = Some(versions(&[("login", "2")]));
+        assert!(resolved_after(None, read, &[listing]).await);
+    }
+
+    #[tokio::test]
+    async fn a_listing_of_what_was_read_changes_nothing() {
+        let read = Some(versions(&[("login", "1")]));
+        let listing = Some(versions(&[("login", "1"), ("other", "7")]));
+        assert!(!resolved_after(None, read.clone(), std::slice::from_ref(&listing)).await);
+        // A later change of the Secret still counts.
+        let later = Some(versions(&[("login", "3"), ("other", "7")]));
+        assert!(resolved_after(None, read, &[listing, later]).await);
+    }
+
+    #[tokio::test]
+    async fn only_the_named_secrets_count() {
+        let listed = Some(versions(&[("login", "1")]));
+        let other = Some(versions(&[("login", "1"), ("other", "1")]));
+        assert!(!resolved_after(listed.clone(), None, std::slice::from_ref(&other)).await);
+        let gone = Some(versions(&[("other", "1")]));
+        assert!(resolved_after(listed, None, &[other, gone]).await);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_read_the_first_listing_is_the_baseline() {
+        let listing = Some(versions(&[("login", "1")]));
+        let created = Some(versions(&[("login", "2")]));
+        assert!(!resolved_after(None, None, std::slice::from_ref(&listing)).await);
+        assert!(resolved_after(None, None, &[listing, created]).await);
+    }
 }
