@@ -12,6 +12,19 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The oldest peer version this build still talks to.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
+/// Reasons a device gives a pod it refuses (a [`PodStatus`] in phase
+/// Failed), as a kubelet's admission does: such a pod is final.
+pub mod refusal {
+    /// Its requests do not fit the device's CPUs.
+    pub const OUT_OF_CPU: &str = "OutOfcpu";
+    /// Its requests do not fit the device's memory.
+    pub const OUT_OF_MEMORY: &str = "OutOfmemory";
+    /// The spec cannot be run at all (e.g. a UID that is no safe file name).
+    pub const INVALID_POD: &str = "InvalidPod";
+    /// All of them.
+    pub const REASONS: &[&str] = &[OUT_OF_CPU, OUT_OF_MEMORY, INVALID_POD];
+}
+
 /// Largest single message accepted inside a stream; bounds reassembly memory.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{ResourceExt, core::SelectorExt};
-use proto::api::{PodEvent, PodStatus};
+use proto::api::{PodEvent, PodStatus, refusal};
 
 use crate::{
     crd::{DaemonSetAdmission, PodAdmission},
@@ -16,15 +16,9 @@ pub const REASON_POLICY: &str = "EdgeDevicePolicy";
 /// The reason a pod carries whose volumes the device cannot provide.
 pub const REASON_VOLUME: &str = "UnsupportedVolume";
 
-/// Reasons of refusals made here or on the device: such a pod is final and
-/// never sent (again).
-const FINAL_REASONS: &[&str] = &[
-    REASON_POLICY,
-    REASON_VOLUME,
-    "OutOfcpu",
-    "OutOfmemory",
-    "InvalidPod",
-];
+/// Reasons of refusals made here (the device's are in
+/// [`proto::api::refusal`]): such a pod is final and never sent (again).
+const FINAL_REASONS: &[&str] = &[REASON_POLICY, REASON_VOLUME];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -96,7 +90,7 @@ pub fn is_final(pod: &Pod) -> bool {
         s.phase.as_deref() == Some("Failed")
             && s.reason
                 .as_deref()
-                .is_some_and(|r| FINAL_REASONS.contains(&r))
+                .is_some_and(|r| FINAL_REASONS.contains(&r) || refusal::REASONS.contains(&r))
     })
 }
 

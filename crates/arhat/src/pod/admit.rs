@@ -4,7 +4,7 @@
 //! starting containers that cannot get what they were promised. A pod sent
 //! with `spec.nodeName` skips the scheduler; this is its only check.
 
-use proto::api::{Container, PodSpec};
+use proto::api::{Container, PodSpec, refusal};
 
 /// What the device has for pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,14 +68,14 @@ pub fn check(spec: &PodSpec, capacity: Capacity, used: Requests) -> Result<(), R
     };
     let checks = [
         (
-            "OutOfcpu",
+            refusal::OUT_OF_CPU,
             "cpu",
             asked.cpu_millis,
             used.cpu_millis,
             capacity.cpu_millis,
         ),
         (
-            "OutOfmemory",
+            refusal::OUT_OF_MEMORY,
             "memory",
             asked.memory_bytes,
             used.memory_bytes,
