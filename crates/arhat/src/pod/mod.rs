@@ -49,6 +49,14 @@ struct Entry {
     done: watch::Receiver<bool>,
 }
 
+/// Where a pod to run comes from.
+enum Origin {
+    /// aranya sent it: it is admitted first.
+    Sent,
+    /// Saved by an earlier run, which admitted it; with what that run left.
+    Restored(adopt::Found),
+}
+
 /// Every pod on this device.
 pub struct PodManager<R: Runtime> {
     runtime: Arc<R>,
@@ -108,11 +116,9 @@ impl<R: Runtime> PodManager<R> {
     pub async fn restore(self: &Arc<Self>) -> Result<usize, crate::runtime::RuntimeError> {
         let specs = store::load_all(&self.data_dir);
         let saved: HashSet<&str> = specs.iter().map(|s| s.uid.as_str()).collect();
-        let leftovers: Vec<_> = self
-            .runtime
-            .list_pod_objects()
-            .await?
-            .into_iter()
+        let objects = self.runtime.list_pod_objects().await?;
+        let leftovers: Vec<_> = objects
+            .iter()
             .filter(|o| {
                 o.labels
                     .get(LABEL_POD_UID)
@@ -131,8 +137,8 @@ impl<R: Runtime> PodManager<R> {
         let count = specs.len();
         for spec in specs {
             info!(uid = %spec.uid, pod = %format!("{}/{}", spec.namespace, spec.name), "restoring a saved pod");
-            // Admitted when it first came.
-            self.start(spec, false);
+            let found = adopt::found(&objects, &spec.uid);
+            self.start(spec, Origin::Restored(found));
         }
         Ok(count)
     }
@@ -140,17 +146,17 @@ impl<R: Runtime> PodManager<R> {
     /// Runs the pod if it is not running yet (idempotent by UID) and it fits
     /// on the device; returns its status.
     pub fn ensure(self: &Arc<Self>, spec: PodSpec) -> PodStatus {
-        self.start(spec, true)
+        self.start(spec, Origin::Sent)
     }
 
-    fn start(self: &Arc<Self>, spec: PodSpec, admit: bool) -> PodStatus {
+    fn start(self: &Arc<Self>, spec: PodSpec, origin: Origin) -> PodStatus {
         if let Err(e) = store::check_uid(&spec.uid) {
             return PodStatus {
                 uid: spec.uid,
                 namespace: spec.namespace,
                 name: spec.name,
                 phase: "Failed".into(),
-                reason: "InvalidPod".into(),
+                reason: proto::api::refusal::INVALID_POD.into(),
                 message: e.to_string(),
                 ..Default::default()
             };
@@ -172,7 +178,12 @@ impl<R: Runtime> PodManager<R> {
             return entry.status.borrow().clone();
         }
         let requests = admit::Requests::of(&spec);
-        if admit {
+        let found = match origin {
+            Origin::Sent => None,
+            // Admitted when it first came.
+            Origin::Restored(found) => Some(found),
+        };
+        if found.is_none() {
             let used = pods.values().filter(|e| !*e.done.borrow()).fold(
                 admit::Requests::default(),
                 |a, e| admit::Requests {
@@ -246,7 +257,7 @@ impl<R: Runtime> PodManager<R> {
         );
         tokio::spawn(
             async move {
-                worker.run(delete_rx).await;
+                worker.run(delete_rx, found).await;
                 let _ = done_tx.send(true);
             }
             .instrument(span),

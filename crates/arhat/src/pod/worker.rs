@@ -80,18 +80,23 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
+    /// Changes the status, and publishes it if that changed anything (probes
+    /// report the same readiness every period).
     fn update(&self, f: impl FnOnce(&mut PodStatus)) {
         let snapshot = {
             let mut state = self
                 .state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = state.status.clone();
             f(&mut state.status);
             state.status.phase =
                 status::phase(&state.status, &self.spec.restart_policy).to_string();
-            state.status.clone()
+            (state.status != before).then(|| state.status.clone())
         };
-        (self.publish)(snapshot);
+        if let Some(snapshot) = snapshot {
+            (self.publish)(snapshot);
+        }
     }
 
     /// Records a kubelet-style event (sent with the next status report).
@@ -141,10 +146,16 @@ impl<R: Runtime> Worker<R> {
         });
     }
 
-    pub async fn run(mut self, mut delete: oneshot::Receiver<Duration>) {
+    /// Runs the pod until it is deleted; `found` is what an earlier run
+    /// left, when the caller has listed it already.
+    pub async fn run(
+        mut self,
+        mut delete: oneshot::Receiver<Duration>,
+        found: Option<super::adopt::Found>,
+    ) {
         let requested = tokio::select! {
             grace = &mut delete => grace.ok(),
-            () = self.lifecycle() => None,
+            () = self.lifecycle(found) => None,
         };
         let grace = match requested {
             Some(g) => g,
@@ -157,8 +168,11 @@ impl<R: Runtime> Worker<R> {
         self.teardown(grace).await;
     }
 
-    async fn lifecycle(&mut self) {
-        let found = self.found().await;
+    async fn lifecycle(&mut self, found: Option<super::adopt::Found>) {
+        let found = match found {
+            Some(found) => found,
+            None => self.found().await,
+        };
         let (sandbox, started) = match self.adopt(&found).await {
             Some(adopted) => adopted,
             None => {
@@ -1150,19 +1164,8 @@ impl<R: Runtime> probe::Report for ProbeReport<'_, R> {
     }
 
     fn ready(&self, ready: bool) {
-        // Reported on every probe past the threshold: publish changes only.
-        let current = {
-            let state = self
-                .worker
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.status.containers.get(self.i).map(|c| c.ready)
-        };
-        if current != Some(ready) {
-            self.worker
-                .update_container(Kind::App, self.i, |s| s.ready = ready);
-        }
+        self.worker
+            .update_container(Kind::App, self.i, |s| s.ready = ready);
     }
 }
 
