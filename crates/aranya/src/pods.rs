@@ -51,6 +51,7 @@ pub fn spawn(
         policy: policy_rx,
         listed: false,
         rejected: HashSet::new(),
+        events: events::Recorder::default(),
         refresh,
         pods: Api::all(client.clone()),
         client,
@@ -93,6 +94,7 @@ struct PodSync {
     listed: bool,
     /// UIDs refused by admission, whose Failed status may not be seen yet.
     rejected: HashSet<String>,
+    events: events::Recorder,
 }
 
 impl PodSync {
@@ -236,6 +238,8 @@ impl PodSync {
     /// The Pod object is gone (force delete, or removed after the device cleaned up).
     fn on_gone(&mut self, pod: Pod) {
         let uid = pod.uid().unwrap_or_default();
+        self.events.forget(&uid);
+        self.rejected.remove(&uid);
         self.known.remove(&uid);
         self.ensured.remove(&uid);
         if !self.deleting.contains(&uid) {
@@ -377,7 +381,9 @@ impl PodSync {
         let namespace = pod.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         if !status.events.is_empty() {
-            events::record(&self.client, &pod, &self.node, &status.events).await;
+            self.events
+                .record(&self.client, &pod, &self.node, &status.events)
+                .await;
         }
         if status.removed {
             self.deleting.remove(&status.uid);

@@ -201,6 +201,18 @@ async fn liveness_and_startup_failures_restart_the_container() -> anyhow::Result
     )
     .await?;
     wait_event(&env, "never-starts", "Killing", "failed startup probe").await?;
+    // Each failure in a row said the same: one Event, counted, as a kubelet folds them.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.name);
+    let folded = events
+        .list(&ListParams::default().fields("involvedObject.name=never-starts"))
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Unhealthy"))
+        .map(|e| e.count.unwrap_or(1))
+        .max()
+        .unwrap_or(0);
+    assert!(folded >= 2, "repeated failures fold into a count: {folded}");
     let pod = wait_pod(
         &env,
         "never-starts",
