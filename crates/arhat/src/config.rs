@@ -663,6 +663,10 @@ pub mod size {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_norway::Value;
+
     use super::*;
 
     #[test]
@@ -700,6 +704,99 @@ connectivity:
         let config = Config::parse(text).expect("the documented example is valid");
         assert_eq!(config.device.name, "edge-1");
         assert_eq!(config.connectivity.backoff.max, Duration::from_secs(10));
+    }
+
+    /// Every key the config accepts is in the documented example: at each
+    /// mapping of the example, a key the struct does not know makes serde list
+    /// the keys it does know (every struct denies unknown fields), and each of
+    /// them must be there (in a list, in one of its items at least). A struct
+    /// the example leaves out entirely shows up as its parent's missing key.
+    #[test]
+    fn example_documents_every_key() {
+        let text = include_str!("../config.example.yaml");
+        let example: serde_norway::Value = serde_norway::from_str(text).expect("yaml");
+        let (mut accepted, mut present) = (BTreeSet::new(), BTreeSet::new());
+        let mut path = Vec::new();
+        collect_keys(&example, &example, &mut path, &mut accepted, &mut present);
+        let missing: Vec<_> = accepted.difference(&present).collect();
+        assert!(
+            missing.is_empty(),
+            "config.example.yaml lacks keys the config accepts: {missing:?}"
+        );
+    }
+
+    /// Records under `accepted` the keys serde lists for each mapping of the
+    /// example, and under `present` the keys it has, both as dotted paths with
+    /// list indices written `[]`.
+    fn collect_keys(
+        root: &Value,
+        node: &Value,
+        path: &mut Vec<Value>,
+        accepted: &mut BTreeSet<String>,
+        present: &mut BTreeSet<String>,
+    ) {
+        match node {
+            Value::Mapping(map) => {
+                let mut probed = root.clone();
+                let at = path
+                    .iter()
+                    .try_fold(&mut probed, |v, k| match (v, k) {
+                        (Value::Mapping(m), k) => m.get_mut(k),
+                        (Value::Sequence(s), Value::Number(i)) => {
+                            s.get_mut(usize::try_from(i.as_u64()?).ok()?)
+                        }
+                        _ => None,
+                    })
+                    .and_then(Value::as_mapping_mut)
+                    .expect("path into the example");
+                at.insert("zzUndocumentedProbe".into(), Value::Null);
+                let yaml = serde_norway::to_string(&probed).expect("yaml");
+                let message = Config::parse(&yaml)
+                    .expect_err("every struct refuses an unknown key")
+                    .to_string();
+                let (_, expected) = message
+                    .split_once("expected ")
+                    .unwrap_or_else(|| panic!("no list of keys in: {message}"));
+                let prefix = dotted(path);
+                for key in expected.split('`').skip(1).step_by(2) {
+                    accepted.insert(format!("{prefix}{key}"));
+                }
+                for (key, value) in map {
+                    if let Value::String(k) = key {
+                        present.insert(format!("{prefix}{k}"));
+                    }
+                    path.push(key.clone());
+                    collect_keys(root, value, path, accepted, present);
+                    path.pop();
+                }
+            }
+            Value::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Value::Number(i.into()));
+                    collect_keys(root, item, path, accepted, present);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dotted(path: &[Value]) -> String {
+        let mut out = String::new();
+        for k in path {
+            match k {
+                Value::String(s) => {
+                    out.push_str(s);
+                    out.push('.');
+                }
+                Value::Number(_) => {
+                    out.pop();
+                    out.push_str("[].");
+                }
+                _ => {}
+            }
+        }
+        out
     }
 
     #[test]
