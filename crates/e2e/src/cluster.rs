@@ -455,6 +455,35 @@ impl TestEnv {
             .await
     }
 
+    /// Waits until the cluster signed `node`'s kubelet serving certificate:
+    /// the apiserver here verifies kubelets, so logs and exec reach the node
+    /// only from then on (a busy controller-manager can take seconds).
+    pub async fn wait_serving_cert(&self, node: &str) -> anyhow::Result<()> {
+        use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+        let csrs: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let selector = format!("{}={node}", aranya::kubelet::cert::LABEL_NODE);
+        wait_for(
+            &format!("{node}'s kubelet serving certificate signed"),
+            Duration::from_secs(90),
+            || async {
+                let list = csrs
+                    .list(&kube::api::ListParams::default().labels(&selector))
+                    .await
+                    .ok()?;
+                list.items
+                    .iter()
+                    .any(|csr| {
+                        csr.status
+                            .as_ref()
+                            .and_then(|s| s.certificate.as_ref())
+                            .is_some_and(|c| !c.0.is_empty())
+                    })
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
     /// Like [`Self::device_up_configured`], with the EdgeDevice's own
     /// `connectivity.methods` (arhat's go in `arhat_yaml`).
     pub async fn device_up_over(
@@ -477,6 +506,9 @@ impl TestEnv {
                 Some("EdgeDeviceConnected"),
                 Duration::from_secs(60),
             )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", logs_of(&aranya, &arhat, 30)))?;
+        self.wait_serving_cert(&name)
             .await
             .map_err(|e| anyhow::anyhow!("{e}\n{}", logs_of(&aranya, &arhat, 30)))?;
         Ok(DeviceUp {

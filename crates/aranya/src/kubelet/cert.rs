@@ -66,7 +66,7 @@ impl ServingCerts {
         self.0.read().ok()?.get(node).cloned()
     }
 
-    fn set(&self, node: &str, serving: Serving) {
+    pub(super) fn set(&self, node: &str, serving: Serving) {
         if let Ok(mut map) = self.0.write() {
             map.insert(node.to_string(), serving);
         }
