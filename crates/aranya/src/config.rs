@@ -21,6 +21,34 @@ pub struct Cli {
 pub enum Command {
     /// Print the EdgeDevice CustomResourceDefinition as YAML.
     Crd,
+    /// Bootstrap tokens: how a device gets its first certificate.
+    #[command(subcommand)]
+    BootstrapToken(TokenCommand),
+    /// The device CA every aranya replica shares.
+    #[command(subcommand)]
+    DeviceCa(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token for one EdgeDevice and print the arhat config that uses it.
+    Create {
+        /// The EdgeDevice's name.
+        #[arg(long)]
+        device: String,
+        /// How long the token is valid: `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Sign with a new CA from now on; the current one stays trusted, so
+    /// devices stay connected and move to the new one as they renew.
+    Rotate,
+    /// Trust only the current CA (after a rotation, once devices renewed).
+    Prune,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -62,6 +90,14 @@ pub struct RunConfig {
     /// kube-system/extension-apiserver-authentication, followed as it changes.
     #[arg(long)]
     pub kubelet_client_ca: Option<PathBuf>,
+    /// Secret (in `--namespace`) holding the device CA: created by the first
+    /// replica that finds none, shared by all.
+    #[arg(long, default_value = crate::identity::ca::DEFAULT_SECRET)]
+    pub device_ca_secret: String,
+    /// Life of the device certificates aranya issues (devices renew at two
+    /// thirds of it): `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+    #[arg(long, value_parser = parse_duration, default_value = "90d")]
+    pub device_cert_lifetime: Duration,
     /// Install or update the EdgeDevice CRD at start.
     #[arg(long, default_value_t = false)]
     pub install_crd: bool,
@@ -120,9 +156,41 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))
 }
 
+/// `<n>` seconds, or `<n>s`, `<n>m`, `<n>h`, `<n>d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90s, 30m, 24h or 90d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::PortRange;
+    use super::{PortRange, parse_duration};
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86400)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
 
     #[test]
     fn port_ranges() {

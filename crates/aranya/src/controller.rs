@@ -100,7 +100,11 @@ async fn apply(device: Arc<EdgeDevice>, ctx: &Context) -> Result<Action, kube::E
             &nodes[&name]
         }
     };
-    ctx.hub.register(&name, handle.cmds.clone(), methods).await;
+    let devices: Api<EdgeDevice> = Api::all(ctx.client.clone());
+    let identity = crate::identity::status::ensure_id(&devices, &device).await?;
+    ctx.hub
+        .register(&name, handle.cmds.clone(), methods, Some(identity))
+        .await;
     let _ = handle
         .cmds
         .send(NodeCmd::Spec(Box::new((*device).clone())))

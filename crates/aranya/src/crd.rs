@@ -32,6 +32,7 @@ pub const FINALIZER: &str = "aranya.arhat.dev/virtual-node";
     printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.conditions[?(@.type==\"Connected\")].status"}"#,
     printcolumn = r#"{"name":"Via","type":"string","jsonPath":".status.connectedVia"}"#,
     printcolumn = r#"{"name":"Node-Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"NodeReady\")].status"}"#,
+    printcolumn = r#"{"name":"Cert-Expires","type":"date","jsonPath":".status.identity.notAfter","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -44,6 +45,36 @@ pub struct EdgeDeviceSpec {
     /// Pods on this device.
     #[serde(default)]
     pub pod: PodSettings,
+    /// How the device proves who it is.
+    #[serde(default)]
+    pub identity: IdentitySettings,
+}
+
+/// The device's certificates: how they are approved, and revoking them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySettings {
+    /// Who approves the CertificateSigningRequest of a device bootstrapping
+    /// with a valid token: aranya (`Auto`), or an operator with
+    /// `kubectl certificate approve` (`Manual`). Renewals by a device that
+    /// proved its current certificate are always approved by aranya.
+    #[serde(default)]
+    pub approval: Approval,
+    /// Raise it to revoke every certificate and bootstrap token of the
+    /// device: its links close and it must bootstrap again with a new token.
+    /// Its Node and pods stay.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub rotation: u32,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum Approval {
+    #[default]
+    Auto,
+    Manual,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -252,6 +283,28 @@ pub struct EdgeDeviceStatus {
     /// The virtual Node's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityStatus>,
+}
+
+/// Who the device is: the identity id its certificates must name, and the
+/// certificate it last connected with.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityStatus {
+    /// Made by aranya for this EdgeDevice and each `spec.identity.rotation`;
+    /// a certificate naming another id is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The `spec.identity.rotation` the id was made for.
+    #[serde(default)]
+    pub rotation: u32,
+    /// Serial (hex) of the certificate the device last connected with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// When that certificate expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
 }
 
 /// The CustomResourceDefinition, as aranya expects it.

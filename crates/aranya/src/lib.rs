@@ -5,6 +5,7 @@
 //! - [`controller`]: EdgeDevice reconcile (finalizer, virtual node lifetime).
 //! - [`virtualnode`]: the Node object, its status and its Lease.
 //! - [`hub`]: devices arriving over any transport: handshake, sessions.
+//! - [`identity`]: devices proving who they are; their certificates.
 //! - [`mqtt`]: aranya's broker connection for each device with an mqtt method.
 //! - [`kubelet`]: the kubelet endpoint of every virtual node.
 //! - [`pods`]: pods bound to a virtual node, run on its device.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod hub;
+pub mod identity;
 pub mod kubelet;
 pub mod leader;
 pub mod mqtt;
@@ -97,6 +99,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         () = shutdown_signal() => return Ok(()),
     }
 
+    let identity = identity::Service::new(
+        client.clone(),
+        &cfg.namespace,
+        &cfg.device_ca_secret,
+        cfg.device_cert_lifetime,
+    )
+    .await
+    .context("setting up device identity")?;
+    let hub = hub::Hub::new(
+        SessionConfig {
+            resume_window: cfg.resume_window,
+            ..Default::default()
+        },
+        identity.clone(),
+    );
     let (links_tx, links_rx) = mpsc::channel(64);
     let (secrets_tx, secrets) = tokio::sync::watch::channel(None);
     tokio::spawn(mqtt::watch_secrets(
@@ -111,6 +128,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         kubelet_version: kubelet_version(&client).await?,
         reconnect_grace: cfg.reconnect_grace,
         pod_refresh: cfg.pod_refresh,
+        identity,
+        hub: hub.clone(),
         mqtt: Arc::new(mqtt::Env {
             client: client.clone(),
             namespace: cfg.namespace.clone(),
@@ -120,10 +139,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     });
     let listener = bind(cfg.grpc_listen).await?;
     info!(address = %listener.local_addr()?, "gRPC endpoint listening");
-    let hub = hub::Hub::new(SessionConfig {
-        resume_window: cfg.resume_window,
-        ..Default::default()
-    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(grpc::serve(listener, tls, links_tx, async {
         let _ = stop_rx.await;
@@ -213,5 +228,56 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// `aranya bootstrap-token create`: a token for one device, and the arhat
+/// config that uses it.
+pub async fn create_bootstrap_token(
+    cfg: &RunConfig,
+    device: &str,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let client = client(cfg).await?;
+    let devices: kube::Api<crd::EdgeDevice> = kube::Api::all(client.clone());
+    let ed = devices
+        .get_opt(device)
+        .await
+        .with_context(|| format!("reading EdgeDevice {device}"))?
+        .with_context(|| format!("no EdgeDevice named {device}"))?;
+    let created = identity::token::create(client, &cfg.namespace, &ed, ttl)
+        .await
+        .with_context(|| format!("creating a bootstrap token for {device}"))?;
+    Ok(format!(
+        "# bootstrap token for EdgeDevice {device}, valid until {expires} (Secret {ns}/{secret})\n\
+         # write the token to the device, owner-only, where arhat reads it:\n\
+         #   install -m 600 /dev/stdin /var/lib/arhat/identity/bootstrap-token <<< '{token}'\n\
+         # or point arhat's config at another file:\n\
+         identity:\n  bootstrapTokenFile: /var/lib/arhat/identity/bootstrap-token\n\
+         # token: {token}\n",
+        expires = ::identity::cert::rfc3339(created.expires),
+        ns = cfg.namespace,
+        secret = created.secret,
+        token = created.token.expose(),
+    ))
+}
+
+/// `aranya device-ca rotate|prune`.
+pub async fn device_ca(cfg: &RunConfig, command: &config::CaCommand) -> anyhow::Result<String> {
+    let client = client(cfg).await?;
+    let (ns, name) = (&cfg.namespace, &cfg.device_ca_secret);
+    match command {
+        config::CaCommand::Rotate => {
+            identity::ca::rotate(client, ns, name).await?;
+            Ok(format!(
+                "Secret {ns}/{name}: a new device CA signs from now on; the previous ones stay trusted until `aranya device-ca prune`\n"
+            ))
+        }
+        config::CaCommand::Prune => {
+            let dropped = identity::ca::prune(client, ns, name).await?;
+            Ok(format!(
+                "Secret {ns}/{name}: {dropped} earlier CA(s) no longer trusted\n"
+            ))
+        }
     }
 }

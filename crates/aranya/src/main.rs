@@ -14,6 +14,15 @@ async fn main() -> std::process::ExitCode {
         Some(aranya::config::Command::Crd) => aranya::crd::definition_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(anyhow::Error::from),
+        Some(aranya::config::Command::BootstrapToken(aranya::config::TokenCommand::Create {
+            device,
+            ttl,
+        })) => aranya::create_bootstrap_token(&cli.run, &device, ttl)
+            .await
+            .map(|out| print!("{out}")),
+        Some(aranya::config::Command::DeviceCa(command)) => aranya::device_ca(&cli.run, &command)
+            .await
+            .map(|out| print!("{out}")),
         None => aranya::run(cli.run).await,
     };
     match result {

@@ -108,6 +108,7 @@ mod tests {
                 allocatable: 7,
                 ..Default::default()
             },
+            identity: Default::default(),
         }
     }
 

@@ -17,7 +17,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use proto::api::{GetNodeStatus, NodeStatus, Open, open::Kind};
+use proto::api::{GetNodeStatus, NodeStatus, Open, RenewReply, RenewRequest, open::Kind};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, warn};
@@ -74,6 +74,10 @@ pub struct NodeEnv {
     pub pod_refresh: Duration,
     /// Broker connections of devices with an mqtt method.
     pub mqtt: Arc<crate::mqtt::Env>,
+    /// Certificates renewed over a session.
+    pub identity: Arc<crate::identity::Service>,
+    /// Where a renewal extends the session's authentication.
+    pub hub: Arc<crate::hub::Hub>,
 }
 
 impl std::fmt::Debug for NodeEnv {
@@ -283,11 +287,15 @@ impl VirtualNode {
     fn accept_streams(&self, mut incoming: mpsc::UnboundedReceiver<Stream>) {
         let reports = self.report_tx.clone();
         let pod_reports = self.pods.reports.clone();
+        let env = self.env.clone();
+        let device = self.name.clone();
         tokio::spawn(
             async move {
                 while let Some(mut stream) = incoming.recv().await {
                     let reports = reports.clone();
                     let pod_reports = pod_reports.clone();
+                    let env = env.clone();
+                    let device = device.clone();
                     tokio::spawn(async move {
                         let result = match stream.open_header().map(|h| h.kind) {
                             Ok(Some(Kind::ReportNodeStatus(_))) => {
@@ -295,6 +303,9 @@ impl VirtualNode {
                             }
                             Ok(Some(Kind::ReportPodStatus(_))) => {
                                 forward(&mut stream, &pod_reports).await
+                            }
+                            Ok(Some(Kind::RenewCertificate(_))) => {
+                                renew(&mut stream, &env, &device).await
                             }
                             Ok(other) => {
                                 warn!(?other, "device opened a stream aranya does not serve");
@@ -762,6 +773,45 @@ async fn forward<M: prost::Message + Default>(
         stream.expect_end().await?;
         let _ = to.send(report).await;
     }
+    Ok(())
+}
+
+/// A device renewing its certificate over its session (authenticated when
+/// it started): a new certificate for its new key, and the session's
+/// authentication extended to it.
+async fn renew(
+    stream: &mut Stream,
+    env: &NodeEnv,
+    device: &str,
+) -> Result<(), connectivity::StreamError> {
+    let Some(request) = stream.recv_message::<RenewRequest>().await? else {
+        return Ok(());
+    };
+    stream.expect_end().await?;
+    let reply = match env.identity.renew(device, &request.csr).await {
+        Ok(pem) => {
+            match ::identity::DeviceCert::from_pem(pem.as_bytes()) {
+                Ok(cert) => {
+                    info!(serial = %cert.serial, not_after = %cert.not_after_rfc3339(), "device certificate renewed");
+                    env.hub.extend(device, cert.not_after).await;
+                }
+                Err(e) => warn!(error = %e, "reading a certificate just issued"),
+            }
+            RenewReply {
+                certificate: pem,
+                error: String::new(),
+            }
+        }
+        Err(refusal) => {
+            warn!(reason = ?refusal.reason, message = %refusal.message, "certificate renewal refused");
+            RenewReply {
+                certificate: String::new(),
+                error: refusal.message,
+            }
+        }
+    };
+    stream.send_message(&reply).await?;
+    stream.finish();
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use connectivity::{
     Dialer, SessionConfig, SessionHandle, Stream,
     grpc::GrpcDialer,
-    handshake::{self, HandshakeError},
+    handshake::{self, Accepted, HandshakeError},
     mqtt::{self, MqttDialer},
     session::LinkState,
 };
@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     backoff::Backoff,
     config::{Config, Method, MethodName, RuntimeKind},
+    identity::{Credentials, IdentityError, SessionProof},
     nodeinfo,
     pod::PodManager,
     runtime::{Runtime, docker::Docker},
@@ -46,6 +47,23 @@ pub enum AgentError {
     },
     #[error("container runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("device identity: {0}")]
+    Identity(#[from] IdentityError),
+}
+
+/// Why one connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+impl From<connectivity::TransportError> for ConnectError {
+    fn from(e: connectivity::TransportError) -> Self {
+        Self::Handshake(e.into())
+    }
 }
 
 /// Options that are not part of the config file.
@@ -76,6 +94,7 @@ pub struct Agent {
     dialers: Vec<Box<dyn Dialer>>,
     nonce: Bytes,
     generation: Arc<std::sync::atomic::AtomicU64>,
+    identity: Arc<Credentials>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -90,14 +109,20 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     pub async fn new(config: Config, options: Options) -> Result<Self, AgentError> {
         let config = Arc::new(config);
+        let identity = Arc::new(Credentials::open(
+            config.identity_dir(),
+            config.bootstrap_token_file(),
+            &config.device.name,
+        )?);
         let mut dialers: Vec<Box<dyn Dialer>> = Vec::new();
         for method in config.methods_by_priority() {
             // Built once here so a bad file stops the agent at start.
-            let name = dialer(&config, method)?.name();
+            let name = dialer(&config, method, &identity)?.name();
             dialers.push(Box::new(Rereading {
                 config: config.clone(),
                 method: method.clone(),
                 name,
+                identity: identity.clone(),
             }));
         }
         let (pods, runtime_version) = match config.runtime.kind {
@@ -139,6 +164,7 @@ impl Agent {
             dialers,
             nonce: Bytes::from(rand::random::<[u8; 16]>().to_vec()),
             generation: Arc::default(),
+            identity,
         })
     }
 
@@ -159,10 +185,10 @@ impl Agent {
                         backoff.reset();
                         self.stay(at, state, &mut current).await;
                     }
-                    Err(HandshakeError::Refused {
+                    Err(ConnectError::Handshake(HandshakeError::Refused {
                         reason: RefuseReason::IncompatibleVersion,
                         message,
-                    }) => return Err(AgentError::Refused(message)),
+                    })) => return Err(AgentError::Refused(message)),
                     Err(e) => {
                         warn!(transport = dialer.name(), error = %e, "cannot connect to aranya")
                     }
@@ -216,12 +242,44 @@ impl Agent {
         }
     }
 
+    /// A bootstrap over one link: the token's proof and a request for the
+    /// device's key; aranya answers with the certificate.
+    async fn bootstrap(&self, dialer: &dyn Dialer) -> Result<(), ConnectError> {
+        let (request, proof, key) = self.identity.bootstrap_request()?;
+        info!(token = %request.token_id, "no valid device certificate: bootstrapping with the token");
+        let mut link = dialer.dial().await?;
+        let hello = Hello {
+            device: self.config.device.name.clone(),
+            protocol_version: self.options.protocol_version,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            bootstrap: Some(request),
+            ..Default::default()
+        };
+        match handshake::hello(&mut link, hello, &proof, HANDSHAKE_TIMEOUT).await? {
+            Accepted::Issued(pem) => {
+                let cert = self.identity.store(&pem, key)?;
+                info!(serial = %cert.serial, not_after = %cert.not_after_rfc3339(), "device certificate issued");
+                Ok(())
+            }
+            Accepted::Welcome(_) => Err(HandshakeError::Protocol(
+                "aranya answered a bootstrap with a session".into(),
+            )
+            .into()),
+        }
+    }
+
     /// One connection: handshake, then resume or start a session.
     async fn connect(
         &self,
         dialer: &dyn Dialer,
         current: &mut Option<Current>,
-    ) -> Result<watch::Receiver<LinkState>, HandshakeError> {
+    ) -> Result<watch::Receiver<LinkState>, ConnectError> {
+        if self.identity.session().is_none() {
+            self.bootstrap(dialer).await?;
+        }
+        let Some(held) = self.identity.session() else {
+            return Err(HandshakeError::Prove("no valid device certificate".into()).into());
+        };
         let mut link = dialer.dial().await?;
         let hello = Hello {
             device: self.config.device.name.clone(),
@@ -230,8 +288,33 @@ impl Agent {
             session_id: current.as_ref().map_or(0, |c| c.handle.session_id()),
             last_epoch: current.as_ref().map_or(0, |c| c.epoch),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            certificate: Bytes::from(held.cert.der.clone()),
+            bootstrap: None,
         };
-        let welcome = handshake::hello(&mut link, hello, HANDSHAKE_TIMEOUT).await?;
+        let answer =
+            handshake::hello(&mut link, hello, &SessionProof(held.key), HANDSHAKE_TIMEOUT).await;
+        let welcome = match answer {
+            Ok(Accepted::Welcome(welcome)) => welcome,
+            Ok(Accepted::Issued(_)) => {
+                return Err(HandshakeError::Protocol(
+                    "aranya answered a session with a certificate".into(),
+                )
+                .into());
+            }
+            Err(e) => {
+                if let HandshakeError::Refused { reason, message } = &e
+                    && matches!(
+                        reason,
+                        RefuseReason::IdentityRevoked
+                            | RefuseReason::BadCertificate
+                            | RefuseReason::CertificateRequired
+                    )
+                {
+                    self.identity.forget(message);
+                }
+                return Err(e.into());
+            }
+        };
         if welcome.resumed
             && let Some(c) = current.as_mut()
             && c.handle.session_id() == welcome.session_id
@@ -239,7 +322,7 @@ impl Agent {
         {
             c.epoch = welcome.epoch;
             if c.handle.attach(link, welcome.epoch).is_err() {
-                return Err(HandshakeError::Closed);
+                return Err(HandshakeError::Closed.into());
             }
             // The driver takes the link asynchronously: until it has, the state
             // still says the old link is lost (or up), which is not this link.
@@ -254,7 +337,7 @@ impl Agent {
                 .await
                 .is_err()
             {
-                return Err(HandshakeError::Timeout(HANDSHAKE_TIMEOUT));
+                return Err(HandshakeError::Timeout(HANDSHAKE_TIMEOUT).into());
             }
             info!(
                 session = welcome.session_id,
@@ -276,6 +359,10 @@ impl Agent {
             span.clone(),
         )
         .map_err(|e| HandshakeError::Protocol(format!("session settings: {e}")))?;
+        tokio::spawn(
+            crate::identity::renewal::run(self.identity.clone(), handle.clone())
+                .instrument(span.clone()),
+        );
         info!(session = welcome.session_id, "connected to aranya");
         let sampler = Sampler {
             config: self.config.clone(),
@@ -314,6 +401,7 @@ struct Rereading {
     config: Arc<Config>,
     method: Method,
     name: &'static str,
+    identity: Arc<Credentials>,
 }
 
 impl Dialer for Rereading {
@@ -323,7 +411,7 @@ impl Dialer for Rereading {
 
     fn dial(&self) -> connectivity::link::DialFuture<'_> {
         Box::pin(async move {
-            let fresh = dialer(&self.config, &self.method)
+            let fresh = dialer(&self.config, &self.method, &self.identity)
                 .map_err(|e| connectivity::TransportError::Config(e.to_string()))?;
             fresh.dial().await
         })
@@ -331,7 +419,11 @@ impl Dialer for Rereading {
 }
 
 /// The transport of one configured method, with its files read.
-fn dialer(config: &Config, method: &Method) -> Result<Box<dyn Dialer>, AgentError> {
+fn dialer(
+    config: &Config,
+    method: &Method,
+    _identity: &Credentials,
+) -> Result<Box<dyn Dialer>, AgentError> {
     let read = |method: &'static str, key: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| AgentError::Transport {
             method,
@@ -539,7 +631,7 @@ async fn report_pods(pods: Arc<Pods>, session: SessionHandle) {
     }
 }
 
-async fn closed(session: &SessionHandle) {
+pub(crate) async fn closed(session: &SessionHandle) {
     let mut state = session.state();
     while !matches!(*state.borrow_and_update(), LinkState::Closed { .. }) {
         if state.changed().await.is_err() {

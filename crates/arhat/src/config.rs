@@ -48,6 +48,34 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub host: HostConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// How the device proves who it is. Its key and certificate live in
+/// `<runtime.dataDir>/identity/`, owner-only; the key never leaves it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentityConfig {
+    /// The bootstrap token (`aranya bootstrap-token create --device <name>`),
+    /// read when the device has no valid certificate (default
+    /// `<runtime.dataDir>/identity/bootstrap-token`).
+    #[serde(default)]
+    pub bootstrap_token_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Where the device's key and certificate live.
+    pub fn identity_dir(&self) -> PathBuf {
+        self.runtime.data_dir.join("identity")
+    }
+
+    pub fn bootstrap_token_file(&self) -> PathBuf {
+        self.identity
+            .bootstrap_token_file
+            .clone()
+            .unwrap_or_else(|| self.identity_dir().join("bootstrap-token"))
+    }
 }
 
 /// What the cloud may do on the device host itself (its virtual pod).

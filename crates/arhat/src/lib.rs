@@ -14,6 +14,7 @@ pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod host;
+pub mod identity;
 pub mod imagegc;
 pub mod netns;
 pub mod nodeinfo;

@@ -34,6 +34,7 @@ fn memory_pair() -> (Link, Link) {
         max_payload: connectivity::grpc::MAX_PAYLOAD,
         peer: "memory".to_string(),
         transport: "memory",
+        peer_certificate: None,
     };
     (end(a_tx, b_rx), end(b_tx, a_rx))
 }

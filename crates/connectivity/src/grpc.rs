@@ -80,6 +80,7 @@ impl pb::tunnel_server::Tunnel for TunnelService {
             max_payload: MAX_PAYLOAD,
             peer,
             transport: "grpc",
+            peer_certificate: None,
         };
         self.links
             .send(link)
@@ -209,6 +210,7 @@ impl GrpcDialer {
             max_payload: MAX_PAYLOAD,
             peer: self.endpoint.clone(),
             transport: "grpc",
+            peer_certificate: None,
         })
     }
 }

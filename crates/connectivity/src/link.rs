@@ -37,6 +37,10 @@ pub struct Link {
     pub peer: String,
     /// Transport name ("grpc", "mqtt"), for logs and node status.
     pub transport: &'static str,
+    /// The client certificate (DER) the peer presented to this transport's
+    /// TLS, when the transport authenticates the device itself (gRPC's
+    /// mTLS); `None` where a broker stands between (MQTT) or on the device.
+    pub peer_certificate: Option<Bytes>,
 }
 
 impl fmt::Debug for Link {

@@ -434,6 +434,7 @@ impl MqttDialer {
             max_payload: self.settings.link_payload(),
             peer: self.settings.broker.clone(),
             transport: "mqtt",
+            peer_certificate: None,
         })
     }
 }
@@ -659,6 +660,7 @@ impl CloudSide {
             max_payload: self.settings.link_payload(),
             peer: format!("{} link {id:016x}", self.settings.broker),
             transport: "mqtt",
+            peer_certificate: None,
         };
         if self.links.send(link).await.is_err() {
             publisher.abort();

@@ -20,6 +20,7 @@ fn link_pair(max_payload: usize) -> (Link, Link) {
         max_payload,
         peer: peer.to_string(),
         transport: "memory",
+        peer_certificate: None,
     };
     (end(a_tx, b_rx, "device"), end(b_tx, a_rx, "cloud"))
 }

@@ -11,6 +11,8 @@ use proto::{
 
 #[path = "support/grpc_loopback.rs"]
 mod grpc_loopback;
+#[path = "support/proof.rs"]
+mod proof;
 use grpc_loopback::{dialer, pki, server};
 
 #[tokio::test]
@@ -19,7 +21,7 @@ async fn handshake_and_a_stream_over_tls() {
     let (endpoint, mut links) = server(pki.server).await;
     let cloud = tokio::spawn(async move {
         let mut link = links.recv().await.expect("a link");
-        let hello = handshake::read_hello(&mut link, Duration::from_secs(5))
+        let hello = proof::accept(&mut link, Duration::from_secs(5))
             .await
             .expect("hello");
         assert_eq!(hello.device, "dev-1");
@@ -64,7 +66,7 @@ async fn handshake_and_a_stream_over_tls() {
         protocol_version: 1,
         ..Default::default()
     };
-    let welcome = handshake::hello(&mut link, hello, Duration::from_secs(5))
+    let welcome = proof::hello(&mut link, hello, Duration::from_secs(5))
         .await
         .expect("welcome");
     assert_eq!(welcome.session_id, 5);
@@ -103,7 +105,7 @@ async fn refusal_reaches_the_device_with_its_reason() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
     let mut link = dialer(&endpoint, &pki.ca_pem).dial().await.expect("dial");
-    let err = handshake::hello(&mut link, Hello::default(), Duration::from_secs(5))
+    let err = proof::hello(&mut link, Hello::default(), Duration::from_secs(5))
         .await
         .expect_err("refused");
     assert!(err.is_refusal());

@@ -19,6 +19,9 @@ use proto::{
 use testbed::{Broker, BrokerOptions};
 use tokio::sync::mpsc;
 
+#[path = "support/proof.rs"]
+mod proof;
+
 const DEVICE: &str = "dev-1";
 const T: Duration = Duration::from_secs(10);
 
@@ -44,7 +47,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 /// Reads a link's Hello and welcomes it into session 7 at `epoch`.
 async fn welcome(mut link: Link, epoch: u64, resumed: bool) -> Option<Link> {
-    handshake::read_hello(&mut link, T).await.ok()?;
+    proof::accept(&mut link, T).await.ok()?;
     let welcome = Welcome {
         session_id: 7,
         epoch,
@@ -94,7 +97,7 @@ async fn hello(
         session_id,
         ..Default::default()
     };
-    let welcome = handshake::hello(&mut link, hello, T).await?;
+    let welcome = proof::hello(&mut link, hello, T).await?;
     Ok((link, welcome))
 }
 

@@ -75,6 +75,7 @@ impl BenchBed {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        cluster.grant_identity("default")?;
         let aranya = cluster.aranya_command("default", port, "warn")?;
         let aranya = Proc::spawn("aranya", aranya, &dir.join("aranya.log"))?;
         let broker = match transport {
@@ -97,6 +98,9 @@ impl BenchBed {
         let path = dir.join("device.json");
         std::fs::write(&path, manifest.to_string())?;
         cluster.kubectl(&["apply", "-f", &path.to_string_lossy()])?;
+        cluster
+            .bootstrap_token("default", device, &dir.join("arhat-data"))
+            .await?;
         let config = dir.join("arhat.yaml");
         let yaml = arhat_config_yaml(&ArhatConfig {
             device,

@@ -126,6 +126,40 @@ impl Cluster {
         Ok(cmd)
     }
 
+    /// Lets aranya write its Secrets (device CA, bootstrap tokens) in
+    /// `namespace`, as deploy/rbac.yaml does for aranya-system.
+    pub fn grant_identity(&self, namespace: &str) -> anyhow::Result<()> {
+        self.kubectl(&[
+            "create",
+            "rolebinding",
+            "aranya-identity",
+            "--clusterrole=aranya-identity",
+            "--user=aranya",
+            "-n",
+            namespace,
+        ])
+        .map(|_| ())
+    }
+
+    /// Makes a bootstrap token for EdgeDevice `device` (aranya in
+    /// `namespace`) and writes it where arhat with `data_dir` reads it.
+    pub async fn bootstrap_token(
+        &self,
+        namespace: &str,
+        device: &str,
+        data_dir: &Path,
+    ) -> anyhow::Result<String> {
+        let client = self.client().await?;
+        let api: Api<EdgeDevice> = Api::all(client.clone());
+        let ed = api.get(device).await?;
+        let created =
+            aranya::identity::token::create(client, namespace, &ed, Duration::from_secs(3600))
+                .await?;
+        let token = created.token.expose();
+        write_token(&data_dir.join("identity/bootstrap-token"), &token)?;
+        Ok(token)
+    }
+
     /// Runs the test bed's kubectl as admin; fails with its stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.kubectl_output(args)?;
@@ -281,6 +315,7 @@ impl TestEnv {
             )
             .await
             .context("creating the test namespace")?;
+        cluster.grant_identity(&name)?;
         Ok(TestEnv {
             cluster,
             client,
@@ -345,7 +380,16 @@ impl TestEnv {
             devices.push(name.to_string());
         }
         let api: Api<EdgeDevice> = Api::all(self.client.clone());
-        Ok(api.create(&PostParams::default(), &device).await?)
+        let created = api.create(&PostParams::default(), &device).await?;
+        self.cluster
+            .bootstrap_token(&self.name, name, &self.arhat_data_dir(name))
+            .await?;
+        Ok(created)
+    }
+
+    /// Where this test's arhat for `device` keeps its state (and its identity).
+    pub fn arhat_data_dir(&self, device: &str) -> PathBuf {
+        self.dir.join(format!("arhat-data-{device}"))
     }
 
     pub fn aranya_command(&self, identity: &str) -> anyhow::Result<Command> {
@@ -386,7 +430,7 @@ impl TestEnv {
             device,
             port: self.grpc_port,
             ca_file: &self.cluster.ca_file,
-            data_dir: &self.dir.join(format!("arhat-data-{device}")),
+            data_dir: &self.arhat_data_dir(device),
             log: "info,arhat=debug,connectivity=debug",
             quick: true,
             mqtt: self.transport.methods(self.broker_address().as_deref()).1,
@@ -680,6 +724,22 @@ pub fn node_ready(node: &Node) -> Option<(String, String)> {
 
 pub fn labels(node: &Node) -> BTreeMap<String, String> {
     node.metadata.labels.clone().unwrap_or_default()
+}
+
+/// Writes a bootstrap token owner-only, as an operator would.
+pub fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {

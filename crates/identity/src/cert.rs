@@ -38,6 +38,8 @@ pub struct DeviceCert {
     pub serial: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The subject's public key (for EC, the point), to match it to a key.
+    pub public_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for DeviceCert {
@@ -95,6 +97,7 @@ impl DeviceCert {
             serial: hex(cert.raw_serial()),
             not_before: time(cert.validity().not_before),
             not_after: time(cert.validity().not_after),
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
         })
     }
 

@@ -8,9 +8,10 @@ use prost::Message;
 include!(concat!(env!("OUT_DIR"), "/arhat.api.rs"));
 
 /// The protocol version this build speaks. Bump on incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The oldest peer version this build still talks to.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest peer version this build still talks to: 2 brought device
+/// identity, and a device that cannot prove it is not let in.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Reasons a device gives a pod it refuses (a [`PodStatus`] in phase
 /// Failed), as a kubelet's admission does: such a pod is final.

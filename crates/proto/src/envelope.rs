@@ -3,7 +3,10 @@
 use bytes::Bytes;
 use prost::Message;
 
-pub use crate::api::{Envelope, Hello, Refuse, RefuseReason, Welcome, envelope::Body};
+pub use crate::api::{
+    Bootstrap, Challenge, Envelope, Hello, Issued, Proof, Refuse, RefuseReason, Welcome,
+    envelope::Body,
+};
 
 /// Bytes needed around a frame inside an [`Envelope`]: the field tag and a
 /// length varint. Transports subtract this from their max payload.
@@ -33,6 +36,30 @@ impl Envelope {
             body: Some(Body::Refuse(Refuse {
                 reason: reason as i32,
                 message: message.into(),
+            })),
+        }
+    }
+
+    pub fn challenge(nonce: impl Into<Bytes>) -> Self {
+        Self {
+            body: Some(Body::Challenge(Challenge {
+                nonce: nonce.into(),
+            })),
+        }
+    }
+
+    pub fn proof(signature: impl Into<Bytes>) -> Self {
+        Self {
+            body: Some(Body::Proof(Proof {
+                signature: signature.into(),
+            })),
+        }
+    }
+
+    pub fn issued(certificate: impl Into<String>) -> Self {
+        Self {
+            body: Some(Body::Issued(Issued {
+                certificate: certificate.into(),
             })),
         }
     }

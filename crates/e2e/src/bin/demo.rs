@@ -69,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         .context("starting the control plane")?;
     let cluster = Cluster::prepare(&cp, &state.join("aranya")).await?;
 
+    cluster.grant_identity("default")?;
     let aranya = cluster.aranya_command("default", cli.grpc_port, "info")?;
     let _aranya = Proc::spawn("aranya", aranya, &logs.join("aranya.log"))?;
 
@@ -82,6 +83,11 @@ async fn main() -> anyhow::Result<()> {
     let device_file = state.join("edgedevice.json");
     std::fs::write(&device_file, serde_json::to_vec_pretty(&device)?)?;
     cluster.kubectl(&["apply", "-f", &device_file.to_string_lossy()])?;
+    // The device bootstraps its certificate with a token, as a real one does.
+    cluster
+        .bootstrap_token("default", DEVICE, &state.join("arhat-data"))
+        .await
+        .context("making the demo device's bootstrap token")?;
     let config = state.join("arhat.yaml");
     let yaml = arhat_config_yaml(&ArhatConfig {
         device: DEVICE,

@@ -174,6 +174,7 @@ fn link_pair() -> (Link, Link) {
         max_payload: 64 * 1024,
         peer: peer.to_string(),
         transport: "memory",
+        peer_certificate: None,
     };
     (end(a_tx, b_rx, "device"), end(b_tx, a_rx, "cloud"))
 }
