@@ -21,10 +21,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ::identity::{DeviceCert, TrustStore, proof};
+use ::identity::{DeviceCert, TrustStore, VerifyError, proof};
 use connectivity::{
-    Link,
+    ClientAuth, Link,
     handshake::{self, ReceivedHello},
+    tls::ClientCertCheck,
 };
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::{
@@ -128,6 +129,12 @@ impl Service {
         self.ca.current().trust.clone()
     }
 
+    /// What the gRPC listener's TLS lets through: a certificate from a
+    /// device CA trusted at the handshake (so a rotation needs no restart).
+    pub fn client_cert_check(&self) -> Arc<dyn ClientCertCheck> {
+        Arc::new(DeviceCaCheck(self.ca.clone()))
+    }
+
     /// Checks a session's Hello: a certificate from a trusted device CA,
     /// naming this device and its current identity `expected`, and the
     /// device's signature over aranya's challenge.
@@ -147,13 +154,21 @@ impl Service {
                 ),
             ));
         }
-        if let Some(tls) = &link.peer_certificate
-            && tls[..] != hello.certificate[..]
-        {
-            return Err(Refusal::new(
-                RefuseReason::BadCertificate,
-                "the Hello's certificate is not the TLS client certificate",
-            ));
+        match &link.client_auth {
+            ClientAuth::NotVisible => {}
+            ClientAuth::Anonymous => {
+                return Err(Refusal::new(
+                    RefuseReason::CertificateRequired,
+                    "a session over gRPC needs the device certificate as the TLS client certificate (a load balancer in front of aranya must pass TLS through)",
+                ));
+            }
+            ClientAuth::Certificate(tls) if tls[..] != hello.certificate[..] => {
+                return Err(Refusal::new(
+                    RefuseReason::BadCertificate,
+                    "the Hello's certificate is not the TLS client certificate",
+                ));
+            }
+            ClientAuth::Certificate(_) => {}
         }
         let cert = self
             .trust()
@@ -164,27 +179,29 @@ impl Service {
                 "the certificate of device {:?} (serial {}) was presented for device {:?}",
                 cert.device, cert.serial, hello.device
             );
-            self.event(
-                &hello.device,
-                EventType::Warning,
-                "ImpersonationRefused",
-                &format!("{message}, from {}", link.peer),
-            )
-            .await;
-            return Err(Refusal::new(RefuseReason::IdentityMismatch, message));
+            return Err(self
+                .refuse(
+                    &hello.device,
+                    &link.peer,
+                    "ImpersonationRefused",
+                    RefuseReason::IdentityMismatch,
+                    message,
+                )
+                .await);
         }
         let nonce = proof::nonce();
         let signature = self.challenge(link, &nonce).await?;
         if let Err(e) = proof::verify_session(&cert.der, &nonce, &received.bytes, &signature) {
             let message = format!("certificate serial {}: {e}", cert.serial);
-            self.event(
-                &hello.device,
-                EventType::Warning,
-                "BadProof",
-                &format!("{message}, from {}", link.peer),
-            )
-            .await;
-            return Err(Refusal::new(RefuseReason::BadProof, message));
+            return Err(self
+                .refuse(
+                    &hello.device,
+                    &link.peer,
+                    "BadProof",
+                    RefuseReason::BadProof,
+                    message,
+                )
+                .await);
         }
         match expected {
             None => Err(Refusal::new(
@@ -251,28 +268,30 @@ impl Service {
             Ok(token) => token,
             Err(refusal) => {
                 let message = refusal.to_string();
-                self.event(
-                    &hello.device,
-                    EventType::Warning,
-                    "BootstrapRefused",
-                    &format!("{message}, from {}", link.peer),
-                )
-                .await;
-                return Err(Refusal::new(RefuseReason::BadToken, message));
+                return Err(self
+                    .refuse(
+                        &hello.device,
+                        &link.peer,
+                        "BootstrapRefused",
+                        RefuseReason::BadToken,
+                        message,
+                    )
+                    .await);
             }
         };
         let nonce = proof::nonce();
         let answer = self.challenge(link, &nonce).await?;
         if proof::verify_token(&token, &nonce, &received.bytes, &answer).is_err() {
             let message = format!("the proof does not match bootstrap token {}", token.id());
-            self.event(
-                &hello.device,
-                EventType::Warning,
-                "BootstrapRefused",
-                &format!("{message}, from {}", link.peer),
-            )
-            .await;
-            return Err(Refusal::new(RefuseReason::BadProof, message));
+            return Err(self
+                .refuse(
+                    &hello.device,
+                    &link.peer,
+                    "BootstrapRefused",
+                    RefuseReason::BadProof,
+                    message,
+                )
+                .await);
         }
         ::identity::issue::check_request(&request.csr, &hello.device)
             .map_err(|e| Refusal::new(RefuseReason::BadHello, e.to_string()))?;
@@ -370,6 +389,21 @@ impl Service {
     }
 
     /// An Event on the EdgeDevice `device` (if it exists), for `kubectl describe`.
+    /// A refusal of a link claiming `device`, recorded as a Warning Event
+    /// on that EdgeDevice (naming where the link came from).
+    async fn refuse(
+        &self,
+        device: &str,
+        peer: &str,
+        event: &str,
+        reason: RefuseReason,
+        message: String,
+    ) -> Refusal {
+        let note = format!("{message}, from {peer}");
+        self.event(device, EventType::Warning, event, &note).await;
+        Refusal::new(reason, message)
+    }
+
     async fn event(&self, device: &str, type_: EventType, reason: &str, note: &str) {
         let Ok(Some(ed)) = self.devices.get_opt(device).await else {
             return;
@@ -387,5 +421,28 @@ impl Service {
         if let Err(e) = self.recorder.publish(&event, &reference).await {
             warn!(device = %ed.name_any(), error = %e, "recording an identity event");
         }
+    }
+}
+
+/// The device CAs as the gRPC listener's TLS check; the handshake checks
+/// the rest (name, identity id) with reasons the device is told.
+#[derive(Debug)]
+struct DeviceCaCheck(CaStore);
+
+impl ClientCertCheck for DeviceCaCheck {
+    fn check(&self, der: &[u8]) -> Result<(), rustls::CertificateError> {
+        use rustls::CertificateError as Tls;
+        self.0
+            .current()
+            .trust
+            .verify(der, SystemTime::now())
+            .map(drop)
+            .map_err(|e| match e {
+                VerifyError::Expired(_) => Tls::Expired,
+                VerifyError::NotYetValid(_) => Tls::NotValidYet,
+                VerifyError::UnknownIssuer => Tls::UnknownIssuer,
+                VerifyError::NotForClientAuth => Tls::InvalidPurpose,
+                _ => Tls::BadEncoding,
+            })
     }
 }

@@ -77,10 +77,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let (Some(cert), Some(key)) = (&cfg.grpc_tls_cert, &cfg.grpc_tls_key) else {
         bail!("--grpc-tls-cert and --grpc-tls-key are required: devices only dial aranya over TLS");
     };
-    let tls = grpc::ServerTls {
+    let mut tls = grpc::ServerTls {
         cert_pem: std::fs::read(cert)
             .with_context(|| format!("--grpc-tls-cert {}", cert.display()))?,
         key_pem: std::fs::read(key).with_context(|| format!("--grpc-tls-key {}", key.display()))?,
+        client_certs: None,
     };
     let identity = cfg.identity.clone().unwrap_or_else(|| {
         let host = hostname::get()
@@ -107,6 +108,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     )
     .await
     .context("setting up device identity")?;
+    tls.client_certs = Some(identity.client_cert_check());
     let hub = hub::Hub::new(
         SessionConfig {
             resume_window: cfg.resume_window,

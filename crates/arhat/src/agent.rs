@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use connectivity::{
     Dialer, SessionConfig, SessionHandle, Stream,
-    grpc::GrpcDialer,
+    grpc::{ClientCertificate, GrpcDialer},
     handshake::{self, Accepted, HandshakeError},
     mqtt::{self, MqttDialer},
     session::LinkState,
@@ -280,7 +280,13 @@ impl Agent {
         let Some(held) = self.identity.session() else {
             return Err(HandshakeError::Prove("no valid device certificate".into()).into());
         };
-        let mut link = dialer.dial().await?;
+        let mut link = match dialer.dial().await {
+            Err(e @ connectivity::TransportError::CertificateRefused { .. }) => {
+                self.identity.refused_by_tls(&e.to_string());
+                return Err(e.into());
+            }
+            dialed => dialed?,
+        };
         let hello = Hello {
             device: self.config.device.name.clone(),
             protocol_version: self.options.protocol_version,
@@ -315,6 +321,7 @@ impl Agent {
                 return Err(e.into());
             }
         };
+        self.identity.accepted();
         if welcome.resumed
             && let Some(c) = current.as_mut()
             && c.handle.session_id() == welcome.session_id
@@ -422,7 +429,7 @@ impl Dialer for Rereading {
 fn dialer(
     config: &Config,
     method: &Method,
-    _identity: &Credentials,
+    identity: &Credentials,
 ) -> Result<Box<dyn Dialer>, AgentError> {
     let read = |method: &'static str, key: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| AgentError::Transport {
@@ -443,6 +450,11 @@ fn dialer(
                 server_name: grpc.server_name.clone(),
                 connect_timeout: grpc.connect_timeout,
                 keepalive: grpc.keepalive,
+                // Without a valid certificate the link can only bootstrap.
+                client_certificate: identity.session().map(|held| ClientCertificate {
+                    cert_pem: held.cert_pem.into_bytes(),
+                    key_pem: held.key.to_pem().into_bytes(),
+                }),
             }))
         }
         MethodName::Mqtt => {

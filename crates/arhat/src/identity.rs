@@ -15,8 +15,8 @@ use std::{
     io::Write as _,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, PoisonError, RwLock},
-    time::SystemTime,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -26,6 +26,9 @@ use proto::envelope::Bootstrap;
 use tracing::{info, warn};
 
 const CREDENTIAL: &str = "device.pem";
+/// Longer than aranya's device-CA refresh (30 s), so a replica that has not
+/// read a rotation yet cannot make a device give up a good certificate.
+const TLS_REFUSAL_GRACE: Duration = Duration::from_secs(90);
 const PENDING_KEY: &str = "pending-key.pem";
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,8 @@ pub struct Credentials {
     token_file: PathBuf,
     device: String,
     current: RwLock<Option<Held>>,
+    /// Since when aranya's TLS has refused the current certificate (serial).
+    refused_since: Mutex<Option<(String, Instant)>>,
 }
 
 impl Credentials {
@@ -107,6 +112,7 @@ impl Credentials {
             token_file,
             device: device.to_string(),
             current: RwLock::new(None),
+            refused_since: Mutex::new(None),
         };
         match creds.load() {
             Ok(Some(held)) => {
@@ -186,6 +192,38 @@ impl Credentials {
                 "dropping the device certificate: the device will bootstrap with its token"
             );
         }
+    }
+
+    /// aranya's TLS refused the current certificate. A replica may not have
+    /// read a rotated CA yet, so the certificate is dropped (and the device
+    /// bootstraps) only when refusals of it span [`TLS_REFUSAL_GRACE`].
+    pub fn refused_by_tls(&self, why: &str) {
+        let Some(serial) = self.session().map(|h| h.cert.serial) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut since = self
+            .refused_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*since {
+            Some((s, at)) if *s == serial => {
+                if now.duration_since(*at) >= TLS_REFUSAL_GRACE {
+                    *since = None;
+                    drop(since);
+                    self.forget(why);
+                }
+            }
+            _ => *since = Some((serial, now)),
+        }
+    }
+
+    /// A session was welcomed: earlier TLS refusals were passing.
+    pub fn accepted(&self) {
+        *self
+            .refused_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// What a bootstrap sends: the token's proof and a request for the

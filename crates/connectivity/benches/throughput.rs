@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use connectivity::{Dialer, Link, SessionConfig, SessionHandle, Stream, session};
+use connectivity::{ClientAuth, Dialer, Link, SessionConfig, SessionHandle, Stream, session};
 use futures::StreamExt;
 use proto::session::Role;
 use tokio::{
@@ -34,7 +34,7 @@ fn memory_pair() -> (Link, Link) {
         max_payload: connectivity::grpc::MAX_PAYLOAD,
         peer: "memory".to_string(),
         transport: "memory",
-        peer_certificate: None,
+        client_auth: ClientAuth::NotVisible,
     };
     (end(a_tx, b_rx), end(b_tx, a_rx))
 }

@@ -1,19 +1,28 @@
-//! The gRPC transport: TLS, one bidirectional `Tunnel.Link` stream per link.
+//! The gRPC transport: mutual TLS, one bidirectional `Tunnel.Link` stream
+//! per link.
+//!
+//! aranya's listener asks every caller for a client certificate and lets
+//! through only one that chains to a device CA; a caller without one gets a
+//! link too, marked [`ClientAuth::Anonymous`], on which the handshake allows
+//! nothing but the bootstrap exchange. One listener, so a device behind any
+//! load balancer that passes TLS through reaches both.
 
-use std::{net::SocketAddr, pin::Pin, time::Duration};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::{Stream as FutStream, StreamExt};
+use rustls::{ServerConfig, pki_types::PrivateKeyDer};
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Response, Status, Streaming,
-    transport::{
-        Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-    },
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server},
 };
 
-use crate::link::{DialFuture, Dialer, Link, TransportError};
+use crate::{
+    link::{ClientAuth, DialFuture, Dialer, Link, TransportError},
+    tls::{self, ClientCertCheck, OptionalClientCert},
+};
 
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
 mod pb {
@@ -35,11 +44,44 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
-/// PEM material for the cloud's gRPC endpoint.
+/// PEM material for the cloud's gRPC endpoint, and which client
+/// certificates it lets through.
 #[derive(Clone)]
 pub struct ServerTls {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+    /// The device CAs' check; `None` asks callers for no certificate
+    /// (server-only TLS: transport tests and the mTLS cost benchmark).
+    pub client_certs: Option<Arc<dyn ClientCertCheck>>,
+}
+
+impl ServerTls {
+    fn rustls_config(&self) -> Result<ServerConfig, TransportError> {
+        let config = |what: &str, e: &dyn std::fmt::Display| {
+            TransportError::Config(format!("gRPC TLS {what}: {e}"))
+        };
+        let certs = rustls_pemfile::certs(&mut &self.cert_pem[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| config("certificate", &e))?;
+        let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &self.key_pem[..])
+            .map_err(|e| config("key", &e))?
+            .ok_or_else(|| config("key", &"no private key in the PEM"))?;
+        let builder =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| config("versions", &e))?;
+        let builder = match &self.client_certs {
+            Some(check) => {
+                builder.with_client_cert_verifier(Arc::new(OptionalClientCert::new(check.clone())))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut server = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| config("certificate and key", &e))?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(server)
+    }
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -66,6 +108,14 @@ impl pb::tunnel_server::Tunnel for TunnelService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        // The listener only lets through a certificate its check accepted,
+        // and TLS proved the caller holds its key.
+        let client_auth = match request.peer_certs() {
+            Some(chain) if !chain.is_empty() => {
+                ClientAuth::Certificate(Bytes::copy_from_slice(chain[0].as_ref()))
+            }
+            _ => ClientAuth::Anonymous,
+        };
         let inbound = request
             .into_inner()
             .map(|r| {
@@ -80,7 +130,7 @@ impl pb::tunnel_server::Tunnel for TunnelService {
             max_payload: MAX_PAYLOAD,
             peer,
             transport: "grpc",
-            peer_certificate: None,
+            client_auth,
         };
         self.links
             .send(link)
@@ -99,35 +149,19 @@ pub async fn serve(
     links: mpsc::Sender<Link>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), TransportError> {
-    let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.rustls_config()?));
     let service = pb::tunnel_server::TunnelServer::new(TunnelService { links })
         .max_decoding_message_size(MAX_PAYLOAD + 1024)
         .max_encoding_message_size(MAX_PAYLOAD + 1024);
     Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity))
-        .map_err(|e| TransportError::Config(format!("gRPC TLS: {e}")))?
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(tls::accept(listener, acceptor), shutdown)
         .await
         .map_err(|e| TransportError::Closed(format!("gRPC server: {e}")))
-}
-
-/// Accepted connections with Nagle off: session frames are small and
-/// latency-bound (an interactive shell, acknowledgements).
-fn incoming(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY on a gRPC connection");
-            }
-        })
-    })
 }
 
 /// How a device reaches the cloud over gRPC.
@@ -143,6 +177,23 @@ pub struct GrpcDialer {
     /// HTTP/2 ping interval; the link is dead when a ping goes unanswered for
     /// twice this.
     pub keepalive: Duration,
+    /// The device's certificate and key (PEM) for mutual TLS; without one,
+    /// aranya allows only the bootstrap exchange.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// A device's TLS client credentials.
+#[derive(Clone)]
+pub struct ClientCertificate {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("ClientCertificate").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for GrpcDialer {
@@ -150,6 +201,7 @@ impl std::fmt::Debug for GrpcDialer {
         f.debug_struct("GrpcDialer")
             .field("endpoint", &self.endpoint)
             .field("server_name", &self.server_name)
+            .field("client_certificate", &self.client_certificate.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -160,9 +212,12 @@ impl GrpcDialer {
             Some(name) => name.clone(),
             None => host_of(&self.endpoint)?,
         };
-        let tls = ClientTlsConfig::new()
+        let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .domain_name(host);
+        if let Some(client) = &self.client_certificate {
+            tls = tls.identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
+        }
         Endpoint::from_shared(format!("https://{}", self.endpoint))
             .map_err(|e| TransportError::Config(format!("gRPC endpoint {:?}: {e}", self.endpoint)))?
             .tls_config(tls)
@@ -179,24 +234,31 @@ impl GrpcDialer {
     }
 
     async fn dial_link(&self) -> Result<Link, TransportError> {
-        let connect_err = |e: &dyn std::fmt::Display| TransportError::Connect {
-            endpoint: self.endpoint.clone(),
-            reason: error_chain(e),
+        let connect_err = |e: &(dyn std::error::Error + 'static)| {
+            if self.client_certificate.is_some()
+                && let Some(alert) = certificate_alert(e)
+            {
+                return TransportError::CertificateRefused {
+                    endpoint: self.endpoint.clone(),
+                    alert,
+                };
+            }
+            TransportError::Connect {
+                endpoint: self.endpoint.clone(),
+                reason: ErrorChain(e).to_string(),
+            }
         };
         let channel: Channel = self
             .channel_endpoint()?
             .connect()
             .await
-            .map_err(|e| connect_err(&ErrorChain(&e)))?;
+            .map_err(|e| connect_err(&e))?;
         let mut client = pb::tunnel_client::TunnelClient::new(channel)
             .max_decoding_message_size(MAX_PAYLOAD + 1024)
             .max_encoding_message_size(MAX_PAYLOAD + 1024);
         let (tx, rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
         let outbound = ReceiverStream::new(rx).map(|data| pb::Packet { data });
-        let response = client
-            .link(outbound)
-            .await
-            .map_err(|s| connect_err(&s.message()))?;
+        let response = client.link(outbound).await.map_err(|s| connect_err(&s))?;
         let inbound = response
             .into_inner()
             .map(|r| {
@@ -210,7 +272,7 @@ impl GrpcDialer {
             max_payload: MAX_PAYLOAD,
             peer: self.endpoint.clone(),
             transport: "grpc",
-            peer_certificate: None,
+            client_auth: ClientAuth::NotVisible,
         })
     }
 }
@@ -239,11 +301,45 @@ fn host_of(endpoint: &str) -> Result<String, TransportError> {
         })
 }
 
+/// The TLS alert with which aranya refused the device's certificate, if
+/// that is what `e` comes down to (in TLS 1.3 it arrives with the first
+/// request, after the client considered the handshake done). rustls's error
+/// reaches here as text inside an `io::Error`, so the text is what is read.
+fn certificate_alert(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    const PREFIX: &str = "received fatal alert: ";
+    const REFUSALS: [&str; 7] = [
+        "BadCertificate",
+        "UnsupportedCertificate",
+        "CertificateRevoked",
+        "CertificateExpired",
+        "CertificateUnknown",
+        "UnknownCA",
+        "CertificateRequired",
+    ];
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if let Some(at) = text.find(PREFIX) {
+            let alert = &text[at + PREFIX.len()..];
+            if let Some(name) = REFUSALS.iter().find(|name| alert.starts_with(**name)) {
+                return Some((*name).to_string());
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// An error and its sources on one line, each source's text once (tonic's
+/// `Status` prints its source again in its own text, so it shows its message).
 struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        match self.0.downcast_ref::<Status>() {
+            Some(status) => write!(f, "{}", status.message())?,
+            None => write!(f, "{}", self.0)?,
+        }
         let mut source = self.0.source();
         while let Some(s) = source {
             write!(f, ": {s}")?;
@@ -251,8 +347,4 @@ impl std::fmt::Display for ErrorChain<'_> {
         }
         Ok(())
     }
-}
-
-fn error_chain(e: &dyn std::fmt::Display) -> String {
-    e.to_string()
 }

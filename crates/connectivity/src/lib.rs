@@ -11,6 +11,7 @@
 //! - [`handshake`]: Hello / Welcome / Refuse on a fresh link.
 //! - [`session`]: the tokio driver around the sans-I/O session.
 //! - [`stream`]: what the application reads and writes.
+//! - [`tls`]: server TLS aranya's listeners share (optional client certificates).
 
 pub mod grpc;
 pub mod handshake;
@@ -18,7 +19,8 @@ pub mod link;
 pub mod mqtt;
 pub mod session;
 pub mod stream;
+pub mod tls;
 
-pub use link::{Dialer, Link, MIN_PAYLOAD, TransportError};
+pub use link::{ClientAuth, Dialer, Link, MIN_PAYLOAD, TransportError};
 pub use session::{LinkState, SessionConfig, SessionHandle};
 pub use stream::{Stream, StreamError, StreamReceiver, StreamSender};

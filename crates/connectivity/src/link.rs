@@ -20,6 +20,10 @@ pub enum TransportError {
     /// Could not reach the peer.
     #[error("connect to {endpoint} failed: {reason}")]
     Connect { endpoint: String, reason: String },
+    /// The peer's TLS refused the device's client certificate (an alert such
+    /// as `UnknownCA` or `CertificateExpired`): it will not do on a retry.
+    #[error("{endpoint} refused the device certificate (TLS alert {alert})")]
+    CertificateRefused { endpoint: String, alert: String },
     /// The link broke after it was established.
     #[error("link closed: {0}")]
     Closed(String),
@@ -37,10 +41,8 @@ pub struct Link {
     pub peer: String,
     /// Transport name ("grpc", "mqtt"), for logs and node status.
     pub transport: &'static str,
-    /// The client certificate (DER) the peer presented to this transport's
-    /// TLS, when the transport authenticates the device itself (gRPC's
-    /// mTLS); `None` where a broker stands between (MQTT) or on the device.
-    pub peer_certificate: Option<Bytes>,
+    /// What the transport's own TLS says about the device.
+    pub client_auth: ClientAuth,
 }
 
 impl fmt::Debug for Link {
@@ -51,6 +53,19 @@ impl fmt::Debug for Link {
             .field("max_payload", &self.max_payload)
             .finish_non_exhaustive()
     }
+}
+
+/// What a transport's TLS established about the device on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// The transport cannot see the device's TLS (a broker stands between),
+    /// or this is the device's side: the handshake's proof is all there is.
+    NotVisible,
+    /// The device presented no client certificate: it may only bootstrap.
+    Anonymous,
+    /// The device's client certificate (DER), chained to a device CA and its
+    /// key proven by TLS; the Hello must carry the same certificate.
+    Certificate(Bytes),
 }
 
 /// A future a dialer returns; boxed so dialers can sit behind `dyn`.

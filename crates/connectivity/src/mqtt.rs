@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
-use crate::link::{DialFuture, Dialer, Link, MIN_PAYLOAD, TransportError};
+use crate::link::{ClientAuth, DialFuture, Dialer, Link, MIN_PAYLOAD, TransportError};
 
 /// Bytes every message spends on the transport's own header: kind and link id.
 pub const HEADER_LEN: usize = 9;
@@ -434,7 +434,7 @@ impl MqttDialer {
             max_payload: self.settings.link_payload(),
             peer: self.settings.broker.clone(),
             transport: "mqtt",
-            peer_certificate: None,
+            client_auth: ClientAuth::NotVisible,
         })
     }
 }
@@ -660,7 +660,7 @@ impl CloudSide {
             max_payload: self.settings.link_payload(),
             peer: format!("{} link {id:016x}", self.settings.broker),
             transport: "mqtt",
-            peer_certificate: None,
+            client_auth: ClientAuth::NotVisible,
         };
         if self.links.send(link).await.is_err() {
             publisher.abort();

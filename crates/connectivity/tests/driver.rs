@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use connectivity::{Link, LinkState, SessionConfig, SessionHandle, Stream, session};
+use connectivity::{ClientAuth, Link, LinkState, SessionConfig, SessionHandle, Stream, session};
 use futures::StreamExt;
 use proto::session::Role;
 use tokio::sync::mpsc;
@@ -20,7 +20,7 @@ fn link_pair(max_payload: usize) -> (Link, Link) {
         max_payload,
         peer: peer.to_string(),
         transport: "memory",
-        peer_certificate: None,
+        client_auth: ClientAuth::NotVisible,
     };
     (end(a_tx, b_rx, "device"), end(b_tx, a_rx, "cloud"))
 }

@@ -1,9 +1,12 @@
 //! The gRPC transport over real TLS on loopback: handshake, then a stream.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use connectivity::{Dialer, SessionConfig, handshake, session};
+use connectivity::{
+    ClientAuth, Dialer, SessionConfig, TransportError, grpc::ClientCertificate, handshake, session,
+    tls::ClientCertCheck,
+};
 use proto::{
     envelope::{Hello, RefuseReason, Welcome},
     session::Role,
@@ -122,4 +125,67 @@ async fn a_device_that_does_not_trust_the_cloud_does_not_connect() {
         .await
         .expect_err("untrusted");
     assert!(err.to_string().contains("connect to"), "{err}");
+}
+
+/// Lets through exactly the certificates it was given.
+#[derive(Debug)]
+struct Allowed(Vec<Vec<u8>>);
+
+impl ClientCertCheck for Allowed {
+    fn check(&self, der: &[u8]) -> Result<(), rustls::CertificateError> {
+        if self.0.iter().any(|c| c == der) {
+            Ok(())
+        } else {
+            Err(rustls::CertificateError::UnknownIssuer)
+        }
+    }
+}
+
+fn client_certificate(name: &str) -> (Vec<u8>, ClientCertificate) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    (
+        cert.der().to_vec(),
+        ClientCertificate {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn mutual_tls_hands_the_link_the_checked_client_certificate() {
+    let mut pki = pki();
+    let (trusted_der, trusted) = client_certificate("dev-1");
+    let (_, untrusted) = client_certificate("intruder");
+    pki.server.client_certs = Some(Arc::new(Allowed(vec![trusted_der.clone()])));
+    let (endpoint, mut links) = server(pki.server).await;
+
+    // No certificate: a link still arrives, marked anonymous (bootstrap only).
+    let _anonymous = dialer(&endpoint, &pki.ca_pem).dial().await.expect("dial");
+    let link = links.recv().await.expect("anonymous link");
+    assert_eq!(link.client_auth, ClientAuth::Anonymous);
+
+    let mut with_cert = dialer(&endpoint, &pki.ca_pem);
+    with_cert.client_certificate = Some(trusted);
+    let _device = with_cert.dial().await.expect("dial");
+    let link = links.recv().await.expect("device link");
+    assert_eq!(
+        link.client_auth,
+        ClientAuth::Certificate(Bytes::from(trusted_der))
+    );
+
+    // A certificate the check refuses: TLS fails, no link reaches aranya.
+    let mut refused = dialer(&endpoint, &pki.ca_pem);
+    refused.client_certificate = Some(untrusted);
+    let err = refused.dial().await.expect_err("refused by TLS");
+    assert!(
+        matches!(&err, TransportError::CertificateRefused { alert, .. } if alert == "UnknownCA"),
+        "{err}"
+    );
+    let nothing = tokio::time::timeout(Duration::from_millis(500), links.recv()).await;
+    assert!(nothing.is_err(), "a refused certificate made a link");
 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cluster;
 pub mod grpc_health;
 pub mod images;
+pub mod impostor;
 pub mod kubelet;
 pub mod netcut;
 pub mod pods;

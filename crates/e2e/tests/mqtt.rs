@@ -499,13 +499,20 @@ async fn a_second_agent_with_the_same_name_is_refused() -> anyhow::Result<()> {
     let env = TestEnv::over("dupmqtt", MQTT).await?;
     let mut up = env.device_up("a", 10).await?;
     let first_sessions = up.arhat.log().matches("session resumed").count();
+    // A clone of the device (its credentials copied): one identity, twice.
+    let second_dir = env.dir.join("second-agent");
+    std::fs::create_dir_all(second_dir.join("identity"))?;
+    std::fs::copy(
+        env.arhat_data_dir(&up.name).join("identity/device.pem"),
+        second_dir.join("identity/device.pem"),
+    )?;
     let second = env.start_arhat_with(
         &up.name,
         "2",
         &[],
         &format!(
             "runtime:\n  kind: none\n  dataDir: {}\n",
-            env.dir.join("second-agent").display()
+            second_dir.display()
         ),
     )?;
     second

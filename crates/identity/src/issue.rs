@@ -10,7 +10,7 @@ use std::{
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    SanType, SerialNumber,
+    PublicKeyData as _, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateSigningRequestDer;
 
@@ -153,6 +153,16 @@ pub fn check_request(
         });
     }
     Ok(request)
+}
+
+/// The public key (raw, as in the certificate) a request carries: what
+/// stays the same when a device asks again with the same key (ECDSA signs
+/// each request anew, so the request's bytes do not).
+pub fn request_public_key(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
+    let request =
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(IssueError::Request)?;
+    Ok(request.public_key.der_bytes().to_vec())
 }
 
 /// 16 random bytes, positive as DER wants it.

@@ -117,6 +117,31 @@ impl CaStore {
         })
     }
 
+    fn kube_error(&self, source: kube::Error) -> CaError {
+        CaError::Kube {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// The Secret as it is now.
+    async fn get(&self) -> Result<Secret, CaError> {
+        self.api
+            .get(&self.name)
+            .await
+            .map_err(|e| self.kube_error(e))
+    }
+
+    /// Writes `secret` back (failing on a concurrent change).
+    async fn replace(&self, secret: &Secret) -> Result<(), CaError> {
+        self.api
+            .replace(&self.name, &PostParams::default(), secret)
+            .await
+            .map(drop)
+            .map_err(|e| self.kube_error(e))
+    }
+
     pub fn current(&self) -> Arc<Loaded> {
         self.current
             .read()
@@ -139,15 +164,7 @@ impl CaStore {
     }
 
     async fn refresh(&self) -> Result<(), CaError> {
-        let secret = self
-            .api
-            .get(&self.name)
-            .await
-            .map_err(|source| CaError::Kube {
-                namespace: self.namespace.clone(),
-                name: self.name.clone(),
-                source,
-            })?;
+        let secret = self.get().await?;
         let version = secret.metadata.resource_version.clone().unwrap_or_default();
         if version == self.current().version {
             return Ok(());
@@ -166,11 +183,7 @@ impl CaStore {
 /// trusted, so certificates it issued keep working until they renew.
 pub async fn rotate(client: Client, namespace: &str, name: &str) -> Result<(), CaError> {
     let store = CaStore::load_or_create(client, namespace, name).await?;
-    let mut secret = store.api.get(name).await.map_err(|source| CaError::Kube {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        source,
-    })?;
+    let mut secret = store.get().await?;
     let data = secret.data.get_or_insert_default();
     let mut trusted = text(data, CERT_KEY);
     trusted.push_str(&text(data, TRUSTED_KEY));
@@ -178,39 +191,18 @@ pub async fn rotate(client: Client, namespace: &str, name: &str) -> Result<(), C
     let fresh = ca_secret(name, &ca, &trusted);
     secret.data = fresh.data;
     // resourceVersion kept: a concurrent change makes this fail, not vanish.
-    store
-        .api
-        .replace(name, &PostParams::default(), &secret)
-        .await
-        .map_err(|source| CaError::Kube {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            source,
-        })?;
-    Ok(())
+    store.replace(&secret).await
 }
 
 /// Stops trusting every CA but the current one (after a rotation, once
 /// every device renewed).
 pub async fn prune(client: Client, namespace: &str, name: &str) -> Result<usize, CaError> {
     let store = CaStore::load_or_create(client, namespace, name).await?;
-    let mut secret = store.api.get(name).await.map_err(|source| CaError::Kube {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        source,
-    })?;
+    let mut secret = store.get().await?;
     let data = secret.data.get_or_insert_default();
     let dropped = store.current().trust.certificates().len().saturating_sub(1);
     data.insert(TRUSTED_KEY.to_string(), ByteString(Vec::new()));
-    store
-        .api
-        .replace(name, &PostParams::default(), &secret)
-        .await
-        .map_err(|source| CaError::Kube {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            source,
-        })?;
+    store.replace(&secret).await?;
     Ok(dropped)
 }
 

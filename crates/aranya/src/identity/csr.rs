@@ -192,7 +192,7 @@ async fn sign(
     };
     if annotation(ANNOTATION_DEVICE) != request.device
         || annotation(ANNOTATION_IDENTITY) != request.identity
-        || csr.spec.request.0 != pem_request(request.csr_der).as_bytes()
+        || key_of_pem(&csr.spec.request.0) != key_of(request.csr_der)
         || current_identity().await.as_deref() != Some(request.identity)
     {
         return Err(stale());
@@ -263,13 +263,29 @@ fn name_of(request: &Request<'_>) -> String {
     input.push(0);
     input.extend_from_slice(request.identity.as_bytes());
     input.push(0);
-    input.extend_from_slice(request.csr_der);
+    // The key, not the request: a device retrying while it waits for
+    // approval asks again with the same key, and must find its request.
+    input.extend_from_slice(&key_of(request.csr_der).unwrap_or_else(|| request.csr_der.to_vec()));
     let digest = ring::digest::digest(&ring::digest::SHA256, &input);
     let hex: String = digest.as_ref()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("aranya-device-{hex}")
+}
+
+fn key_of(csr_der: &[u8]) -> Option<Vec<u8>> {
+    ::identity::issue::request_public_key(csr_der).ok()
+}
+
+/// The key of a request as the CSR object holds it (PEM).
+fn key_of_pem(pem: &[u8]) -> Option<Vec<u8>> {
+    use rustls::pki_types::{CertificateSigningRequestDer, pem::PemObject as _};
+    key_of(
+        CertificateSigningRequestDer::from_pem_slice(pem)
+            .ok()?
+            .as_ref(),
+    )
 }
 
 fn pem_request(der: &[u8]) -> String {
@@ -288,21 +304,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_stable_per_request_and_valid() {
+    fn names_are_stable_per_key_and_valid() {
+        let key = ::identity::DeviceKey::generate().expect("key");
+        let (one, again) = (
+            key.csr_der("edge-1").expect("csr"),
+            key.csr_der("edge-1").expect("csr"),
+        );
+        let other = ::identity::DeviceKey::generate()
+            .expect("key")
+            .csr_der("edge-1")
+            .expect("csr");
         let a = Request {
             device: "edge-1",
             identity: "id",
-            csr_der: b"one",
+            csr_der: &one,
             approve: true,
             lifetime: Duration::from_secs(60),
         };
-        let b = Request {
-            csr_der: b"two",
+        // ECDSA signs each request anew; a retry with the same key finds it.
+        assert_ne!(one, again);
+        let retry = Request {
+            csr_der: &again,
             ..a.clone()
         };
-        assert_eq!(name_of(&a), name_of(&a.clone()));
+        let b = Request {
+            csr_der: &other,
+            ..a.clone()
+        };
+        assert_eq!(name_of(&a), name_of(&retry));
         assert_ne!(name_of(&a), name_of(&b));
         assert_eq!(name_of(&a).len(), "aranya-device-".len() + 24);
+        assert_eq!(key_of_pem(pem_request(&again).as_bytes()), key_of(&one));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub fn pki() -> Pki {
         server: ServerTls {
             cert_pem: cert.pem().into_bytes(),
             key_pem: key.serialize_pem().into_bytes(),
+            client_certs: None,
         },
     }
 }
@@ -48,5 +49,6 @@ pub fn dialer(endpoint: &str, ca_pem: &str) -> GrpcDialer {
         server_name: Some("localhost".into()),
         connect_timeout: Duration::from_secs(5),
         keepalive: Duration::from_secs(5),
+        client_certificate: None,
     }
 }

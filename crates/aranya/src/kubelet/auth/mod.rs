@@ -56,7 +56,7 @@ pub use client_ca::{
     CA_CONFIGMAP_KEY, CA_CONFIGMAP_NAME, CA_CONFIGMAP_NAMESPACE, CaError, ClientCa,
 };
 use review::{Access, Decision, KubeReviewer, Reviewer};
-use tls::AnyClientCert;
+use tls::any_client_cert;
 pub use tls::client_cert_verifier;
 
 /// The kubelet's defaults (`authentication.webhook.cacheTTL`,
@@ -137,7 +137,7 @@ impl Auth {
     }
 
     fn with_reviewer(reviewer: Box<dyn Reviewer>, ca: ClientCa) -> Self {
-        let verifier = AnyClientCert::new();
+        let verifier = any_client_cert();
         Self(Arc::new(Inner {
             ca,
             reviewer,

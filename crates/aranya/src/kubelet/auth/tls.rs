@@ -2,13 +2,8 @@
 
 use std::sync::Arc;
 
-use rustls::{
-    DigitallySignedStruct, DistinguishedName, SignatureScheme,
-    client::danger::HandshakeSignatureValid,
-    crypto::WebPkiSupportedAlgorithms,
-    pki_types::{CertificateDer, UnixTime},
-    server::danger::{ClientCertVerified, ClientCertVerifier},
-};
+use connectivity::tls::{AnyCertificate, OptionalClientCert};
+use rustls::server::danger::ClientCertVerifier;
 
 /// Asks clients for a certificate, does not require one, and accepts any
 /// chain: whether it is trusted is decided per request by
@@ -19,69 +14,16 @@ use rustls::{
 ///
 /// Peer certificates of such a connection are *unverified*: never use them
 /// other than through [`Auth::authenticate`].
+///
+/// [`Auth::authenticate`]: super::Auth::authenticate
 pub fn client_cert_verifier() -> Arc<dyn ClientCertVerifier> {
-    Arc::new(AnyClientCert::new())
+    Arc::new(any_client_cert())
 }
 
-#[derive(Debug)]
-pub(super) struct AnyClientCert {
-    pub(super) algs: WebPkiSupportedAlgorithms,
+pub(super) fn any_client_cert() -> OptionalClientCert {
+    OptionalClientCert::new(Arc::new(AnyCertificate))
 }
 
-impl AnyClientCert {
-    pub(super) fn new() -> Self {
-        Self {
-            algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        }
-    }
-}
-
-impl ClientCertVerifier for AnyClientCert {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    /// No hints: Go clients (the apiserver) send no certificate when hints
-    /// are given and theirs does not match, and CA rotation needs none.
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;

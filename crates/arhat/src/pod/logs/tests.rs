@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use connectivity::{Link, SessionConfig, SessionHandle, Stream, session};
+use connectivity::{ClientAuth, Link, SessionConfig, SessionHandle, Stream, session};
 use futures::StreamExt;
 use proto::{
     api::{ContainerLogs, LogsRequest, Open, PodSpec, StreamReply, open::Kind, stream_reply::Code},
@@ -174,7 +174,7 @@ fn link_pair() -> (Link, Link) {
         max_payload: 64 * 1024,
         peer: peer.to_string(),
         transport: "memory",
-        peer_certificate: None,
+        client_auth: ClientAuth::NotVisible,
     };
     (end(a_tx, b_rx, "device"), end(b_tx, a_rx, "cloud"))
 }
