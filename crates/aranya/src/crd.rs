@@ -274,7 +274,7 @@ fn default_allocatable() -> u32 {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EdgeDeviceStatus {
-    /// `Connected` and `NodeReady`.
+    /// `Connected`, `Identity` and `NodeReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The transport the device is connected over.

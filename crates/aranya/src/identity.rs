@@ -129,8 +129,8 @@ impl Service {
         self.ca.current().trust.clone()
     }
 
-    /// What the gRPC listener's TLS lets through: a certificate from a
-    /// device CA trusted at the handshake (so a rotation needs no restart).
+    /// Which client certificates the gRPC listener accepts: one from a
+    /// device CA trusted at that moment (so a rotation needs no restart).
     pub fn client_cert_check(&self) -> Arc<dyn ClientCertCheck> {
         Arc::new(DeviceCaCheck(self.ca.clone()))
     }
@@ -424,8 +424,8 @@ impl Service {
     }
 }
 
-/// The device CAs as the gRPC listener's TLS check; the handshake checks
-/// the rest (name, identity id) with reasons the device is told.
+/// The device CAs as the gRPC listener's check, before any request is
+/// served; the handshake checks the rest (name, identity id).
 #[derive(Debug)]
 struct DeviceCaCheck(CaStore);
 

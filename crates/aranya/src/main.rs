@@ -3,10 +3,9 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(never_payloads(filter))
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = aranya::config::Cli::parse();
@@ -32,4 +31,14 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Caps the libraries that print what they carry at trace level (tungstenite
+/// prints every WebSocket frame: exec I/O, files copied, tokens typed), so no
+/// filter an operator sets puts stream contents in the log.
+fn never_payloads(filter: EnvFilter) -> EnvFilter {
+    ["tungstenite=debug", "tokio_tungstenite=debug"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive)
 }

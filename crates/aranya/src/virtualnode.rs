@@ -150,6 +150,7 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
         known: Known::default(),
         started: tokio::time::Instant::now(),
         last_status: None,
+        device_conditions: (None, None),
     };
     let task = tokio::spawn(node.run(rx, report_rx).instrument(span));
     Handle { cmds, task }
@@ -190,7 +191,13 @@ struct VirtualNode {
     started: tokio::time::Instant,
     /// The last status written, so unchanged status is not re-sent on every event.
     last_status: Option<Value>,
+    /// The Node's Ready condition and the Identity condition as last written
+    /// to the EdgeDevice: a new certificate rewrites the conditions with the
+    /// Node's unchanged.
+    device_conditions: (Option<Value>, Option<IdentityCondition>),
 }
+
+type IdentityCondition = (bool, &'static str, String);
 
 impl VirtualNode {
     async fn run(
@@ -224,6 +231,10 @@ impl VirtualNode {
                         self.device = Some(device);
                         self.apply_node().await;
                         self.write_status().await;
+                        if self.device_conditions.1 != Some(self.identity_condition()) {
+                            let ready = self.device_conditions.0.clone();
+                            self.write_device_status(ready.as_ref()).await;
+                        }
                     }
                     Some(NodeCmd::Connected(connected)) => {
                         state = connected.session.state();
@@ -651,7 +662,18 @@ impl VirtualNode {
         }
     }
 
-    async fn write_device_status(&self, ready: Option<&Value>) {
+    fn identity_condition(&self) -> IdentityCondition {
+        crate::identity::status::condition(
+            &self.name,
+            self.device
+                .as_ref()
+                .and_then(|d| d.status.as_ref())
+                .and_then(|s| s.identity.as_ref()),
+            std::time::SystemTime::now(),
+        )
+    }
+
+    async fn write_device_status(&mut self, ready: Option<&Value>) {
         let now = Timestamp::now().to_string();
         let connected = self.connected();
         let previous = self.device.as_ref().and_then(|d| d.status.as_ref());
@@ -685,6 +707,8 @@ impl VirtualNode {
                 "the device is not connected"
             },
         )];
+        let identity = self.identity_condition();
+        conditions.push(condition("Identity", identity.0, identity.1, &identity.2));
         if let Some(ready) = ready {
             let ok = ready["status"] == "True";
             conditions.push(condition(
@@ -707,7 +731,9 @@ impl VirtualNode {
             .await
         {
             debug!(error = %e, "writing EdgeDevice status");
+            return;
         }
+        self.device_conditions = (ready.cloned(), Some(identity));
     }
 
     async fn renew_lease(&mut self) {

@@ -282,7 +282,7 @@ impl Agent {
         };
         let mut link = match dialer.dial().await {
             Err(e @ connectivity::TransportError::CertificateRefused { .. }) => {
-                self.identity.refused_by_tls(&e.to_string());
+                self.identity.certificate_refused(&e.to_string());
                 return Err(e.into());
             }
             dialed => dialed?,

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 const CREDENTIAL: &str = "device.pem";
 /// Longer than aranya's device-CA refresh (30 s), so a replica that has not
 /// read a rotation yet cannot make a device give up a good certificate.
-const TLS_REFUSAL_GRACE: Duration = Duration::from_secs(90);
+const REFUSAL_GRACE: Duration = Duration::from_secs(90);
 const PENDING_KEY: &str = "pending-key.pem";
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +85,7 @@ pub struct Credentials {
     token_file: PathBuf,
     device: String,
     current: RwLock<Option<Held>>,
-    /// Since when aranya's TLS has refused the current certificate (serial).
+    /// Since when aranya has refused the current certificate (serial).
     refused_since: Mutex<Option<(String, Instant)>>,
 }
 
@@ -194,10 +194,10 @@ impl Credentials {
         }
     }
 
-    /// aranya's TLS refused the current certificate. A replica may not have
+    /// aranya refused the current certificate. A replica may not have
     /// read a rotated CA yet, so the certificate is dropped (and the device
-    /// bootstraps) only when refusals of it span [`TLS_REFUSAL_GRACE`].
-    pub fn refused_by_tls(&self, why: &str) {
+    /// bootstraps) only when refusals of it span [`REFUSAL_GRACE`].
+    pub fn certificate_refused(&self, why: &str) {
         let Some(serial) = self.session().map(|h| h.cert.serial) else {
             return;
         };
@@ -208,7 +208,7 @@ impl Credentials {
             .unwrap_or_else(PoisonError::into_inner);
         match &*since {
             Some((s, at)) if *s == serial => {
-                if now.duration_since(*at) >= TLS_REFUSAL_GRACE {
+                if now.duration_since(*at) >= REFUSAL_GRACE {
                     *since = None;
                     drop(since);
                     self.forget(why);

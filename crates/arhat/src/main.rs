@@ -34,7 +34,9 @@ async fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(never_payloads(filter))
+        .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut options = arhat::agent::Options::default();
     if let Some(v) = cli.protocol_version {
@@ -57,4 +59,14 @@ async fn main() -> ExitCode {
         },
         _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
     }
+}
+
+/// Caps the libraries that print what they carry at debug level and below
+/// (bollard prints every Docker API body: containers' environments, with
+/// their Secret values), so no filter an operator sets puts them in the log.
+fn never_payloads(filter: EnvFilter) -> EnvFilter {
+    ["bollard=info"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive)
 }

@@ -1,11 +1,12 @@
 //! The gRPC transport: mutual TLS, one bidirectional `Tunnel.Link` stream
 //! per link.
 //!
-//! aranya's listener asks every caller for a client certificate and lets
-//! through only one that chains to a device CA; a caller without one gets a
-//! link too, marked [`ClientAuth::Anonymous`], on which the handshake allows
-//! nothing but the bootstrap exchange. One listener, so a device behind any
-//! load balancer that passes TLS through reaches both.
+//! aranya's listener asks every caller for a client certificate (TLS proves
+//! the caller holds its key) and refuses any request made with one that does
+//! not chain to a device CA; a caller without one gets a link too, marked
+//! [`ClientAuth::Anonymous`], on which the handshake allows nothing but the
+//! bootstrap exchange. One listener, so a device behind any load balancer
+//! that passes TLS through reaches both.
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
@@ -71,9 +72,7 @@ impl ServerTls {
                 .with_safe_default_protocol_versions()
                 .map_err(|e| config("versions", &e))?;
         let builder = match &self.client_certs {
-            Some(check) => {
-                builder.with_client_cert_verifier(Arc::new(OptionalClientCert::new(check.clone())))
-            }
+            Some(_) => builder.with_client_cert_verifier(Arc::new(OptionalClientCert::new())),
             None => builder.with_no_client_auth(),
         };
         let mut server = builder
@@ -93,6 +92,23 @@ impl std::fmt::Debug for ServerTls {
 
 struct TunnelService {
     links: mpsc::Sender<Link>,
+    client_certs: Option<Arc<dyn ClientCertCheck>>,
+}
+
+/// How the endpoint's refusal of a client certificate starts; the rest is
+/// the cause, named as the TLS alert would be.
+const REFUSED_PREFIX: &str = "device certificate refused: ";
+
+fn refusal_name(e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match e {
+        E::UnknownIssuer => "UnknownCA".into(),
+        E::Expired | E::ExpiredContext { .. } => "CertificateExpired".into(),
+        E::NotValidYet | E::NotValidYetContext { .. } => "CertificateNotValidYet".into(),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => "UnsupportedCertificate".into(),
+        E::Revoked => "CertificateRevoked".into(),
+        _ => "BadCertificate".into(),
+    }
 }
 
 type PacketStream = Pin<Box<dyn FutStream<Item = Result<pb::Packet, Status>> + Send>>;
@@ -108,11 +124,22 @@ impl pb::tunnel_server::Tunnel for TunnelService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-        // The listener only lets through a certificate its check accepted,
-        // and TLS proved the caller holds its key.
-        let client_auth = match request.peer_certs() {
-            Some(chain) if !chain.is_empty() => {
-                ClientAuth::Certificate(Bytes::copy_from_slice(chain[0].as_ref()))
+        // TLS proved the caller holds the certificate's key; whether the
+        // certificate is a device CA's is decided here, before anything else
+        // runs, and answered with a status that names the cause (a TLS 1.3
+        // alert reaches a client after its handshake completed, and hyper
+        // reports it only as "connection closed").
+        let client_auth = match (request.peer_certs(), &self.client_certs) {
+            (Some(chain), Some(check)) if !chain.is_empty() => {
+                let der = chain[0].as_ref();
+                if let Err(e) = check.check(der) {
+                    tracing::debug!(%peer, error = ?e, "client certificate refused");
+                    return Err(Status::unauthenticated(format!(
+                        "{REFUSED_PREFIX}{}",
+                        refusal_name(&e)
+                    )));
+                }
+                ClientAuth::Certificate(Bytes::copy_from_slice(der))
             }
             _ => ClientAuth::Anonymous,
         };
@@ -150,9 +177,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), TransportError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.rustls_config()?));
-    let service = pb::tunnel_server::TunnelServer::new(TunnelService { links })
-        .max_decoding_message_size(MAX_PAYLOAD + 1024)
-        .max_encoding_message_size(MAX_PAYLOAD + 1024);
+    let service = pb::tunnel_server::TunnelServer::new(TunnelService {
+        links,
+        client_certs: tls.client_certs.clone(),
+    })
+    .max_decoding_message_size(MAX_PAYLOAD + 1024)
+    .max_encoding_message_size(MAX_PAYLOAD + 1024);
     Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -301,33 +331,14 @@ fn host_of(endpoint: &str) -> Result<String, TransportError> {
         })
 }
 
-/// The TLS alert with which aranya refused the device's certificate, if
-/// that is what `e` comes down to (in TLS 1.3 it arrives with the first
-/// request, after the client considered the handshake done). rustls's error
-/// reaches here as text inside an `io::Error`, so the text is what is read.
+/// The cause with which aranya refused the device's certificate, if that is
+/// what `e` is.
 fn certificate_alert(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    const PREFIX: &str = "received fatal alert: ";
-    const REFUSALS: [&str; 7] = [
-        "BadCertificate",
-        "UnsupportedCertificate",
-        "CertificateRevoked",
-        "CertificateExpired",
-        "CertificateUnknown",
-        "UnknownCA",
-        "CertificateRequired",
-    ];
-    let mut next = Some(e);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if let Some(at) = text.find(PREFIX) {
-            let alert = &text[at + PREFIX.len()..];
-            if let Some(name) = REFUSALS.iter().find(|name| alert.starts_with(**name)) {
-                return Some((*name).to_string());
-            }
-        }
-        next = e.source();
-    }
-    None
+    let status = e.downcast_ref::<Status>()?;
+    (status.code() == tonic::Code::Unauthenticated)
+        .then(|| status.message().strip_prefix(REFUSED_PREFIX))
+        .flatten()
+        .map(str::to_string)
 }
 
 /// An error and its sources on one line, each source's text once (tonic's

@@ -20,9 +20,9 @@ pub enum TransportError {
     /// Could not reach the peer.
     #[error("connect to {endpoint} failed: {reason}")]
     Connect { endpoint: String, reason: String },
-    /// The peer's TLS refused the device's client certificate (an alert such
-    /// as `UnknownCA` or `CertificateExpired`): it will not do on a retry.
-    #[error("{endpoint} refused the device certificate (TLS alert {alert})")]
+    /// aranya refused the device's TLS client certificate (`UnknownCA`,
+    /// `CertificateExpired`, named as the TLS alerts): it will not do on a retry.
+    #[error("{endpoint} refused the device certificate ({alert})")]
     CertificateRefused { endpoint: String, alert: String },
     /// The link broke after it was established.
     #[error("link closed: {0}")]

@@ -60,9 +60,10 @@ const PACKET_OVERHEAD: usize = 1024;
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// What one MQTT message of the transport is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-enum Kind {
+pub enum Kind {
     /// A transport message of the link.
     Data = 1,
     /// Retained on the status topic while the link's connection is up.
@@ -93,7 +94,9 @@ fn message(kind: Kind, link: u64, body: &[u8]) -> Bytes {
     b.freeze()
 }
 
-fn parse(mut payload: Bytes) -> Option<(Kind, u64, Bytes)> {
+/// One message of this transport (kind, link id, body), or `None` when the
+/// payload is not one; public for the fuzz target.
+pub fn parse(mut payload: Bytes) -> Option<(Kind, u64, Bytes)> {
     if payload.len() < HEADER_LEN {
         return None;
     }

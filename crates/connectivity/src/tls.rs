@@ -1,8 +1,8 @@
 //! Server-side TLS both of aranya's listeners share: a client certificate
-//! asked for but not required, and connections accepted with their handshakes
-//! in parallel.
+//! asked for but not required (each listener checks it and answers with a
+//! reason), and connections accepted with their handshakes in parallel.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, time::Duration};
 
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme,
@@ -16,43 +16,39 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
-/// Which client certificates a listener's TLS lets through.
+/// Which client certificates a listener accepts, checked before any
+/// request is served.
 pub trait ClientCertCheck: Send + Sync + fmt::Debug {
-    /// `end_entity` (DER) is acceptable at the TLS layer; the refusal
-    /// becomes the TLS alert the client sees.
+    /// `end_entity` (DER) is acceptable; the error names why not, as the
+    /// TLS alert would.
     fn check(&self, end_entity: &[u8]) -> Result<(), CertificateError>;
 }
 
-/// Lets every certificate through: for a listener that decides per request
-/// who a certificate names (the kubelet endpoint answers 401, not an alert).
-#[derive(Debug, Clone, Copy)]
-pub struct AnyCertificate;
-
-impl ClientCertCheck for AnyCertificate {
-    fn check(&self, _: &[u8]) -> Result<(), CertificateError> {
-        Ok(())
-    }
-}
-
-/// Asks clients for a certificate without requiring one (a caller without
-/// one may still do what the listener allows the anonymous), checks a
-/// presented one with a [`ClientCertCheck`], and always verifies the
-/// handshake signature, so a peer certificate proves possession of its key.
+/// Asks clients for a certificate without requiring one and accepts any
+/// chain, so that the listener can answer an untrusted one with a reason
+/// (a 401, a gRPC status) instead of an alert the client may never read;
+/// the handshake signature is still verified, so a peer certificate proves
+/// possession of its key. Peer certificates of such a connection are
+/// *unverified*: the listener checks them before use.
 ///
 /// No CA hints are sent: Go clients (the apiserver) withhold their
 /// certificate when hints are given and theirs does not match, and a CA
 /// rotation would need them changed on the fly.
 #[derive(Debug)]
 pub struct OptionalClientCert {
-    check: Arc<dyn ClientCertCheck>,
     /// The signature algorithms handshakes are verified with.
     pub algs: WebPkiSupportedAlgorithms,
 }
 
+impl Default for OptionalClientCert {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl OptionalClientCert {
-    pub fn new(check: Arc<dyn ClientCertCheck>) -> Self {
+    pub fn new() -> Self {
         Self {
-            check,
             algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
         }
     }
@@ -73,14 +69,11 @@ impl ClientCertVerifier for OptionalClientCert {
 
     fn verify_client_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
+        _end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check
-            .check(end_entity.as_ref())
-            .map(|()| ClientCertVerified::assertion())
-            .map_err(rustls::Error::InvalidCertificate)
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -141,7 +134,8 @@ pub fn accept(
             }
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = acceptor.accept(tcp);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }

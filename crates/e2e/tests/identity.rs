@@ -50,7 +50,7 @@ fn refused(outcome: &Outcome, want: RefuseReason) -> Option<&str> {
     }
 }
 
-fn tls_alert(outcome: &Outcome) -> Option<&str> {
+fn certificate_refused(outcome: &Outcome) -> Option<&str> {
     match outcome {
         Outcome::Transport(connectivity::TransportError::CertificateRefused { alert, .. }) => {
             Some(alert)
@@ -82,7 +82,22 @@ async fn only_the_device_itself_opens_its_session_over_grpc() -> anyhow::Result<
     let (endpoint, ca_file) = (endpoint(&env), &env.cluster.ca_file);
     let stolen = DeviceCredentials::of_agent(&env.arhat_data_dir(&up.name))?;
 
-    // No certificate: TLS lets the caller in, to bootstrap only.
+    // The EdgeDevice says its device is enrolled, and with what.
+    let serial = stolen.serial()?;
+    wait_for(
+        "A's Identity condition",
+        Duration::from_secs(30),
+        || async {
+            let ed = env.devices().get_opt(&up.name).await.ok()??;
+            let status = ed.status?;
+            let c = status.conditions.iter().find(|c| c.type_ == "Identity")?;
+            (c.status == "True" && c.reason == "CertificateValid" && c.message.contains(&serial))
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // No certificate: the caller gets a link, to bootstrap only.
     let none = try_grpc(&endpoint, ca_file, &b, None, None).await?;
     let message = refused(&none, RefuseReason::CertificateRequired)
         .ok_or_else(|| anyhow::anyhow!("no certificate: {none:?}"))?;
@@ -109,18 +124,22 @@ async fn only_the_device_itself_opens_its_session_over_grpc() -> anyhow::Result<
     )
     .await?;
 
-    // A certificate from a CA aranya does not trust: TLS refuses it.
+    // A certificate from a CA aranya does not trust: refused before anything runs.
     let foreign = identity::DeviceCa::generate("foreign")?;
     let forged = DeviceCredentials::issue(&foreign, &b, &b_id, SystemTime::now(), HOUR)?;
     let outcome = try_grpc(&endpoint, ca_file, &b, Some(&forged), Some(&forged)).await?;
-    assert_eq!(tls_alert(&outcome), Some("UnknownCA"), "{outcome:?}");
+    assert_eq!(
+        certificate_refused(&outcome),
+        Some("UnknownCA"),
+        "{outcome:?}"
+    );
 
-    // B's own CA, B's identity, but expired: TLS refuses it.
+    // B's own CA, B's identity, but expired: refused, naming expiry.
     let ca = device_ca(&env.client, &env.name).await?;
     let expired = DeviceCredentials::issue(&ca, &b, &b_id, SystemTime::now() - 2 * HOUR, HOUR)?;
     let outcome = try_grpc(&endpoint, ca_file, &b, Some(&expired), Some(&expired)).await?;
     assert_eq!(
-        tls_alert(&outcome),
+        certificate_refused(&outcome),
         Some("CertificateExpired"),
         "{outcome:?}"
     );
@@ -474,4 +493,157 @@ async fn over_mqtt_a_valid_broker_login_with_another_devices_certificate_is_refu
     assert_eq!(env.ready(&name).await.map(|r| r.0).as_deref(), Some("True"));
     drop(arhat);
     Ok(())
+}
+
+/// The ways a value could show up in a log: as is, base64, JSON-escaped,
+/// and as Rust prints bytes (`[112, 97, …]` and `b"…"`).
+fn renderings(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let json = serde_json::to_string(value).unwrap_or_default();
+    let debug_bytes = format!("{:?}", bytes::Bytes::copy_from_slice(value.as_bytes()));
+    vec![
+        value.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(value),
+        json.trim_matches('"').to_string(),
+        format!("{:?}", value.as_bytes())
+            .trim_matches(['[', ']'])
+            .to_string(),
+        debug_bytes
+            .trim_start_matches("b\"")
+            .trim_end_matches('"')
+            .to_string(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_token_or_key_reaches_the_logs_at_trace_level() -> anyhow::Result<()> {
+    e2e::images::ensure_busybox()?;
+    let env = TestEnv::new("nolog").await?;
+    let name = env.device("a");
+    env.create_device(&name, 2).await?;
+    let token =
+        std::fs::read_to_string(env.arhat_data_dir(&name).join("identity/bootstrap-token"))?
+            .trim()
+            .to_string();
+    let mut cmd = env.aranya_command("a")?;
+    cmd.env("RUST_LOG", "trace");
+    let aranya = Proc::spawn("aranya-a", cmd, &env.dir.join("aranya-a.log"))?;
+    let mut cmd = std::process::Command::new(e2e::process::binary("arhat")?);
+    cmd.arg("--config")
+        .arg(env.arhat_config(&name)?)
+        .env("RUST_LOG", "trace");
+    let arhat = Proc::spawn("arhat-a", cmd, &env.dir.join("arhat-a.log"))?;
+    env.wait_ready(&name, "True", None, Duration::from_secs(60))
+        .await?;
+    env.wait_serving_cert(&name).await?;
+
+    // A value JSON and Debug would both escape, in a Secret the pod uses
+    // as env and as a file, read back through exec.
+    let secret_value = format!("pa\"ss\\word-{}", rand::random::<u64>());
+    env.cluster.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "app",
+        "-n",
+        &env.name,
+        &format!("--from-literal=value={secret_value}"),
+    ])?;
+    create_pod(
+        &env,
+        &name,
+        "app",
+        json!({
+            "containers": [merge_env(busybox("main", "exec sleep 3600"))],
+            "volumes": [{ "name": "s", "secret": { "secretName": "app" } }],
+        }),
+    )
+    .await?;
+    wait_pod(&env, "app", "running", Duration::from_secs(120), |p| {
+        running_and_ready(p).then_some(())
+    })
+    .await?;
+    let read = env.cluster.kubectl(&[
+        "exec",
+        "-n",
+        &env.name,
+        "app",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/s/value; echo; echo $VALUE",
+    ])?;
+    assert_eq!(read, format!("{secret_value}\n{secret_value}\n"));
+    let sa_token = env
+        .cluster
+        .kubectl(&[
+            "exec",
+            "-n",
+            &env.name,
+            "app",
+            "--",
+            "cat",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        ])
+        .unwrap_or_default();
+
+    let key_pem = DeviceCredentials::of_agent(&env.arhat_data_dir(&name))?.key_pem;
+    let key_body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let ca_key_pem = device_ca(&env.client, &env.name).await?.key_pem();
+    let ca_key_body: String = ca_key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let token_secret = token
+        .split_once('.')
+        .map_or(token.as_str(), |(_, s)| s)
+        .to_string();
+    let mut secrets = vec![
+        ("the Secret's value", secret_value.clone()),
+        ("the bootstrap token", token.clone()),
+        ("the bootstrap token's secret", token_secret),
+        ("the device key", key_body[..48].to_string()),
+        ("the device CA key", ca_key_body[..48].to_string()),
+    ];
+    if sa_token.len() > 40 {
+        // The signature part: the header and claims are not secret.
+        let signature = sa_token.rsplit('.').next().unwrap_or_default().to_string();
+        secrets.push(("the service-account token", signature));
+    }
+    // Let trace logging catch up with everything above.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = [("aranya", aranya.log()), ("arhat", arhat.log())];
+    let lines: usize = logs.iter().map(|(_, l)| l.lines().count()).sum();
+    assert!(
+        lines > 1000,
+        "trace logs are too short to mean anything: {lines} lines"
+    );
+    for (what, value) in &secrets {
+        for form in renderings(value) {
+            for (who, log) in &logs {
+                if let Some(line) = log.lines().find(|l| l.contains(&form)) {
+                    let at = line.find(&form).unwrap_or(0);
+                    let start = line.floor_char_boundary(at.saturating_sub(300));
+                    panic!(
+                        "{what} is in {who}'s log as {form:?}: …{}",
+                        &line[start..line.ceil_char_boundary(at + form.len())]
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `VALUE` from the Secret `app`, mounted at `/etc/s` too.
+fn merge_env(mut container: serde_json::Value) -> serde_json::Value {
+    container["env"] = json!([{
+        "name": "VALUE",
+        "valueFrom": { "secretKeyRef": { "name": "app", "key": "value" } },
+    }]);
+    container["volumeMounts"] = json!([{ "name": "s", "mountPath": "/etc/s" }]);
+    container
 }

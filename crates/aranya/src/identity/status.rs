@@ -11,7 +11,7 @@ use kube::{
 use serde_json::json;
 use tracing::info;
 
-use crate::crd::EdgeDevice;
+use crate::crd::{EdgeDevice, IdentityStatus};
 
 /// The device's current identity id, made (and written) when it has none
 /// or its rotation was raised.
@@ -66,4 +66,75 @@ pub async fn record_certificate(
     api.patch_status(&cert.device, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+/// The EdgeDevice's `Identity` condition: whether the device holds a
+/// certificate for its current identity that is still valid.
+pub fn condition(
+    device: &str,
+    status: Option<&IdentityStatus>,
+    now: std::time::SystemTime,
+) -> (bool, &'static str, String) {
+    let enrol = format!(
+        "the device bootstraps with a token (aranya bootstrap-token create --device {device})"
+    );
+    let Some(status) = status else {
+        return (false, "NoIdentity", "no identity assigned yet".into());
+    };
+    let (Some(serial), Some(not_after)) = (&status.serial, &status.not_after) else {
+        return (
+            false,
+            "NotEnrolled",
+            format!("no certificate for the current identity yet: {enrol}"),
+        );
+    };
+    let expired = not_after
+        .parse::<jiff::Timestamp>()
+        .is_ok_and(|t| std::time::SystemTime::from(t) <= now);
+    if expired {
+        (
+            false,
+            "CertificateExpired",
+            format!("certificate {serial} expired at {not_after}: {enrol}"),
+        )
+    } else {
+        (
+            true,
+            "CertificateValid",
+            format!("certificate {serial} valid until {not_after}"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_condition_says_what_the_operator_must_do() {
+        let now = SystemTime::now();
+        let at = |t: SystemTime| jiff::Timestamp::try_from(t).expect("time").to_string();
+        let (ok, reason, _) = condition("edge-1", None, now);
+        assert!(!ok);
+        assert_eq!(reason, "NoIdentity");
+        let mut status = IdentityStatus {
+            id: Some("id".into()),
+            ..Default::default()
+        };
+        let (ok, reason, message) = condition("edge-1", Some(&status), now);
+        assert_eq!((ok, reason), (false, "NotEnrolled"));
+        assert!(
+            message.contains("bootstrap-token create --device edge-1"),
+            "{message}"
+        );
+        status.serial = Some("0abc".into());
+        status.not_after = Some(at(now + Duration::from_secs(60)));
+        let (ok, reason, message) = condition("edge-1", Some(&status), now);
+        assert_eq!((ok, reason), (true, "CertificateValid"));
+        assert!(message.contains("0abc"), "{message}");
+        status.not_after = Some(at(now - Duration::from_secs(1)));
+        let (ok, reason, _) = condition("edge-1", Some(&status), now);
+        assert_eq!((ok, reason), (false, "CertificateExpired"));
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use connectivity::tls::{AnyCertificate, OptionalClientCert};
+use connectivity::tls::OptionalClientCert;
 use rustls::server::danger::ClientCertVerifier;
 
 /// Asks clients for a certificate, does not require one, and accepts any
@@ -21,7 +21,7 @@ pub fn client_cert_verifier() -> Arc<dyn ClientCertVerifier> {
 }
 
 pub(super) fn any_client_cert() -> OptionalClientCert {
-    OptionalClientCert::new(Arc::new(AnyCertificate))
+    OptionalClientCert::new()
 }
 
 #[cfg(test)]
