@@ -371,7 +371,7 @@ async fn certificates_renew_under_live_streams_and_an_offline_device_comes_back(
         &env,
         &name,
         "shell",
-        json!({ "containers": [busybox("main", "exec sleep 3600")] }),
+        json!({ "containers": [busybox("main", "nc -ll -p 7000 -e cat & exec sleep 3600")] }),
     )
     .await?;
     wait_pod(&env, "shell", "running", Duration::from_secs(120), |p| {
@@ -379,7 +379,32 @@ async fn certificates_renew_under_live_streams_and_an_offline_device_comes_back(
     })
     .await?;
 
-    // An exec that spans the renewal: every line arrives.
+    // A port-forwarded connection and an exec that span the renewal.
+    let mut forward = env
+        .cluster
+        .kubectl_command(&["port-forward", "-n", &env.name, "pod/shell", ":7000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        forward
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stdout"))?,
+    ));
+    let port = e2e::Cluster::forwarded_port(&mut lines)?;
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let mut echo = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    echo.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut roundtrip = |line: &str| -> anyhow::Result<()> {
+        use std::io::{Read as _, Write as _};
+        echo.write_all(line.as_bytes())?;
+        let mut back = vec![0; line.len()];
+        echo.read_exact(&mut back)?;
+        anyhow::ensure!(back == line.as_bytes(), "echoed {back:?}");
+        Ok(())
+    };
+    roundtrip("before renewal\n")?;
     let exec = env
         .cluster
         .kubectl_command(&[
@@ -398,6 +423,8 @@ async fn certificates_renew_under_live_streams_and_an_offline_device_comes_back(
         .wait_log("device certificate renewed", Duration::from_secs(70))
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", arhat.log_tail(20)))?;
+    roundtrip("after renewal\n")?;
+    let _ = forward.kill();
     let out = exec.await??;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
