@@ -14,6 +14,7 @@ use e2e::{
     transport::Transport,
     wait::wait_for,
 };
+use identity::TrustStore;
 use kube::api::{Patch, PatchParams};
 use proto::envelope::RefuseReason;
 use serde_json::json;
@@ -673,4 +674,101 @@ fn merge_env(mut container: serde_json::Value) -> serde_json::Value {
     }]);
     container["volumeMounts"] = json!([{ "name": "s", "mountPath": "/etc/s" }]);
     container
+}
+
+/// Runs `aranya device-ca <command>` as an operator would.
+fn device_ca_cli(env: &TestEnv, command: &str) -> anyhow::Result<String> {
+    let mut cmd = env
+        .cluster
+        .aranya_command(&env.name, env.grpc_port, "warn")?;
+    cmd.args(["device-ca", command]);
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "device-ca {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_ca_rotation_keeps_devices_connected_and_prune_retires_the_old_ca()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("carotate").await?;
+    let name = env.device("a");
+    env.create_device(&name, 2).await?;
+    let mut aranya = aranya_with_lifetime(&env, "60s")?;
+    let arhat = env.start_arhat(&name, "1", &[])?;
+    env.wait_ready(&name, "True", None, Duration::from_secs(60))
+        .await?;
+    let old_ca = device_ca(&env.client, &env.name).await?;
+    let first = DeviceCredentials::of_agent(&env.arhat_data_dir(&name))?;
+    let id = identity_id(&env, &name).await?;
+    let out = device_ca_cli(&env, "rotate")?;
+    assert!(out.contains("stay trusted"), "{out}");
+    let new_ca = device_ca(&env.client, &env.name).await?;
+    assert_ne!(new_ca.cert_pem(), old_ca.cert_pem());
+
+    // The device stays connected through its next renewal, which the new CA
+    // signs (aranya reads the Secret within 30 s).
+    let serial = first.serial()?;
+    let renewed = wait_for(
+        "a certificate from the new CA",
+        Duration::from_secs(120),
+        || async {
+            let held = DeviceCredentials::of_agent(&env.arhat_data_dir(&name)).ok()?;
+            let pem = held.cert_pem.clone();
+            (held.serial().ok()? != serial
+                && TrustStore::from_pem(new_ca.cert_pem().as_bytes())
+                    .ok()?
+                    .verify(
+                        &identity::DeviceCert::from_pem(pem.as_bytes()).ok()?.der,
+                        SystemTime::now(),
+                    )
+                    .is_ok())
+            .then_some(held)
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", arhat.log_tail(20)))?;
+    assert!(!arhat.log().contains("IdentityRevoked"));
+    assert_eq!(env.ready(&name).await.map(|r| r.0).as_deref(), Some("True"));
+
+    // Pruned: the old CA's certificates stop working; the device's new one
+    // still does, on a new link.
+    device_ca_cli(&env, "prune")?;
+    aranya.kill();
+    aranya = {
+        let mut cmd = env.aranya_command("b")?;
+        cmd.args(["--device-cert-lifetime", "60s"]);
+        Proc::spawn("aranya-b", cmd, &env.dir.join("aranya-b.log"))?
+    };
+    let old = DeviceCredentials::issue(&old_ca, &name, &id, SystemTime::now(), HOUR)?;
+    let (endpoint, ca_file) = (endpoint(&env), &env.cluster.ca_file);
+    let outcome = wait_for("aranya back", Duration::from_secs(30), || async {
+        try_grpc(&endpoint, ca_file, &name, Some(&old), Some(&old))
+            .await
+            .ok()
+            .filter(|o| certificate_refused(o).is_some())
+    })
+    .await?;
+    assert_eq!(
+        certificate_refused(&outcome),
+        Some("UnknownCA"),
+        "{outcome:?}"
+    );
+    let now_serial = renewed.serial()?;
+    wait_for(
+        "the device back on a new link",
+        Duration::from_secs(60),
+        || async {
+            let serial = status_serial(&env, &name).await?;
+            let ready = env.ready(&name).await?.0 == "True";
+            (ready && serial != first.serial().ok()?).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e} (renewed serial {now_serial})\n{}", arhat.log_tail(20)))?;
+    drop(aranya);
+    Ok(())
 }

@@ -26,6 +26,15 @@ const KEY_KEY: &str = "ca.key";
 const TRUSTED_KEY: &str = "trusted.crt";
 const COMMON_NAME: &str = "aranya device CA";
 
+/// A new CA, its name telling it from the ones before it (while two are
+/// trusted, a certificate of the other one must not be matched to this one
+/// by name: it would read as a bad signature, not an unknown CA).
+fn new_ca() -> Result<DeviceCa, CaError> {
+    let made = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
+    let tag: u16 = rand::random();
+    DeviceCa::generate(&format!("{COMMON_NAME} {made} {tag:04x}")).map_err(CaError::Generate)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error("Secret {namespace}/{name}: {source}")]
@@ -93,7 +102,7 @@ impl CaStore {
         let secret = match api.get_opt(name).await.map_err(kube_err)? {
             Some(secret) => secret,
             None => {
-                let ca = DeviceCa::generate(COMMON_NAME).map_err(CaError::Generate)?;
+                let ca = new_ca()?;
                 let secret = ca_secret(name, &ca, "");
                 match api.create(&PostParams::default(), &secret).await {
                     Ok(created) => {
@@ -187,7 +196,7 @@ pub async fn rotate(client: Client, namespace: &str, name: &str) -> Result<(), C
     let data = secret.data.get_or_insert_default();
     let mut trusted = text(data, CERT_KEY);
     trusted.push_str(&text(data, TRUSTED_KEY));
-    let ca = DeviceCa::generate(COMMON_NAME).map_err(CaError::Generate)?;
+    let ca = new_ca()?;
     let fresh = ca_secret(name, &ca, &trusted);
     secret.data = fresh.data;
     // resourceVersion kept: a concurrent change makes this fail, not vanish.
