@@ -47,7 +47,8 @@ bench: deps docker mosquitto kube pause
 
 # Every decoder that reads network bytes, fuzzed to 10 M executions each
 # (FUZZ_RUNS=...; nightly toolchain and cargo-fuzz installed if missing).
-# Not part of `make test`: about 20 minutes on 2 cores.
+# Not part of `make test`: over two hours on 2 cores (the SPDY target alone
+# some 90 minutes).
 fuzz:
 	@scripts/fuzz.sh
 
