@@ -508,7 +508,14 @@ async fn over_mqtt_a_valid_broker_login_with_another_devices_certificate_is_refu
         .broker_address()
         .ok_or_else(|| anyhow::anyhow!("no broker"))?;
     let stolen = DeviceCredentials::of_agent(&env.arhat_data_dir(&name))?;
-    let outcome = try_mqtt(&broker, &b, &stolen).await?;
+    // aranya listens on B's topics once it has taken B up: until then a
+    // Hello goes unanswered, and a device tries again.
+    let outcome = wait_for(
+        "aranya answering for B",
+        Duration::from_secs(90),
+        || async { try_mqtt(&broker, &b, &stolen).await.ok() },
+    )
+    .await?;
     let message = refused(&outcome, RefuseReason::IdentityMismatch).ok_or_else(|| {
         anyhow::anyhow!(
             "A's certificate for B over MQTT: {outcome:?}\n{}",
