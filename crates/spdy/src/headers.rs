@@ -117,38 +117,32 @@ fn take_str(block: &mut &[u8]) -> Result<String, Malformed> {
     String::from_utf8(bytes.to_vec()).map_err(|_| Malformed::HeaderBlock("not UTF-8"))
 }
 
-/// Compresses the header blocks one side sends.
+/// Compresses the header blocks one side sends. The zlib context (some
+/// 300 KiB at the best level) is made with the first block, so a side that
+/// sends none never pays for it.
+#[derive(Default)]
 pub struct Deflater {
-    z: Compress,
-    primed: bool,
+    z: Option<Compress>,
 }
 
 impl std::fmt::Debug for Deflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deflater")
-            .field("total_out", &self.z.total_out())
+            .field("total_out", &self.z.as_ref().map_or(0, Compress::total_out))
             .finish()
-    }
-}
-
-impl Default for Deflater {
-    fn default() -> Self {
-        Self {
-            z: Compress::new(Compression::best(), true),
-            primed: false,
-        }
     }
 }
 
 impl Deflater {
     /// One block, ended by a sync flush so the peer can inflate it alone.
     pub fn compress(&mut self, headers: &Headers) -> Vec<u8> {
-        if !self.primed {
+        let z = self.z.get_or_insert_with(|| {
+            let mut z = Compress::new(Compression::best(), true);
             // Cannot fail on a fresh zlib stream.
-            let id = self.z.set_dictionary(&DICTIONARY).unwrap_or(DICTIONARY_ID);
+            let id = z.set_dictionary(&DICTIONARY).unwrap_or(DICTIONARY_ID);
             debug_assert_eq!(id, DICTIONARY_ID);
-            self.primed = true;
-        }
+            z
+        });
         let input = headers.serialize();
         let mut out = Vec::with_capacity(input.len() / 2 + 64);
         let mut consumed = 0;
@@ -156,12 +150,10 @@ impl Deflater {
             if out.capacity() - out.len() < 64 {
                 out.reserve(256);
             }
-            let before = self.z.total_in();
+            let before = z.total_in();
             // Only stream misuse fails, which this loop does not do.
-            let _ = self
-                .z
-                .compress_vec(&input[consumed..], &mut out, FlushCompress::Sync);
-            consumed += (self.z.total_in() - before) as usize;
+            let _ = z.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync);
+            consumed += (z.total_in() - before) as usize;
             // Done once all input is in and the flush left room to spare.
             if consumed == input.len() && out.len() < out.capacity() {
                 return out;
@@ -170,16 +162,17 @@ impl Deflater {
     }
 }
 
-/// Inflates the header blocks one side receives.
+/// Inflates the header blocks one side receives; like [`Deflater`], its
+/// zlib context is made with the first block.
 pub struct Inflater {
-    z: Decompress,
+    z: Option<Decompress>,
     max: usize,
 }
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inflater")
-            .field("total_in", &self.z.total_in())
+            .field("total_in", &self.z.as_ref().map_or(0, Decompress::total_in))
             .field("max", &self.max)
             .finish()
     }
@@ -188,10 +181,7 @@ impl std::fmt::Debug for Inflater {
 impl Inflater {
     /// `max`: the largest inflated block accepted.
     pub fn new(max: usize) -> Self {
-        Self {
-            z: Decompress::new(true),
-            max,
-        }
+        Self { z: None, max }
     }
 
     pub fn inflate(&mut self, input: &[u8]) -> Result<Headers, Malformed> {
@@ -200,6 +190,7 @@ impl Inflater {
     }
 
     fn inflate_raw(&mut self, input: &[u8]) -> Result<Vec<u8>, Malformed> {
+        let z = self.z.get_or_insert_with(|| Decompress::new(true));
         let mut out = Vec::with_capacity((input.len() * 4).clamp(64, self.max));
         let mut consumed = 0;
         loop {
@@ -209,11 +200,9 @@ impl Inflater {
                 }
                 out.reserve((out.len()).clamp(64, self.max - out.len()));
             }
-            let before = self.z.total_in();
-            let result = self
-                .z
-                .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync);
-            consumed += (self.z.total_in() - before) as usize;
+            let before = z.total_in();
+            let result = z.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync);
+            consumed += (z.total_in() - before) as usize;
             match result {
                 Ok(Status::StreamEnd) => {
                     return Err(Malformed::Compression(
@@ -223,8 +212,7 @@ impl Inflater {
                 Ok(_) => {}
                 Err(e) => match e.needs_dictionary() {
                     Some(DICTIONARY_ID) => {
-                        self.z
-                            .set_dictionary(&DICTIONARY)
+                        z.set_dictionary(&DICTIONARY)
                             .map_err(|e| Malformed::Compression(e.to_string()))?;
                         continue;
                     }
