@@ -21,19 +21,15 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     backoff::Backoff,
-    config::{Config, Method, MethodName, RuntimeKind},
+    config::{Config, Method, MethodName},
     identity::{Credentials, IdentityError, SessionProof},
     nodeinfo,
     pod::PodManager,
-    runtime::{Runtime, docker::Docker},
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reported in nodeInfo when the device runs no container runtime.
 const NO_RUNTIME: &str = "none://0.0.0";
-
-/// Pods run through this runtime (containerd and Podman will join it behind the same trait).
-type Pods = PodManager<Docker>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -88,7 +84,7 @@ struct Current {
 
 pub struct Agent {
     config: Arc<Config>,
-    pods: Option<Arc<Pods>>,
+    pods: Option<Arc<PodManager>>,
     runtime_version: Arc<str>,
     options: Options,
     dialers: Vec<Box<dyn Dialer>>,
@@ -125,20 +121,17 @@ impl Agent {
                 identity: identity.clone(),
             }));
         }
-        let (pods, runtime_version) = match config.runtime.kind {
-            RuntimeKind::None => (None, NO_RUNTIME.to_string()),
-            RuntimeKind::Docker => {
-                let docker =
-                    Docker::connect(config.runtime.pause_binary.clone(), &config.device.name)
-                        .await?
-                        .with_log_rotation(crate::runtime::LogRotation {
-                            max_size: config.runtime.logs.max_size,
-                            max_files: config.runtime.logs.max_files,
-                        });
-                let version = docker.version().await?;
+        let (pods, runtime_version) = match crate::runtime::connect(&config.runtime).await? {
+            None => (None, NO_RUNTIME.to_string()),
+            Some(runtime) => {
+                let version = runtime.version().await?;
                 let host_ip = nodeinfo::host_ip().unwrap_or_default();
-                let pods =
-                    PodManager::new(Arc::new(docker), host_ip, config.runtime.data_dir.clone());
+                let pods = PodManager::new(
+                    runtime,
+                    &config.device.name,
+                    host_ip,
+                    config.runtime.data_dir.clone(),
+                );
                 let gc = &config.runtime.image_gc;
                 tokio::spawn(crate::imagegc::run(
                     pods.runtime().clone(),
@@ -532,7 +525,7 @@ impl Sampler {
 /// Answers the streams aranya opens.
 async fn serve(
     sampler: Sampler,
-    pods: Option<Arc<Pods>>,
+    pods: Option<Arc<PodManager>>,
     mut incoming: mpsc::UnboundedReceiver<Stream>,
 ) {
     while let Some(mut stream) = incoming.recv().await {
@@ -626,7 +619,7 @@ async fn report_status(sampler: Sampler, session: SessionHandle) {
 
 /// Pushes every pod status change as it happens. What a lost session drops,
 /// aranya recovers by listing pods when the device is back.
-async fn report_pods(pods: Arc<Pods>, session: SessionHandle) {
+async fn report_pods(pods: Arc<PodManager>, session: SessionHandle) {
     let header = Open {
         kind: Some(Kind::ReportPodStatus(proto::api::ReportPodStatus {})),
     };

@@ -120,7 +120,15 @@ fn choose(
 }
 
 /// Runs the policy every interval, forever.
-pub async fn run<R: Runtime>(runtime: Arc<R>, pulled: Arc<Pulled>, policy: Policy) {
+/// Bytes used and total on the filesystem holding `path`.
+fn disk_use(path: &std::path::Path) -> Option<(u64, u64)> {
+    let fs = rustix::fs::statvfs(path).ok()?;
+    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    Some((total.saturating_sub(free), total))
+}
+
+pub async fn run(runtime: Arc<dyn Runtime>, pulled: Arc<Pulled>, policy: Policy) {
     let mut tick = tokio::time::interval(policy.interval);
     loop {
         tick.tick().await;
@@ -130,8 +138,8 @@ pub async fn run<R: Runtime>(runtime: Arc<R>, pulled: Arc<Pulled>, policy: Polic
     }
 }
 
-async fn pass<R: Runtime>(
-    runtime: &Arc<R>,
+async fn pass(
+    runtime: &Arc<dyn Runtime>,
     pulled: &Pulled,
     policy: &Policy,
 ) -> Result<(), crate::runtime::RuntimeError> {
@@ -150,7 +158,7 @@ async fn pass<R: Runtime>(
             Some((_, size)) => unused.push((reference, last, size)),
         }
     }
-    let excess = match runtime.image_fs().await? {
+    let excess = match runtime.image_store().await?.and_then(|p| disk_use(&p)) {
         Some((used, total)) if total > 0 => {
             let high = total / 100 * u64::from(policy.high_threshold_percent);
             let low = total / 100 * u64::from(policy.low_threshold_percent);

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use arhat::runtime::{
-    LogEntry, LogOptions, LogOutput, Runtime, RuntimeError, docker::Docker as Runtimed,
+    LogEntry, LogOptions, LogOutput, LogRotation, Runtime, RuntimeError, docker::Docker as Runtimed,
 };
 use bollard::{
     Docker,
@@ -18,7 +18,7 @@ const IMAGE: &str = "local/busybox:1.35";
 
 /// The runtime and a raw client, or `None` (after saying why) to skip.
 async fn docker() -> Option<(Runtimed, Docker)> {
-    let runtime = match Runtimed::connect(PathBuf::new(), "arhat-logs-test").await {
+    let runtime = match Runtimed::connect(PathBuf::new(), LogRotation::default()).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("SKIPPED: no dockerd answers ({e})");

@@ -23,10 +23,7 @@ pub fn spawn(spec: &ExecSpec) -> Result<Process, RuntimeError> {
         spec.command.clone()
     };
     let Some((program, args)) = command.split_first() else {
-        return Err(RuntimeError::Failed {
-            op: "running on the host",
-            reason: "no command".into(),
-        });
+        return Err(RuntimeError::failed("running on the host", "no command"));
     };
     if spec.tty {
         return spawn_in_terminal(program, args);
@@ -39,10 +36,7 @@ pub fn spawn(spec: &ExecSpec) -> Result<Process, RuntimeError> {
         .stderr(pipe(spec.stderr))
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| RuntimeError::Failed {
-            op: "running on the host",
-            reason: format!("{program}: {e}"),
-        })?;
+        .map_err(|e| RuntimeError::failed("running on the host", format!("{program}: {e}")))?;
     let stdin = child
         .stdin
         .take()
@@ -61,10 +55,7 @@ pub fn spawn(spec: &ExecSpec) -> Result<Process, RuntimeError> {
     )
     .map(|(which, read)| {
         read.map(|data| (which, data))
-            .map_err(|e| RuntimeError::Failed {
-                op: "reading the host command's output",
-                reason: e.to_string(),
-            })
+            .map_err(|e| RuntimeError::failed("reading the host command's output", e))
     })
     .boxed();
     Ok(Process {
@@ -77,11 +68,8 @@ pub fn spawn(spec: &ExecSpec) -> Result<Process, RuntimeError> {
     })
 }
 
-fn pty_error(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Failed {
-        op: "opening a terminal on the host",
-        reason: e.to_string(),
-    }
+fn pty_error(e: impl Into<crate::runtime::Cause>) -> RuntimeError {
+    RuntimeError::failed("opening a terminal on the host", e)
 }
 
 /// The command as the session leader of a new pseudo-terminal, which is its
@@ -119,10 +107,9 @@ fn spawn_in_terminal(program: &str, args: &[String]) -> Result<Process, RuntimeE
             Ok(())
         });
     }
-    let child = command.spawn().map_err(|e| RuntimeError::Failed {
-        op: "running on the host",
-        reason: format!("{program}: {e}"),
-    })?;
+    let child = command
+        .spawn()
+        .map_err(|e| RuntimeError::failed("running on the host", format!("{program}: {e}")))?;
     // Only the child keeps the terminal's other end: its exit ends our reads.
     drop(slave);
     let reader =
@@ -171,16 +158,13 @@ impl ProcessHandle for HostProcess {
 
     fn exit_code(&self) -> BoxFuture<'_, Result<i32, RuntimeError>> {
         async move {
-            let status =
-                self.child
-                    .lock()
-                    .await
-                    .wait()
-                    .await
-                    .map_err(|e| RuntimeError::Failed {
-                        op: "waiting for the host command",
-                        reason: e.to_string(),
-                    })?;
+            let status = self
+                .child
+                .lock()
+                .await
+                .wait()
+                .await
+                .map_err(|e| RuntimeError::failed("waiting for the host command", e))?;
             // Killed by a signal: 128 + n, as a shell reports it.
             use std::os::unix::process::ExitStatusExt;
             Ok(status

@@ -150,10 +150,9 @@ impl ProcessHandle for Exit {
             .take();
         async move {
             match rx {
-                Some(rx) => rx.await.map_err(|_| RuntimeError::Failed {
-                    op: "tar on the host",
-                    reason: "lost".into(),
-                }),
+                Some(rx) => rx
+                    .await
+                    .map_err(|_| RuntimeError::failed("tar on the host", "lost")),
                 None => Ok(0),
             }
         }

@@ -30,8 +30,8 @@ pub struct Target {
 
 /// Runs `action` within `timeout`; `Err` carries why it failed, as the
 /// kubelet words it (shown in the Unhealthy event).
-pub async fn run<R: Runtime>(
-    runtime: &Arc<R>,
+pub async fn run(
+    runtime: &Arc<dyn Runtime>,
     action: &Action,
     target: &Target,
     timeout: Duration,
@@ -87,7 +87,7 @@ async fn dial(
         .map_err(|e| format!("dial tcp {host}:{port}: {e}"))
 }
 
-async fn exec<R: Runtime>(runtime: &Arc<R>, id: &str, command: &[String]) -> Result<(), String> {
+async fn exec(runtime: &Arc<dyn Runtime>, id: &str, command: &[String]) -> Result<(), String> {
     let spec = ExecSpec {
         command: command.to_vec(),
         stdout: true,

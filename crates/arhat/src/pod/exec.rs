@@ -28,14 +28,17 @@ use crate::{
 const CHUNK: usize = 32 * 1024;
 
 /// What will run: a container's command or attach, or a host command.
-enum Target<R: Runtime> {
-    Container { runtime: Arc<R>, id: String },
+enum Target {
+    Container {
+        runtime: Arc<dyn Runtime>,
+        id: String,
+    },
     Host,
 }
 
-pub async fn serve<R: Runtime>(
+pub async fn serve(
     mut stream: Stream,
-    pods: Option<&Arc<PodManager<R>>>,
+    pods: Option<&Arc<PodManager>>,
     host: &HostConfig,
 ) -> Result<(), StreamError> {
     let Some(request) = stream.recv_message::<ExecRequest>().await? else {
@@ -101,11 +104,11 @@ pub async fn serve<R: Runtime>(
     run(process, tx, rx).await
 }
 
-fn target<R: Runtime>(
+fn target(
     request: &ExecRequest,
-    pods: Option<&Arc<PodManager<R>>>,
+    pods: Option<&Arc<PodManager>>,
     host: &HostConfig,
-) -> Result<Target<R>, Refusal> {
+) -> Result<Target, Refusal> {
     if request.host {
         let (allowed, key) = if request.attach {
             (host.allow_attach, "host.allowAttach")

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     config::HostConfig,
-    runtime::{LogEntry, LogOptions, Runtime, RuntimeError},
+    runtime::{LogEntry, LogOptions, RuntimeError},
 };
 
 /// Largest send: big enough that a log of short lines moves quickly, small
@@ -94,9 +94,9 @@ fn options(r: &LogsRequest, now: Timestamp) -> Result<Options, Refusal> {
 }
 
 /// Serves one ContainerLogs stream.
-pub async fn serve<R: Runtime>(
+pub async fn serve(
     stream: &mut Stream,
-    pods: Option<&Arc<PodManager<R>>>,
+    pods: Option<&Arc<PodManager>>,
     host: &HostConfig,
 ) -> Result<(), StreamError> {
     let Some(request) = stream.recv_message::<LogsRequest>().await? else {
@@ -139,10 +139,10 @@ pub async fn serve<R: Runtime>(
     }
 }
 
-async fn container_source<R: Runtime>(
+async fn container_source(
     request: &LogsRequest,
     options: &Options,
-    pods: Option<&Arc<PodManager<R>>>,
+    pods: Option<&Arc<PodManager>>,
 ) -> Result<BoxStream<'static, Result<LogEntry, RuntimeError>>, Refusal> {
     let Some(pods) = pods else {
         return Err(Refusal::new(

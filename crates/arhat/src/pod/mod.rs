@@ -28,7 +28,7 @@ use proto::api::{PodSpec, PodStatus};
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::runtime::{LABEL_POD_UID, Runtime};
+use crate::runtime::{LABEL_POD_UID, Runtime, labels};
 
 /// How long a finished exec or port-forward stream waits for aranya to end
 /// its side before it is dropped (and so reset).
@@ -58,8 +58,10 @@ enum Origin {
 }
 
 /// Every pod on this device.
-pub struct PodManager<R: Runtime> {
-    runtime: Arc<R>,
+pub struct PodManager {
+    runtime: Arc<dyn Runtime>,
+    /// This device's name, in the labels of everything its pods make.
+    device: Arc<str>,
     host_ip: String,
     data_dir: std::path::PathBuf,
     capacity: admit::Capacity,
@@ -72,7 +74,7 @@ pub struct PodManager<R: Runtime> {
     changed: Arc<Notify>,
 }
 
-impl<R: Runtime> std::fmt::Debug for PodManager<R> {
+impl std::fmt::Debug for PodManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PodManager")
             .field("runtime", &self.runtime.name())
@@ -80,10 +82,16 @@ impl<R: Runtime> std::fmt::Debug for PodManager<R> {
     }
 }
 
-impl<R: Runtime> PodManager<R> {
-    pub fn new(runtime: Arc<R>, host_ip: String, data_dir: std::path::PathBuf) -> Arc<Self> {
+impl PodManager {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        device: &str,
+        host_ip: String,
+        data_dir: std::path::PathBuf,
+    ) -> Arc<Self> {
         Arc::new(Self {
             runtime,
+            device: device.into(),
             host_ip,
             pulled: crate::imagegc::Pulled::load(&data_dir),
             data_dir,
@@ -95,7 +103,7 @@ impl<R: Runtime> PodManager<R> {
         })
     }
 
-    pub fn runtime(&self) -> &Arc<R> {
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
     }
 
@@ -116,7 +124,10 @@ impl<R: Runtime> PodManager<R> {
     pub async fn restore(self: &Arc<Self>) -> Result<usize, crate::runtime::RuntimeError> {
         let specs = store::load_all(&self.data_dir);
         let saved: HashSet<&str> = specs.iter().map(|s| s.uid.as_str()).collect();
-        let objects = self.runtime.list_pod_objects().await?;
+        let objects = self
+            .runtime
+            .list_labelled(&labels::of_device(&self.device))
+            .await?;
         let leftovers: Vec<_> = objects
             .iter()
             .filter(|o| {
@@ -249,6 +260,7 @@ impl<R: Runtime> PodManager<R> {
         };
         let worker = worker::Worker::new(
             self.runtime.clone(),
+            self.device.clone(),
             spec,
             self.host_ip.clone(),
             self.data_dir.clone(),
@@ -313,12 +325,13 @@ impl<R: Runtime> PodManager<R> {
 
     /// Removes runtime objects of a pod this agent does not know (left from before a restart).
     async fn sweep(&self, uid: &str) {
-        match self.runtime.list_pod_objects().await {
+        match self
+            .runtime
+            .list_labelled(&labels::of_pod(&self.device, uid))
+            .await
+        {
             Ok(objects) => {
-                for o in objects
-                    .iter()
-                    .filter(|o| o.labels.get(LABEL_POD_UID).map(String::as_str) == Some(uid))
-                {
+                for o in &objects {
                     if let Err(e) = self.runtime.remove_container(&o.id).await {
                         warn!(id = %o.id, error = %e, "removing a leftover container");
                     }

@@ -17,13 +17,13 @@ use super::{
     PodManager,
     reply::{Refusal, accept, refuse},
 };
-use crate::{config::HostConfig, runtime::Runtime};
+use crate::config::HostConfig;
 
 const READ_CHUNK: usize = 32 * 1024;
 
-pub async fn serve<R: Runtime>(
+pub async fn serve(
     mut stream: Stream,
-    pods: Option<&Arc<PodManager<R>>>,
+    pods: Option<&Arc<PodManager>>,
     host: &HostConfig,
 ) -> Result<(), StreamError> {
     let Some(request) = stream.recv_message::<PortForwardRequest>().await? else {
@@ -56,9 +56,9 @@ pub async fn serve<R: Runtime>(
     }
 }
 
-async fn dial<R: Runtime>(
+async fn dial(
     request: &PortForwardRequest,
-    pods: Option<&Arc<PodManager<R>>>,
+    pods: Option<&Arc<PodManager>>,
     host: &HostConfig,
 ) -> Result<tokio::net::TcpStream, Refusal> {
     let port = u16::try_from(request.port)

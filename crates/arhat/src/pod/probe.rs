@@ -71,8 +71,8 @@ impl Streak {
 
 /// Runs `probe` every period after its initial delay; returns the outcome
 /// once a threshold is reached that `stop` accepts, reporting each change.
-async fn run_probe<R: Runtime>(
-    runtime: &Arc<R>,
+async fn run_probe(
+    runtime: &Arc<dyn Runtime>,
     which: Which,
     probe: &Probe,
     target: &Target,
@@ -110,8 +110,8 @@ async fn run_probe<R: Runtime>(
 }
 
 /// Probes the container until it must be killed (never returns otherwise).
-pub async fn supervise<R: Runtime>(
-    runtime: Arc<R>,
+pub async fn supervise(
+    runtime: Arc<dyn Runtime>,
     c: &Container,
     target: Target,
     report: &dyn Report,

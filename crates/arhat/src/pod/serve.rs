@@ -6,7 +6,6 @@ use connectivity::{Stream, StreamError};
 use proto::api::{DeletePodRequest, PodSpec, PodStatus, PodStatusList};
 
 use super::PodManager;
-use crate::runtime::Runtime;
 
 /// What a device without a runtime answers.
 fn no_runtime(uid: &str) -> PodStatus {
@@ -19,9 +18,9 @@ fn no_runtime(uid: &str) -> PodStatus {
     }
 }
 
-pub async fn ensure<R: Runtime>(
+pub async fn ensure(
     stream: &mut Stream,
-    pods: Option<&std::sync::Arc<PodManager<R>>>,
+    pods: Option<&std::sync::Arc<PodManager>>,
 ) -> Result<(), StreamError> {
     let Some(spec) = stream.recv_message::<PodSpec>().await? else {
         return stream.expect_end().await;
@@ -36,9 +35,9 @@ pub async fn ensure<R: Runtime>(
     Ok(())
 }
 
-pub async fn delete<R: Runtime>(
+pub async fn delete(
     stream: &mut Stream,
-    pods: Option<&std::sync::Arc<PodManager<R>>>,
+    pods: Option<&std::sync::Arc<PodManager>>,
 ) -> Result<(), StreamError> {
     let Some(request) = stream.recv_message::<DeletePodRequest>().await? else {
         return stream.expect_end().await;
@@ -58,9 +57,9 @@ pub async fn delete<R: Runtime>(
     Ok(())
 }
 
-pub async fn list<R: Runtime>(
+pub async fn list(
     stream: &mut Stream,
-    pods: Option<&std::sync::Arc<PodManager<R>>>,
+    pods: Option<&std::sync::Arc<PodManager>>,
 ) -> Result<(), StreamError> {
     let _ = stream.recv_message::<proto::api::ListPods>().await?;
     stream.expect_end().await?;

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, action, probe, status};
 use crate::runtime::{
     ContainerInfo, ContainerSpec, ContainerState, Mount, PortMapping, PullAuth, Runtime,
-    RuntimeError, Sandbox, SandboxSpec,
+    RuntimeError, Sandbox, SandboxSpec, labels,
 };
 
 /// A lifecycle hook (exec or HTTP) that runs longer than this is given up on.
@@ -39,8 +39,9 @@ struct State {
     ids: HashMap<(Kind, usize), Vec<String>>,
 }
 
-pub struct Worker<R: Runtime> {
-    runtime: Arc<R>,
+pub struct Worker {
+    runtime: Arc<dyn Runtime>,
+    device: Arc<str>,
     spec: PodSpec,
     state: Arc<Mutex<State>>,
     publish: Arc<dyn Fn(PodStatus) + Send + Sync>,
@@ -54,9 +55,10 @@ pub struct Worker<R: Runtime> {
     pulled: Arc<crate::imagegc::Pulled>,
 }
 
-impl<R: Runtime> Worker<R> {
+impl Worker {
     pub fn new(
-        runtime: Arc<R>,
+        runtime: Arc<dyn Runtime>,
+        device: Arc<str>,
         spec: PodSpec,
         host_ip: String,
         data_dir: PathBuf,
@@ -66,6 +68,7 @@ impl<R: Runtime> Worker<R> {
         let status = status::initial(&spec, &host_ip);
         Self {
             runtime,
+            device,
             spec,
             state: Arc::new(Mutex::new(State {
                 status,
@@ -215,7 +218,8 @@ impl<R: Runtime> Worker<R> {
     /// What an earlier run of this pod (this agent before a restart, or before
     /// a reboot) left on the runtime.
     async fn found(&self) -> super::adopt::Found {
-        match self.runtime.list_pod_objects().await {
+        let mine = labels::of_pod(&self.device, &self.spec.uid);
+        match self.runtime.list_labelled(&mine).await {
             Ok(objects) => super::adopt::found(&objects, &self.spec.uid),
             Err(e) => {
                 warn!(error = %e, "listing what an earlier run left");
@@ -325,8 +329,19 @@ impl<R: Runtime> Worker<R> {
             .remove(&(kind, i))
     }
 
+    /// Whose objects this worker makes, for their labels.
+    fn owner(&self) -> labels::Owner<'_> {
+        labels::Owner {
+            device: &self.device,
+            pod_uid: &self.spec.uid,
+            namespace: &self.spec.namespace,
+            pod_name: &self.spec.name,
+        }
+    }
+
     async fn sandbox(&self) -> Sandbox {
         let spec = SandboxSpec {
+            labels: self.owner().labels(crate::runtime::SANDBOX, 0),
             pod_uid: self.spec.uid.clone(),
             namespace: self.spec.namespace.clone(),
             name: self.spec.name.clone(),
@@ -558,14 +573,12 @@ impl<R: Runtime> Worker<R> {
         }) {
             Ok(m) => m,
             Err(message) => {
-                let e = RuntimeError::Failed {
-                    op: "mounting volumes",
-                    reason: message,
-                };
+                let e = RuntimeError::failed("mounting volumes", message);
                 return Err(self.failed_to_run(kind, i, "CreateContainerConfigError", &e));
             }
         };
         let spec = ContainerSpec {
+            labels: self.owner().labels(&c.name, attempt),
             mounts,
             pod_uid: self.spec.uid.clone(),
             namespace: self.spec.namespace.clone(),
@@ -981,7 +994,7 @@ impl<R: Runtime> Worker<R> {
                 }
                 ("Never", None) => Err(RuntimeError::ImageNotFound {
                     image: c.image.clone(),
-                    reason: "not present and the pull policy is Never".into(),
+                    reason: "not present and the pull policy is Never",
                 }),
                 (_, None) => pull.await,
             };
@@ -1143,12 +1156,12 @@ impl<R: Runtime> Worker<R> {
 }
 
 /// Probe results into one app container's status and events.
-struct ProbeReport<'a, R: Runtime> {
-    worker: &'a Worker<R>,
+struct ProbeReport<'a> {
+    worker: &'a Worker,
     i: usize,
 }
 
-impl<R: Runtime> probe::Report for ProbeReport<'_, R> {
+impl probe::Report for ProbeReport<'_> {
     fn unhealthy(&self, which: probe::Which, message: &str) {
         self.worker.event(
             Some((Kind::App, self.i)),

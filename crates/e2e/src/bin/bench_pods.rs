@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arhat::runtime::{ContainerSpec, Runtime, SandboxSpec, docker::Docker};
+use arhat::runtime::{
+    ContainerSpec, LogRotation, Runtime, SANDBOX, SandboxSpec, docker::Docker, labels::Owner,
+};
 use clap::Parser;
 use e2e::{
     bench::BenchBed,
@@ -39,10 +41,16 @@ async fn main() -> anyhow::Result<()> {
     let client = bed.client.clone();
 
     // Baseline: the same sandbox and container, straight through the engine.
-    let docker = Docker::connect(pause_binary()?, "bench-direct").await?;
+    let docker = Docker::connect(pause_binary()?, LogRotation::default()).await?;
     let mut direct = Vec::new();
     for i in 0..=cli.pods {
         let uid = format!("direct-{i}");
+        let owner = Owner {
+            device: "bench-direct",
+            pod_uid: &uid,
+            namespace: NAMESPACE,
+            pod_name: &uid,
+        };
         let started = Instant::now();
         let sandbox = docker
             .create_sandbox(&SandboxSpec {
@@ -50,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
                 namespace: NAMESPACE.into(),
                 name: uid.clone(),
                 hostname: uid.clone(),
+                labels: owner.labels(SANDBOX, 0),
                 ..Default::default()
             })
             .await?;
@@ -60,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             name: "main".into(),
             image: BUSYBOX.into(),
             command: vec!["sleep".into(), "3600".into()],
+            labels: owner.labels("main", 0),
             ..Default::default()
         };
         let id = docker.create_container(&sandbox, &spec).await?;

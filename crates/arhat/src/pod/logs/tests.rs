@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::runtime::{
     ContainerInfo, ContainerSpec, ContainerState, Labelled, LogOutput, LogStream, PullAuth,
-    Sandbox, SandboxSpec,
+    Runtime, Sandbox, SandboxSpec,
 };
 
 // ---- the pure parts ----
@@ -186,7 +186,7 @@ struct Rig {
     served: mpsc::UnboundedReceiver<()>,
 }
 
-fn rig(pods: Option<Arc<PodManager<Fake>>>, host: HostConfig) -> Rig {
+fn rig(pods: Option<Arc<PodManager>>, host: HostConfig) -> Rig {
     let (cloud_link, device_link) = link_pair();
     let (cloud, _) = session::spawn(
         Role::Cloud,
@@ -430,6 +430,7 @@ impl Fake {
     }
 }
 
+#[async_trait::async_trait]
 impl Runtime for Fake {
     fn name(&self) -> &'static str {
         "fake"
@@ -498,13 +499,16 @@ impl Runtime for Fake {
     async fn image_info(&self, _: &str) -> Result<Option<(String, u64)>, RuntimeError> {
         Ok(None)
     }
-    async fn image_fs(&self) -> Result<Option<(u64, u64)>, RuntimeError> {
+    async fn image_store(&self) -> Result<Option<std::path::PathBuf>, RuntimeError> {
         Ok(None)
     }
     async fn remove_image(&self, _: &str) -> Result<(), RuntimeError> {
         Ok(())
     }
-    async fn list_pod_objects(&self) -> Result<Vec<Labelled>, RuntimeError> {
+    async fn list_labelled(
+        &self,
+        _: &std::collections::HashMap<String, String>,
+    ) -> Result<Vec<Labelled>, RuntimeError> {
         Ok(Vec::new())
     }
     async fn exec(
@@ -527,9 +531,9 @@ impl Runtime for Fake {
 }
 
 /// A pod with one running container `app` on the fake runtime.
-async fn running_pod(fake: Arc<Fake>) -> (Arc<PodManager<Fake>>, tempfile::TempDir) {
+async fn running_pod(fake: Arc<Fake>) -> (Arc<PodManager>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pods = PodManager::new(fake, "10.0.0.1".into(), dir.path().to_path_buf());
+    let pods = PodManager::new(fake, "dev", "10.0.0.1".into(), dir.path().to_path_buf());
     pods.ensure(PodSpec {
         uid: "u".into(),
         namespace: "ns".into(),
@@ -628,10 +632,10 @@ async fn container_lookups_are_refused_with_kubelet_messages() {
 #[tokio::test]
 async fn a_source_failing_at_once_is_the_reply() {
     let fake = Fake::new(|| {
-        futures::stream::iter([Err(RuntimeError::Failed {
-            op: "reading logs",
-            reason: "configured logging driver does not support reading".into(),
-        })])
+        futures::stream::iter([Err(RuntimeError::failed(
+            "reading logs",
+            "configured logging driver does not support reading",
+        ))])
         .boxed()
     });
     let (pods, _dir) = running_pod(fake).await;

@@ -1,7 +1,12 @@
 //! Docker through its Engine API (bollard), negotiating the API version
 //! (Debian's dockerd speaks 1.41).
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use bollard::{
     Docker as Client,
@@ -15,11 +20,12 @@ use bollard::{
 };
 use futures::StreamExt;
 
+mod exec;
+mod logs;
+
 use super::{
-    ContainerInfo, ContainerSpec, ContainerState, ExecSpec, LABEL_ATTEMPT, LABEL_CONTAINER,
-    LABEL_DEVICE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Labelled, LogOptions,
-    LogRotation, LogStream, Process, PullAuth, Runtime, RuntimeError, SANDBOX, Sandbox,
-    SandboxSpec, docker_exec, docker_logs,
+    ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Labelled, LogOptions, LogRotation,
+    LogStream, Process, PullAuth, Runtime, RuntimeError, SANDBOX, Sandbox, SandboxSpec,
 };
 
 /// The infra image arhat builds from its own static `pause` binary.
@@ -29,33 +35,30 @@ pub const PAUSE_IMAGE: &str = concat!("arhat/pause:", env!("CARGO_PKG_VERSION"))
 pub struct Docker {
     client: Client,
     pause_binary: PathBuf,
-    device: String,
-    logs: Arc<docker_logs::LogReader>,
+    logs: Arc<logs::LogReader>,
+    /// json-file keeps the logs: it rotates, and `docker logs` reads every
+    /// file kept, as `kubectl logs` does from a kubelet's CRI files.
     rotation: LogRotation,
 }
 
 impl Docker {
-    /// Connects to the default socket (`DOCKER_HOST` honoured) and negotiates the API version.
-    pub async fn connect(pause_binary: PathBuf, device: &str) -> Result<Self, RuntimeError> {
+    /// Connects to the default socket (`DOCKER_HOST` honoured) and negotiates
+    /// the API version. Containers keep their logs rotated as `rotation` says.
+    pub async fn connect(
+        pause_binary: PathBuf,
+        rotation: LogRotation,
+    ) -> Result<Self, RuntimeError> {
         let client = Client::connect_with_local_defaults()
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+            .map_err(RuntimeError::unavailable)?
             .negotiate_version()
             .await
-            .map_err(|e| RuntimeError::Unavailable(format!("docker API: {e}")))?;
+            .map_err(RuntimeError::unavailable)?;
         Ok(Self {
             client,
             pause_binary,
-            device: device.to_string(),
-            logs: Arc::new(docker_logs::LogReader::start().await?),
-            rotation: LogRotation::default(),
+            logs: Arc::new(logs::LogReader::start().await?),
+            rotation,
         })
-    }
-
-    /// Containers created from now on keep their logs this way.
-    #[must_use]
-    pub fn with_log_rotation(mut self, rotation: LogRotation) -> Self {
-        self.rotation = rotation;
-        self
     }
 
     async fn create_named(
@@ -77,9 +80,11 @@ impl Docker {
         if self.client.inspect_image(PAUSE_IMAGE).await.is_ok() {
             return Ok(());
         }
-        let binary = std::fs::read(&self.pause_binary).map_err(|e| RuntimeError::Failed {
-            op: "building the pause image",
-            reason: format!("reading {}: {e}", self.pause_binary.display()),
+        let binary = std::fs::read(&self.pause_binary).map_err(|e| {
+            RuntimeError::failed(
+                "building the pause image",
+                format!("reading {}: {e}", self.pause_binary.display()),
+            )
         })?;
         let mut archive = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
@@ -89,10 +94,10 @@ impl Docker {
         archive
             .append_data(&mut header, "pause", binary.as_slice())
             .and_then(|()| archive.finish())
-            .map_err(|e| failed("building the pause image", e))?;
+            .map_err(|e| RuntimeError::failed("building the pause image", e))?;
         let rootfs = archive
             .into_inner()
-            .map_err(|e| failed("building the pause image", e))?;
+            .map_err(|e| RuntimeError::failed("building the pause image", e))?;
         let (repo, tag) = PAUSE_IMAGE
             .rsplit_once(':')
             .unwrap_or((PAUSE_IMAGE, "latest"));
@@ -112,14 +117,17 @@ impl Docker {
     }
 }
 
-fn failed(op: &'static str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Failed {
-        op,
-        reason: e.to_string(),
+fn failed(op: &'static str, e: BollardError) -> RuntimeError {
+    match e {
+        // The engine is gone, not the object: say so, whatever the call.
+        e @ (BollardError::HyperResponseError { .. }
+        | BollardError::IOError { .. }
+        | BollardError::SocketNotFoundError(_)) => RuntimeError::unavailable(e),
+        e => RuntimeError::failed(op, e),
     }
 }
 
-pub(super) fn not_found_or(op: &'static str, id: &str, e: BollardError) -> RuntimeError {
+fn not_found_or(op: &'static str, id: &str, e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404, ..
@@ -132,24 +140,6 @@ fn unix_seconds(rfc3339: Option<&str>) -> i64 {
     rfc3339
         .and_then(|s| s.parse::<jiff::Timestamp>().ok())
         .map_or(0, |t| t.as_second().max(0))
-}
-
-fn labels(
-    device: &str,
-    pod_uid: &str,
-    namespace: &str,
-    pod_name: &str,
-    container: &str,
-    attempt: u32,
-) -> HashMap<String, String> {
-    HashMap::from([
-        (LABEL_DEVICE.to_string(), device.to_string()),
-        (LABEL_POD_UID.to_string(), pod_uid.to_string()),
-        (LABEL_POD_NAMESPACE.to_string(), namespace.to_string()),
-        (LABEL_POD_NAME.to_string(), pod_name.to_string()),
-        (LABEL_CONTAINER.to_string(), container.to_string()),
-        (LABEL_ATTEMPT.to_string(), attempt.to_string()),
-    ])
 }
 
 /// runAsUser[:runAsGroup]. A group without a user (which CRI runtimes
@@ -184,6 +174,7 @@ fn container_name(
     format!("k8s_{container}_{pod_name}_{namespace}_{uid}_{attempt}")
 }
 
+#[async_trait::async_trait]
 impl Runtime for Docker {
     fn name(&self) -> &'static str {
         "docker"
@@ -194,7 +185,7 @@ impl Runtime for Docker {
             .client
             .version()
             .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+            .map_err(RuntimeError::unavailable)?;
         Ok(format!("docker://{}", v.version.unwrap_or_default()))
     }
 
@@ -225,13 +216,14 @@ impl Runtime for Docker {
         let mut progress = self.client.create_image(Some(options), None, credentials);
         while let Some(step) = progress.next().await {
             if let Err(e) = step {
-                let reason = match &e {
-                    BollardError::DockerResponseServerError { message, .. } => message.clone(),
-                    other => other.to_string(),
+                // The registry's own words, not the HTTP status around them.
+                let source = match e {
+                    BollardError::DockerResponseServerError { message, .. } => message.into(),
+                    other => other.into(),
                 };
                 return Err(RuntimeError::Pull {
                     image: image.to_string(),
-                    reason,
+                    source,
                 });
             }
         }
@@ -239,7 +231,7 @@ impl Runtime for Docker {
             .await?
             .ok_or_else(|| RuntimeError::ImageNotFound {
                 image: image.to_string(),
-                reason: "absent after pull".into(),
+                reason: "absent after pull",
             })
     }
 
@@ -256,14 +248,7 @@ impl Runtime for Docker {
             image: Some(PAUSE_IMAGE.to_string()),
             hostname: (!spec.host_network && !spec.hostname.is_empty())
                 .then(|| spec.hostname.clone()),
-            labels: Some(labels(
-                &self.device,
-                &spec.pod_uid,
-                &spec.namespace,
-                &spec.name,
-                SANDBOX,
-                0,
-            )),
+            labels: Some(spec.labels.clone()),
             host_config: Some(HostConfig {
                 network_mode: Some(if spec.host_network { "host" } else { "bridge" }.to_string()),
                 // The pod's containers join its IPC namespace.
@@ -353,14 +338,7 @@ impl Runtime for Docker {
             tty: Some(spec.tty),
             open_stdin: Some(spec.stdin),
             user: user(&spec.security),
-            labels: Some(labels(
-                &self.device,
-                &spec.pod_uid,
-                &spec.namespace,
-                &spec.pod_name,
-                &spec.name,
-                spec.attempt,
-            )),
+            labels: Some(spec.labels.clone()),
             host_config: Some(HostConfig {
                 binds: Some(
                     spec.mounts
@@ -371,7 +349,6 @@ impl Runtime for Docker {
                         })
                         .collect(),
                 ),
-                // json-file rotates and `docker logs` reads every file kept.
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".into()),
                     config: Some(HashMap::from([
@@ -482,15 +459,15 @@ impl Runtime for Docker {
     }
 
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {
-        docker_exec::exec(&self.client, id, spec).await
+        exec::exec(&self.client, id, spec).await
     }
 
     async fn attach(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {
-        docker_exec::attach(&self.client, id, spec).await
+        exec::attach(&self.client, id, spec).await
     }
 
     async fn network_namespace(&self, id: &str) -> Result<PathBuf, RuntimeError> {
-        docker_exec::network_namespace(&self.client, id).await
+        exec::network_namespace(&self.client, id).await
     }
 
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream, RuntimeError> {
@@ -522,13 +499,13 @@ impl Runtime for Docker {
         Ok(self.logs.read(id, query.build()))
     }
 
-    async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
+    async fn images_in_use(&self) -> Result<HashSet<String>, RuntimeError> {
         let options = ListContainersOptionsBuilder::default().all(true).build();
         let list = self
             .client
             .list_containers(Some(options))
             .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+            .map_err(|e| failed("listing containers", e))?;
         Ok(list.into_iter().filter_map(|c| c.image_id).collect())
     }
 
@@ -545,21 +522,13 @@ impl Runtime for Docker {
         }
     }
 
-    async fn image_fs(&self) -> Result<Option<(u64, u64)>, RuntimeError> {
+    async fn image_store(&self) -> Result<Option<PathBuf>, RuntimeError> {
         let info = self
             .client
             .info()
             .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
-        let Some(root) = info.docker_root_dir else {
-            return Ok(None);
-        };
-        let Ok(fs) = rustix::fs::statvfs(root.as_str()) else {
-            return Ok(None);
-        };
-        let total = fs.f_blocks.saturating_mul(fs.f_frsize);
-        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-        Ok(Some((total.saturating_sub(free), total)))
+            .map_err(|e| failed("asking for the engine's root", e))?;
+        Ok(info.docker_root_dir.map(PathBuf::from))
     }
 
     async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError> {
@@ -577,13 +546,13 @@ impl Runtime for Docker {
         }
     }
 
-    async fn list_pod_objects(&self) -> Result<Vec<Labelled>, RuntimeError> {
+    async fn list_labelled(
+        &self,
+        labels: &HashMap<String, String>,
+    ) -> Result<Vec<Labelled>, RuntimeError> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![
-                LABEL_POD_UID.to_string(),
-                format!("{LABEL_DEVICE}={}", self.device),
-            ],
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         )]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -593,7 +562,7 @@ impl Runtime for Docker {
             .client
             .list_containers(Some(options))
             .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+            .map_err(|e| failed("listing containers", e))?;
         Ok(list
             .into_iter()
             .map(|c| Labelled {

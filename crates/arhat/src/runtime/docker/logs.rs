@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{LogEntry, LogOutput, LogStream, RuntimeError};
+use crate::runtime::{LogEntry, LogOutput, LogStream, RuntimeError};
 
 /// Entries handed over at once, by size of their text.
 const BATCH: usize = 32 * 1024;
@@ -42,10 +42,6 @@ pub(super) struct LogReader {
     handle: tokio::runtime::Handle,
     client: Client,
     _stop: oneshot::Sender<()>,
-}
-
-fn unavailable(what: &str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Unavailable(format!("{what}: {e}"))
 }
 
 impl LogReader {
@@ -70,11 +66,11 @@ impl LogReader {
                     }
                 }
             })
-            .map_err(|e| unavailable("starting the log reader thread", e))?;
+            .map_err(|e| RuntimeError::failed("starting the log reader", e))?;
         let handle = handle_rx
             .await
-            .map_err(|e| unavailable("starting the log reader", e))?
-            .map_err(|e| unavailable("starting the log reader", e))?;
+            .map_err(|e| RuntimeError::failed("starting the log reader", e))?
+            .map_err(|e| RuntimeError::failed("starting the log reader", e))?;
         // Connected from that runtime, so its pooled connections are driven there.
         let client = handle
             .spawn(async {
@@ -83,8 +79,8 @@ impl LogReader {
                     .await
             })
             .await
-            .map_err(|e| unavailable("docker API for logs", e))?
-            .map_err(|e| unavailable("docker API for logs", e))?;
+            .map_err(|e| RuntimeError::failed("starting the log reader", e))?
+            .map_err(RuntimeError::unavailable)?;
         Ok(Self {
             handle,
             client,
@@ -98,7 +94,7 @@ impl LogReader {
         let frames = self
             .client
             .logs(id, Some(query))
-            .map(move |f| f.map_err(|e| super::docker::not_found_or("reading logs", &owned, e)));
+            .map(move |f| f.map_err(|e| super::not_found_or("reading logs", &owned, e)));
         let (tx, rx) = mpsc::channel::<Batch>(BATCHES);
         self.handle.spawn(forward(Entries::new(frames), tx));
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })

@@ -10,7 +10,8 @@ use bollard::{
 };
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 
-use super::{ExecSpec, LogOutput, Process, ProcessHandle, RuntimeError, docker::not_found_or};
+use super::not_found_or;
+use crate::runtime::{ExecSpec, LogOutput, Process, ProcessHandle, RuntimeError};
 
 fn output(
     item: Result<DockerOutput, bollard::errors::Error>,
@@ -22,10 +23,7 @@ fn output(
             | DockerOutput::Console { message }
             | DockerOutput::StdIn { message },
         ) => Ok((LogOutput::Stdout, message)),
-        Err(e) => Err(RuntimeError::Failed {
-            op: "reading exec output",
-            reason: e.to_string(),
-        }),
+        Err(e) => Err(RuntimeError::failed("reading exec output", e)),
     }
 }
 
@@ -56,10 +54,10 @@ pub async fn exec(client: &Client, id: &str, spec: &ExecSpec) -> Result<Process,
         .await
         .map_err(|e| not_found_or("starting exec", id, e))?;
     let StartExecResults::Attached { output: out, input } = started else {
-        return Err(RuntimeError::Failed {
-            op: "starting exec",
-            reason: "docker started it detached".into(),
-        });
+        return Err(RuntimeError::failed(
+            "starting exec",
+            "docker started it detached",
+        ));
     };
     Ok(Process {
         stdin: spec.stdin.then_some(input),
@@ -95,10 +93,7 @@ impl ProcessHandle for DockerExec {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Err(e) => {
-                        return Err(RuntimeError::Failed {
-                            op: "resizing exec",
-                            reason: e.to_string(),
-                        });
+                        return Err(RuntimeError::failed("resizing exec", e));
                     }
                 }
             }
@@ -110,12 +105,11 @@ impl ProcessHandle for DockerExec {
         async move {
             // Output ends a moment before Docker records the exit.
             for _ in 0..100 {
-                let inspected = self.client.inspect_exec(&self.exec_id).await.map_err(|e| {
-                    RuntimeError::Failed {
-                        op: "inspecting exec",
-                        reason: e.to_string(),
-                    }
-                })?;
+                let inspected = self
+                    .client
+                    .inspect_exec(&self.exec_id)
+                    .await
+                    .map_err(|e| RuntimeError::failed("inspecting exec", e))?;
                 if inspected.running != Some(true)
                     && let Some(code) = inspected.exit_code
                 {
@@ -123,10 +117,10 @@ impl ProcessHandle for DockerExec {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(RuntimeError::Failed {
-                op: "inspecting exec",
-                reason: "still running after its output ended".into(),
-            })
+            Err(RuntimeError::failed(
+                "inspecting exec",
+                "still running after its output ended",
+            ))
         }
         .boxed()
     }
@@ -143,12 +137,8 @@ impl ProcessHandle for DockerExec {
                     .and_then(|p| i32::try_from(p).ok())
                     .and_then(rustix::process::Pid::from_raw)
             {
-                rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| {
-                    RuntimeError::Failed {
-                        op: "killing exec",
-                        reason: e.to_string(),
-                    }
-                })?;
+                rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+                    .map_err(|e| RuntimeError::failed("killing exec", e))?;
             }
             Ok(())
         }
@@ -198,10 +188,7 @@ impl ProcessHandle for DockerAttach {
                     },
                 )
                 .await
-                .map_err(|e| RuntimeError::Failed {
-                    op: "resizing the container's terminal",
-                    reason: e.to_string(),
-                })
+                .map_err(|e| RuntimeError::failed("resizing the container's terminal", e))
         }
         .boxed()
     }
@@ -224,9 +211,11 @@ pub async fn network_namespace(client: &Client, id: &str) -> Result<PathBuf, Run
         .state
         .and_then(|s| s.pid)
         .filter(|p| *p > 0)
-        .ok_or_else(|| RuntimeError::Failed {
-            op: "finding the network namespace",
-            reason: format!("container {id} is not running"),
+        .ok_or_else(|| {
+            RuntimeError::failed(
+                "finding the network namespace",
+                format!("container {id} is not running"),
+            )
         })?;
     Ok(PathBuf::from(format!("/proc/{pid}/ns/net")))
 }
