@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod dockerd;
 pub mod grpc_health;
 pub mod images;
 pub mod impostor;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::{
     Api,
     api::{ListParams, PostParams},
@@ -99,4 +99,35 @@ pub async fn wait_pod<T>(
         check(&pod)
     })
     .await
+}
+
+/// Reasons of the events recorded for a pod, waiting until `want` are all there.
+pub async fn wait_events(env: &TestEnv, pod: &str, want: &[&str]) -> anyhow::Result<Vec<String>> {
+    let api: Api<Event> = Api::namespaced(env.client.clone(), &env.name);
+    wait_for(
+        &format!("events {want:?} for {pod}"),
+        Duration::from_secs(30),
+        || async {
+            let events = api
+                .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
+                .await
+                .ok()?;
+            let reasons: Vec<String> = events
+                .items
+                .iter()
+                .filter_map(|e| e.reason.clone())
+                .collect();
+            want.iter()
+                .all(|w| reasons.iter().any(|r| r == w))
+                .then_some(reasons)
+        },
+    )
+    .await
+    .map_err(|e| {
+        let all = env
+            .cluster
+            .kubectl(&["get", "events", "-n", &env.name])
+            .unwrap_or_default();
+        anyhow::anyhow!("{e}\nevents in the namespace:\n{all}")
+    })
 }

@@ -7,14 +7,15 @@ use e2e::{
     TestEnv,
     images::{BUSYBOX, container_env, container_exists, image_exists},
     pods::{
-        busybox, container_id, create_pod, merge, placement, pods_of, running_and_ready, wait_pod,
+        busybox, container_id, create_pod, merge, placement, pods_of, running_and_ready,
+        wait_events, wait_pod,
     },
     wait_for,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -153,38 +154,6 @@ async fn deployment_runs_on_the_device_and_scales_down(transport) -> anyhow::Res
     .await?;
     Ok(())
 }
-}
-
-/// Reasons of the events recorded for a pod, waiting until `want` are all there.
-async fn wait_events(env: &TestEnv, pod: &str, want: &[&str]) -> anyhow::Result<Vec<String>> {
-    use k8s_openapi::api::core::v1::Event;
-    let api: Api<Event> = Api::namespaced(env.client.clone(), &env.name);
-    wait_for(
-        &format!("events {want:?} for {pod}"),
-        Duration::from_secs(30),
-        || async {
-            let events = api
-                .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
-                .await
-                .ok()?;
-            let reasons: Vec<String> = events
-                .items
-                .iter()
-                .filter_map(|e| e.reason.clone())
-                .collect();
-            want.iter()
-                .all(|w| reasons.iter().any(|r| r == w))
-                .then_some(reasons)
-        },
-    )
-    .await
-    .map_err(|e| {
-        let all = env
-            .cluster
-            .kubectl(&["get", "events", "-n", &env.name])
-            .unwrap_or_default();
-        anyhow::anyhow!("{e}\nevents in the namespace:\n{all}")
-    })
 }
 
 fn first_container(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {

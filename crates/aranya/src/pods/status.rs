@@ -107,13 +107,15 @@ pub fn pod_status_patch(pod: &Pod, s: &PodStatus) -> Value {
         "message": nonempty(&s.message),
         "startTime": time(s.start_time),
     });
+    // The lists are replaced, not merged by IP: a pod in a new sandbox has a
+    // new address, and two of one family are invalid.
     if !s.host_ip.is_empty() {
         status["hostIP"] = json!(s.host_ip);
-        status["hostIPs"] = json!([{ "ip": s.host_ip }]);
+        status["hostIPs"] = json!([{ "$patch": "replace" }, { "ip": s.host_ip }]);
     }
     if !s.pod_ip.is_empty() {
         status["podIP"] = json!(s.pod_ip);
-        status["podIPs"] = json!([{ "ip": s.pod_ip }]);
+        status["podIPs"] = json!([{ "$patch": "replace" }, { "ip": s.pod_ip }]);
     }
     json!({ "status": status })
 }

@@ -16,6 +16,8 @@ pub struct Instance {
 pub struct Found {
     /// The running sandbox, if one is left (the newest one if several are).
     pub sandbox: Option<String>,
+    /// The attempt a new sandbox gets: one past any sandbox left.
+    pub next_sandbox: u32,
     /// Instances per container name, oldest attempt first.
     pub containers: HashMap<String, Vec<Instance>>,
     /// Every object of the pod, sandboxes included.
@@ -60,6 +62,7 @@ pub fn found(objects: &[Labelled], uid: &str) -> Found {
         }
     }
     sandboxes.sort_by_key(|(a, _)| *a);
+    out.next_sandbox = sandboxes.last().map_or(0, |(a, _)| a + 1);
     out.sandbox = sandboxes
         .iter()
         .rev()
@@ -107,9 +110,17 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_sandbox_is_not_adopted() {
-        let f = found(&[object("s", "u", SANDBOX, 0, false)], "u");
+    fn a_stopped_sandbox_is_not_adopted_and_the_next_one_counts_on() {
+        let f = found(
+            &[
+                object("s1", "u", SANDBOX, 1, false),
+                object("s0", "u", SANDBOX, 0, false),
+            ],
+            "u",
+        );
         assert_eq!(f.sandbox, None);
-        assert_eq!(f.all, ["s"]);
+        assert_eq!(f.next_sandbox, 2);
+        assert_eq!(f.all, ["s1", "s0"]);
+        assert_eq!(found(&[], "u").next_sandbox, 0);
     }
 }

@@ -24,6 +24,11 @@ use crate::runtime::{
 /// A lifecycle hook (exec or HTTP) that runs longer than this is given up on.
 const HOOK_LIMIT: Duration = Duration::from_secs(600);
 
+/// How soon, and at most how seldom, a runtime that went away is asked
+/// again about a container or sandbox.
+const OUTAGE_POLL_INITIAL: Duration = Duration::from_millis(250);
+const OUTAGE_POLL_MAX: Duration = Duration::from_secs(2);
+
 /// A container that ran this long has its back-off forgotten.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 
@@ -46,6 +51,8 @@ pub struct Worker {
     state: Arc<Mutex<State>>,
     publish: Arc<dyn Fn(PodStatus) + Send + Sync>,
     sandbox: Option<Sandbox>,
+    /// The attempt the next sandbox is made for.
+    sandbox_attempt: u32,
     data_dir: PathBuf,
     /// Host path of each volume, once prepared.
     volumes: HashMap<String, PathBuf>,
@@ -76,6 +83,7 @@ impl Worker {
             })),
             publish: Arc::new(publish),
             sandbox: None,
+            sandbox_attempt: 0,
             data_dir,
             volumes: HashMap::new(),
             adopted: Mutex::default(),
@@ -171,36 +179,66 @@ impl Worker {
         self.teardown(grace).await;
     }
 
+    /// Runs the pod in its sandbox; when the sandbox dies (runtime restarted,
+    /// removed by hand, its process crashed), makes it again and starts
+    /// everything anew in it, as a kubelet does. Returns when the pod is done.
     async fn lifecycle(&mut self, found: Option<super::adopt::Found>) {
-        let found = match found {
+        let mut found = match found {
             Some(found) => found,
             None => self.found().await,
         };
-        let (sandbox, started) = match self.adopt(&found).await {
-            Some(adopted) => adopted,
-            None => {
-                self.start_over(&found).await;
-                (self.sandbox().await, now())
-            }
-        };
-        let host_network = self.spec.host_network;
-        self.update(|s| {
-            // A pod on the host's network has the host's address, as a kubelet says.
-            s.pod_ip = match (&sandbox.ip, host_network) {
-                (Some(ip), false) => ip.clone(),
-                (_, true) => s.host_ip.clone(),
-                (None, false) => String::new(),
+        loop {
+            let adopted = self.adopt(&found).await;
+            let resumed = adopted.is_some();
+            let (sandbox, started) = match adopted {
+                Some(adopted) => adopted,
+                None => {
+                    self.start_over(&found).await;
+                    self.sandbox_attempt = self.sandbox_attempt.max(found.next_sandbox);
+                    (self.sandbox().await, now())
+                }
             };
-            s.start_time = started;
-        });
-        self.sandbox = Some(sandbox);
-        self.volumes = self.prepare_volumes().await;
-        // App containers left running mean the pod was initialized already.
-        let initialized = self
-            .spec
-            .containers
-            .iter()
-            .any(|c| found.containers.contains_key(&c.name));
+            let host_network = self.spec.host_network;
+            self.update(|s| {
+                // A pod on the host's network has the host's address, as a kubelet says.
+                s.pod_ip = match (&sandbox.ip, host_network) {
+                    (Some(ip), false) => ip.clone(),
+                    (_, true) => s.host_ip.clone(),
+                    (None, false) => String::new(),
+                };
+                if s.start_time == 0 {
+                    s.start_time = started;
+                }
+            });
+            let sandbox_id = sandbox.id.clone();
+            self.sandbox = Some(sandbox);
+            if self.volumes.is_empty() {
+                self.volumes = self.prepare_volumes().await;
+            }
+            // App containers left running in a sandbox taken over mean the
+            // pod was initialized already; in a new sandbox, init runs again.
+            let initialized = resumed
+                && self
+                    .spec
+                    .containers
+                    .iter()
+                    .any(|c| found.containers.contains_key(&c.name));
+            tokio::select! {
+                () = self.run_containers(initialized) => return,
+                () = self.sandbox_lost(&sandbox_id) => {}
+            }
+            let again = self.wants_new_sandbox();
+            self.sandbox_changed(again).await;
+            if !again {
+                return;
+            }
+            self.sandbox_attempt += 1;
+            found = self.found().await;
+        }
+    }
+
+    /// Init containers in order, then the app containers under the restart policy.
+    async fn run_containers(&self, initialized: bool) {
         for i in 0..self.spec.init_containers.len() {
             if initialized {
                 self.take_adopted(Kind::Init, i);
@@ -213,6 +251,116 @@ impl Worker {
         self.update(|s| s.initialized = true);
         let supervisors = (0..self.spec.containers.len()).map(|i| self.supervise(i));
         join_all(supervisors).await;
+    }
+
+    /// Resolves once the sandbox is gone for good. The runtime going away
+    /// meanwhile is not that: a runtime restarted with its containers kept
+    /// (Docker's live-restore) still has the sandbox when it answers again.
+    async fn sandbox_lost(&self, id: &str) {
+        let mut delay = OUTAGE_POLL_INITIAL;
+        loop {
+            if let Err(e) = self.runtime.wait_sandbox(id).await {
+                debug!(error = %e, "waiting on the sandbox; asking again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(OUTAGE_POLL_MAX);
+            }
+            match self.runtime.sandbox(id).await {
+                Ok(s) if s.ready => {}
+                Ok(_) | Err(RuntimeError::NotFound(_)) => return,
+                Err(e) => debug!(error = %e, "asking for the sandbox"),
+            }
+        }
+    }
+
+    /// A kubelet makes no new sandbox for a pod that will not run again:
+    /// `Never` once its containers have run, `OnFailure` once they all succeeded.
+    fn wants_new_sandbox(&self) -> bool {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let status = &state.status;
+        match self.spec.restart_policy.as_str() {
+            "Never" => !status
+                .init_containers
+                .iter()
+                .chain(&status.containers)
+                .any(|c| !c.container_id.is_empty()),
+            "OnFailure" => !status.containers.iter().all(|c| {
+                matches!(
+                    c.state.as_ref().and_then(|x| x.state.as_ref()),
+                    Some(Phase::Terminated(t)) if t.exit_code == 0
+                )
+            }),
+            _ => true,
+        }
+    }
+
+    /// The sandbox died: what ran in it ended with it. Each container's last
+    /// instance becomes its last state (its state, if no new sandbox follows).
+    async fn sandbox_changed(&self, again: bool) {
+        warn!(again, "the pod's sandbox is gone");
+        if again {
+            self.event(
+                None,
+                false,
+                "SandboxChanged",
+                "Pod sandbox changed, it will be killed and re-created.".into(),
+            );
+        }
+        self.adopted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        let current: Vec<((Kind, usize), String)> = {
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state
+                .ids
+                .iter()
+                .filter_map(|(key, ids)| Some((*key, ids.last()?.clone())))
+                .collect()
+        };
+        let runtime = self.runtime.name();
+        for ((kind, i), id) in current {
+            // Its process may outlive the sandbox's (the pause process crashed).
+            if let Err(e) = self.runtime.stop_container(&id, self.pod_grace()).await
+                && !matches!(e, RuntimeError::NotFound(_))
+            {
+                warn!(error = %e, "stopping a container of a dead sandbox");
+            }
+            let ended = match self.runtime.inspect_container(&id).await {
+                Ok(info) => terminated_state(runtime, &info),
+                Err(_) => status::terminated(137, 0, now(), &format!("{runtime}://{id}"), false),
+            };
+            self.update_container(kind, i, |c| {
+                let ran = !matches!(
+                    c.state.as_ref().and_then(|x| x.state.as_ref()),
+                    Some(Phase::Waiting(_))
+                );
+                if again {
+                    if ran {
+                        c.last_state = Some(ended);
+                    }
+                    c.state = Some(status::waiting("ContainerCreating", ""));
+                } else {
+                    c.state = Some(ended);
+                }
+                c.ready = false;
+                c.started = false;
+            });
+        }
+        if again {
+            let has_init = !self.spec.init_containers.is_empty();
+            self.update(|s| {
+                s.pod_ip.clear();
+                if has_init {
+                    s.initialized = false;
+                }
+            });
+        }
     }
 
     /// What an earlier run of this pod (this agent before a restart, or before
@@ -341,7 +489,10 @@ impl Worker {
 
     async fn sandbox(&self) -> Sandbox {
         let spec = SandboxSpec {
-            labels: self.owner().labels(crate::runtime::SANDBOX, 0),
+            labels: self
+                .owner()
+                .labels(crate::runtime::SANDBOX, self.sandbox_attempt),
+            attempt: self.sandbox_attempt,
             pod_uid: self.spec.uid.clone(),
             namespace: self.spec.namespace.clone(),
             name: self.spec.name.clone(),
@@ -826,14 +977,14 @@ impl Worker {
             let report = ProbeReport { worker: self, i };
             let target = self.probe_target(id).await;
             tokio::select! {
-                code = self.runtime.wait_container(id) => code,
+                code = self.wait_exit(id) => code,
                 failed = probe::supervise(self.runtime.clone(), c, target, &report) => {
                     self.kill_for_probe(i, c, id, &failed).await;
-                    self.runtime.wait_container(id).await
+                    self.wait_exit(id).await
                 }
             }
         } else {
-            self.runtime.wait_container(id).await
+            self.wait_exit(id).await
         };
         let code = match waited {
             Ok(code) => code,
@@ -866,6 +1017,30 @@ impl Worker {
             s.started = false;
         });
         code
+    }
+
+    /// Waits for the container to exit. The runtime going away meanwhile
+    /// ends the wait, not the container: it is asked again once it answers,
+    /// so a runtime restarted with its containers kept restarts nothing.
+    async fn wait_exit(&self, id: &str) -> Result<i64, RuntimeError> {
+        let mut delay = OUTAGE_POLL_INITIAL;
+        loop {
+            match self.runtime.wait_container(id).await {
+                Ok(code) => return Ok(code),
+                Err(e @ RuntimeError::NotFound(_)) => return Err(e),
+                Err(e) => debug!(error = %e, "waiting for a container; asking again"),
+            }
+            tokio::time::sleep(delay).await;
+            match self.runtime.inspect_container(id).await {
+                Ok(ContainerInfo {
+                    state: ContainerState::Exited { exit_code, .. },
+                    ..
+                }) => return Ok(exit_code),
+                Ok(_) => delay = OUTAGE_POLL_INITIAL,
+                Err(e @ RuntimeError::NotFound(_)) => return Err(e),
+                Err(_) => delay = (delay * 2).min(OUTAGE_POLL_MAX),
+            }
+        }
     }
 
     /// Where the container's probes dial: the pod's address, in its network namespace.

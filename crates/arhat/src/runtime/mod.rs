@@ -90,8 +90,13 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Creates and starts the pod's sandbox.
     async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError>;
-    /// A sandbox created earlier (by this agent or a previous run), with its address.
+    /// A sandbox created earlier (by this agent or a previous run), with its
+    /// address and whether it is still ready.
     async fn sandbox(&self, id: &str) -> Result<Sandbox, RuntimeError>;
+    /// Resolves once the sandbox is no longer ready (its process ended, it
+    /// was removed). May also fail when the runtime goes away meanwhile:
+    /// the caller then asks [`Runtime::sandbox`] when it answers again.
+    async fn wait_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
 
     /// Creates a container in the sandbox's namespaces; returns its id.
     async fn create_container(

@@ -8,6 +8,9 @@ pub struct SandboxSpec {
     pub pod_uid: String,
     pub namespace: String,
     pub name: String,
+    /// The pod's sandboxes so far: a sandbox made again after the last one
+    /// died has the next attempt.
+    pub attempt: u32,
     pub hostname: String,
     pub host_network: bool,
     /// Ports published on the device: the sandbox owns the pod's network.

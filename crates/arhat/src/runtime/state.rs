@@ -13,6 +13,8 @@ pub struct Sandbox {
     pub id: String,
     /// The address the runtime gave the pod.
     pub ip: Option<String>,
+    /// Its namespaces are alive (its process runs): containers can join it.
+    pub ready: bool,
 }
 
 /// A container's state as the runtime reports it.

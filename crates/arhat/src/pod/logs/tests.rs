@@ -448,13 +448,18 @@ impl Runtime for Fake {
         Ok(Sandbox {
             id: "sandbox".into(),
             ip: None,
+            ready: true,
         })
     }
     async fn sandbox(&self, id: &str) -> Result<Sandbox, RuntimeError> {
         Ok(Sandbox {
             id: id.into(),
             ip: None,
+            ready: true,
         })
+    }
+    async fn wait_sandbox(&self, _: &str) -> Result<(), RuntimeError> {
+        std::future::pending().await
     }
     async fn create_container(
         &self,

@@ -237,7 +237,13 @@ impl Runtime for Docker {
 
     async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
         self.ensure_pause_image().await?;
-        let name = container_name(SANDBOX, &spec.name, &spec.namespace, &spec.pod_uid, 0);
+        let name = container_name(
+            SANDBOX,
+            &spec.name,
+            &spec.namespace,
+            &spec.pod_uid,
+            spec.attempt,
+        );
         let body = ContainerCreateBody {
             exposed_ports: (!spec.ports.is_empty()).then(|| {
                 spec.ports
@@ -302,6 +308,11 @@ impl Runtime for Docker {
             .inspect_container(id, None)
             .await
             .map_err(|e| not_found_or("inspecting the sandbox", id, e))?;
+        let ready = inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
         let ip = inspect
             .network_settings
             .and_then(|n| n.networks)
@@ -312,7 +323,13 @@ impl Runtime for Docker {
         Ok(Sandbox {
             id: id.to_string(),
             ip,
+            ready,
         })
+    }
+
+    async fn wait_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        // The sandbox is the pause container: it is over when that exits.
+        self.wait_container(id).await.map(drop)
     }
 
     async fn create_container(
