@@ -1379,3 +1379,6 @@ fn terminated_state(runtime: &str, info: &ContainerInfo) -> ApiState {
 fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
+
+#[cfg(test)]
+mod tests;

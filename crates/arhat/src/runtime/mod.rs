@@ -9,6 +9,8 @@
 
 pub mod docker;
 mod error;
+#[cfg(test)]
+pub mod fake;
 pub mod labels;
 mod spec;
 mod state;

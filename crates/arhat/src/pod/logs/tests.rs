@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -19,10 +19,7 @@ use proto::{
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::runtime::{
-    ContainerInfo, ContainerSpec, ContainerState, Labelled, LogOutput, LogStream, PullAuth,
-    Runtime, Sandbox, SandboxSpec,
-};
+use crate::runtime::{LogOutput, LogStream, fake::Fake};
 
 // ---- the pure parts ----
 
@@ -410,129 +407,8 @@ async fn a_device_without_runtime_is_unavailable() {
 
 // ---- containers, through a fake runtime ----
 
-/// What a logs call made of the fake runtime returns.
-type MakeLogs = dyn Fn() -> LogStream + Send + Sync;
-
-/// A runtime whose containers start and run forever, with a scripted log.
-struct Fake {
-    logs: Box<MakeLogs>,
-    created: AtomicU64,
-    asked: Mutex<Vec<(String, LogOptions)>>,
-}
-
-impl Fake {
-    fn new(logs: impl Fn() -> LogStream + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self {
-            logs: Box::new(logs),
-            created: AtomicU64::new(0),
-            asked: Mutex::new(Vec::new()),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl Runtime for Fake {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-    async fn version(&self) -> Result<String, RuntimeError> {
-        Ok("fake://1".into())
-    }
-    async fn image_id(&self, _: &str) -> Result<Option<String>, RuntimeError> {
-        Ok(Some("sha256:img".into()))
-    }
-    async fn pull_image(&self, _: &str, _: Option<&PullAuth>) -> Result<String, RuntimeError> {
-        Ok("sha256:img".into())
-    }
-    async fn create_sandbox(&self, _: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
-        Ok(Sandbox {
-            id: "sandbox".into(),
-            ip: None,
-            ready: true,
-        })
-    }
-    async fn sandbox(&self, id: &str) -> Result<Sandbox, RuntimeError> {
-        Ok(Sandbox {
-            id: id.into(),
-            ip: None,
-            ready: true,
-        })
-    }
-    async fn wait_sandbox(&self, _: &str) -> Result<(), RuntimeError> {
-        std::future::pending().await
-    }
-    async fn create_container(
-        &self,
-        _: &Sandbox,
-        _: &ContainerSpec,
-    ) -> Result<String, RuntimeError> {
-        let n = self.created.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(format!("c{n}"))
-    }
-    async fn start_container(&self, _: &str) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-    async fn wait_container(&self, _: &str) -> Result<i64, RuntimeError> {
-        std::future::pending().await
-    }
-    async fn stop_container(&self, _: &str, _: Duration) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-    async fn remove_container(&self, _: &str) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-    async fn inspect_container(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
-        Ok(ContainerInfo {
-            id: id.into(),
-            image_id: "sha256:img".into(),
-            state: ContainerState::Running { started_at: 1 },
-        })
-    }
-    async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream, RuntimeError> {
-        if id == "gone" {
-            return Err(RuntimeError::NotFound(id.into()));
-        }
-        self.asked
-            .lock()
-            .expect("lock")
-            .push((id.to_string(), options.clone()));
-        Ok((self.logs)())
-    }
-    async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
-        Ok(std::collections::HashSet::new())
-    }
-    async fn image_info(&self, _: &str) -> Result<Option<(String, u64)>, RuntimeError> {
-        Ok(None)
-    }
-    async fn image_store(&self) -> Result<Option<std::path::PathBuf>, RuntimeError> {
-        Ok(None)
-    }
-    async fn remove_image(&self, _: &str) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-    async fn list_labelled(
-        &self,
-        _: &std::collections::HashMap<String, String>,
-    ) -> Result<Vec<Labelled>, RuntimeError> {
-        Ok(Vec::new())
-    }
-    async fn exec(
-        &self,
-        id: &str,
-        _: &crate::runtime::ExecSpec,
-    ) -> Result<crate::runtime::Process, RuntimeError> {
-        Err(RuntimeError::NotFound(id.into()))
-    }
-    async fn attach(
-        &self,
-        id: &str,
-        _: &crate::runtime::ExecSpec,
-    ) -> Result<crate::runtime::Process, RuntimeError> {
-        Err(RuntimeError::NotFound(id.into()))
-    }
-    async fn network_namespace(&self, id: &str) -> Result<std::path::PathBuf, RuntimeError> {
-        Err(RuntimeError::NotFound(id.into()))
-    }
+fn fake(logs: impl Fn() -> LogStream + Send + Sync + 'static) -> Arc<Fake> {
+    Arc::new(Fake::with_logs(logs))
 }
 
 /// A pod with one running container `app` on the fake runtime.
@@ -566,7 +442,7 @@ fn scripted(entries: Vec<LogEntry>) -> impl Fn() -> LogStream + Send + Sync {
 
 #[tokio::test]
 async fn container_logs_filter_and_format_and_pass_options_down() {
-    let fake = Fake::new(scripted(vec![
+    let fake = fake(scripted(vec![
         entry(Some("2026-11-25T05:00:00Z"), "old\n"),
         entry(Some("2026-11-25T05:00:02Z"), "new "),
         entry(None, "continued\n"),
@@ -603,7 +479,7 @@ async fn container_logs_filter_and_format_and_pass_options_down() {
 
 #[tokio::test]
 async fn container_lookups_are_refused_with_kubelet_messages() {
-    let (pods, _dir) = running_pod(Fake::new(scripted(Vec::new()))).await;
+    let (pods, _dir) = running_pod(fake(scripted(Vec::new()))).await;
     let rig = rig(Some(pods), HostConfig::default());
     let (reply, _, _) = rig
         .read(LogsRequest {
@@ -636,7 +512,7 @@ async fn container_lookups_are_refused_with_kubelet_messages() {
 
 #[tokio::test]
 async fn a_source_failing_at_once_is_the_reply() {
-    let fake = Fake::new(|| {
+    let fake = fake(|| {
         futures::stream::iter([Err(RuntimeError::failed(
             "reading logs",
             "configured logging driver does not support reading",
@@ -657,7 +533,7 @@ async fn a_source_failing_at_once_is_the_reply() {
 #[tokio::test]
 async fn many_short_lines_are_batched_and_limited_exactly() {
     const LINES: usize = 200_000;
-    let fake = Fake::new(|| {
+    let fake = fake(|| {
         futures::stream::iter((0..LINES).map(|i| {
             Ok(LogEntry {
                 time: Some(Timestamp::UNIX_EPOCH),
@@ -718,7 +594,7 @@ fn endless(
 async fn a_slow_client_holds_the_source_back_and_leaving_drops_it() {
     let pulled = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicBool::new(false));
-    let (pods, _dir) = running_pod(Fake::new(endless(pulled.clone(), dropped.clone()))).await;
+    let (pods, _dir) = running_pod(fake(endless(pulled.clone(), dropped.clone()))).await;
     let mut rig = rig(Some(pods), HostConfig::default());
     let (reply, mut stream) = rig
         .ask(LogsRequest {

@@ -1,0 +1,305 @@
+//! The pod worker on the fake runtime, in paused time: restart back-off,
+//! restart policies, init containers, sandbox loss, runtime outages,
+//! adoption and termination, each as a kubelet behaves.
+
+use std::{sync::Arc, time::Duration};
+
+use proto::api::{Container, PodEvent, PodSpec, PodStatus, container_state::State as Phase};
+
+use crate::{
+    pod::PodManager,
+    runtime::{
+        ContainerState, LABEL_ATTEMPT, LABEL_CONTAINER, LABEL_POD_UID, SANDBOX, fake::Fake,
+        labels::Owner,
+    },
+};
+
+const UID: &str = "u1";
+
+struct Rig {
+    fake: Arc<Fake>,
+    pods: Arc<PodManager>,
+    events: Arc<std::sync::Mutex<Vec<PodEvent>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let fake = Arc::new(Fake::default());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pods = PodManager::new(
+            fake.clone(),
+            "dev",
+            "10.0.0.1".into(),
+            dir.path().to_path_buf(),
+        );
+        // Events go out with status reports: collect them as the agent would.
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (p, e) = (pods.clone(), events.clone());
+        tokio::spawn(async move {
+            loop {
+                for status in p.changes().await {
+                    e.lock().expect("events").extend(status.events);
+                }
+            }
+        });
+        Self {
+            fake,
+            pods,
+            events,
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, spec: PodSpec) {
+        self.pods.ensure(spec);
+    }
+
+    /// The status once `done` holds (time is paused: waiting is free).
+    async fn until(&self, what: &str, done: impl Fn(&PodStatus) -> bool) -> PodStatus {
+        for _ in 0..100_000 {
+            if let Some(s) = self.pods.status(UID)
+                && done(&s)
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never {what}: {:#?}", self.pods.status(UID));
+    }
+
+    fn reasons(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .expect("events")
+            .iter()
+            .map(|e| e.reason.clone())
+            .collect()
+    }
+
+    /// The pod's objects of one container (or [`SANDBOX`]), oldest first.
+    fn objects(&self, container: &str) -> Vec<String> {
+        self.fake
+            .find(&[(LABEL_POD_UID, UID), (LABEL_CONTAINER, container)])
+    }
+}
+
+fn container(name: &str, command: &[&str]) -> Container {
+    Container {
+        name: name.into(),
+        image: "img".into(),
+        command: command.iter().map(ToString::to_string).collect(),
+        ..Default::default()
+    }
+}
+
+fn pod(restart_policy: &str, init: Vec<Container>, app: Vec<Container>) -> PodSpec {
+    PodSpec {
+        uid: UID.into(),
+        namespace: "ns".into(),
+        name: "web".into(),
+        restart_policy: restart_policy.into(),
+        init_containers: init,
+        containers: app,
+        ..Default::default()
+    }
+}
+
+fn phase(c: &proto::api::ContainerStatus) -> Option<&Phase> {
+    c.state.as_ref()?.state.as_ref()
+}
+
+fn running(s: &PodStatus) -> bool {
+    s.phase == "Running"
+        && s.containers
+            .iter()
+            .all(|c| matches!(phase(c), Some(Phase::Running(_))))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_container_backs_off_doubling_and_counts_restarts() {
+    let rig = Rig::new();
+    rig.run(pod(
+        "Always",
+        vec![],
+        vec![container("app", &["exit", "1"])],
+    ));
+    let mut seen = Vec::new();
+    for restarts in 1..=3 {
+        let s = rig
+            .until("in back-off", |s| {
+                s.containers[0].restart_count == restarts
+                    && matches!(phase(&s.containers[0]), Some(Phase::Waiting(w)) if w.reason == "CrashLoopBackOff")
+            })
+            .await;
+        if let Some(Phase::Waiting(w)) = phase(&s.containers[0]) {
+            seen.push(w.message.clone());
+        }
+        let last = s.containers[0]
+            .last_state
+            .as_ref()
+            .and_then(|l| l.state.as_ref());
+        assert!(
+            matches!(last, Some(Phase::Terminated(t)) if t.exit_code == 1),
+            "{last:?}"
+        );
+    }
+    assert!(seen[0].contains("back-off 10s"), "{seen:?}");
+    assert!(seen[1].contains("back-off 20s"), "{seen:?}");
+    assert!(seen[2].contains("back-off 40s"), "{seen:?}");
+    assert!(rig.reasons().iter().any(|r| r == "BackOff"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_and_on_failure_pods_that_succeed_are_not_restarted() {
+    for policy in ["Never", "OnFailure"] {
+        let rig = Rig::new();
+        rig.run(pod(policy, vec![], vec![container("app", &["exit", "0"])]));
+        rig.until("succeeded", |s| s.phase == "Succeeded").await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(rig.fake.calls("create_container"), 1, "{policy}");
+    }
+    // Never: a failure ends the pod too.
+    let rig = Rig::new();
+    rig.run(pod("Never", vec![], vec![container("app", &["exit", "3"])]));
+    rig.until("failed", |s| s.phase == "Failed").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_in_order_before_the_app() {
+    let rig = Rig::new();
+    rig.run(pod(
+        "Always",
+        vec![
+            container("first", &["exit", "0"]),
+            container("second", &["exit", "0"]),
+        ],
+        vec![container("app", &[])],
+    ));
+    let s = rig.until("running", running).await;
+    assert!(s.initialized);
+    // Ids are handed out in creation order.
+    let ids: Vec<String> = ["first", "second", "app"]
+        .iter()
+        .flat_map(|c| rig.objects(c))
+        .collect();
+    assert_eq!(ids, ["c1", "c2", "c3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_init_container_fails_a_never_pod_and_the_app_never_runs() {
+    let rig = Rig::new();
+    rig.run(pod(
+        "Never",
+        vec![container("init", &["exit", "1"])],
+        vec![container("app", &[])],
+    ));
+    rig.until("failed", |s| s.phase == "Failed").await;
+    assert!(rig.objects("app").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_sandbox_is_made_again_and_the_pod_starts_anew_in_it() {
+    let rig = Rig::new();
+    rig.run(pod(
+        "Always",
+        vec![container("init", &["exit", "0"])],
+        vec![container("app", &[])],
+    ));
+    let before = rig.until("running", running).await;
+    // What a runtime restart without live-restore does: everything dies.
+    let sandbox = rig.objects(SANDBOX)[0].clone();
+    let app = rig.objects("app")[0].clone();
+    rig.fake.exit(&app, 137);
+    rig.fake.exit(&sandbox, 0);
+    let after = rig
+        .until("running in a new sandbox", |s| {
+            running(s) && s.containers[0].container_id != before.containers[0].container_id
+        })
+        .await;
+    assert_eq!(after.containers[0].restart_count, 1);
+    assert_eq!(after.init_containers[0].restart_count, 1, "init ran again");
+    let last = after.containers[0]
+        .last_state
+        .as_ref()
+        .and_then(|l| l.state.as_ref());
+    assert!(
+        matches!(last, Some(Phase::Terminated(t)) if t.exit_code == 137),
+        "{last:?}"
+    );
+    let sandboxes = rig.objects(SANDBOX);
+    assert_eq!(sandboxes.len(), 1, "the dead sandbox is removed");
+    assert_eq!(
+        rig.fake.find(&[
+            (LABEL_POD_UID, UID),
+            (LABEL_CONTAINER, SANDBOX),
+            (LABEL_ATTEMPT, "1")
+        ]),
+        sandboxes,
+        "the new sandbox is attempt 1"
+    );
+    assert!(rig.reasons().iter().any(|r| r == "SandboxChanged"));
+    assert_ne!(after.pod_ip, "", "the new sandbox's address");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_never_pod_whose_containers_ran_gets_no_new_sandbox() {
+    let rig = Rig::new();
+    rig.run(pod("Never", vec![], vec![container("app", &[])]));
+    rig.until("running", running).await;
+    // The sandbox's death is seen first: its containers are stopped with it.
+    rig.fake.exit(&rig.objects(SANDBOX)[0], 0);
+    rig.until("failed", |s| s.phase == "Failed").await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(rig.fake.calls("create_sandbox"), 1);
+    assert!(!rig.reasons().iter().any(|r| r == "SandboxChanged"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_outage_restarts_nothing() {
+    let rig = Rig::new();
+    rig.run(pod("Always", vec![], vec![container("app", &[])]));
+    let before = rig.until("running", running).await;
+    rig.fake.set_down(true);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    rig.fake.set_down(false);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = rig.pods.status(UID).expect("status");
+    assert_eq!(after.containers, before.containers);
+    assert_eq!(rig.fake.calls("create_container"), 1);
+    assert_eq!(rig.fake.calls("create_sandbox"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_an_earlier_run_left_running_is_taken_over() {
+    let rig = Rig::new();
+    let owner = Owner {
+        device: "dev",
+        pod_uid: UID,
+        namespace: "ns",
+        pod_name: "web",
+    };
+    let sandbox = rig.fake.insert(true, owner.labels(SANDBOX, 0), true);
+    let app = rig.fake.insert(false, owner.labels("app", 2), true);
+    rig.run(pod("Always", vec![], vec![container("app", &[])]));
+    let s = rig.until("running", running).await;
+    assert_eq!(s.containers[0].container_id, format!("fake://{app}"));
+    assert_eq!(s.containers[0].restart_count, 2);
+    assert_eq!(rig.fake.calls("create_sandbox"), 0);
+    assert_eq!(rig.fake.calls("create_container"), 0);
+    assert!(matches!(
+        rig.fake.state(&sandbox),
+        Some(ContainerState::Running { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_stops_then_removes_every_object() {
+    let rig = Rig::new();
+    rig.run(pod("Always", vec![], vec![container("app", &[])]));
+    rig.until("running", running).await;
+    let status = rig.pods.delete(UID, Duration::from_secs(5)).await;
+    assert!(status.removed || rig.pods.status(UID).is_none_or(|s| s.removed));
+    assert!(rig.fake.find(&[(LABEL_POD_UID, UID)]).is_empty());
+    assert!(rig.fake.calls("stop_container") >= 1);
+}
