@@ -95,10 +95,7 @@ impl Worker {
     /// report the same readiness every period).
     fn update(&self, f: impl FnOnce(&mut PodStatus)) {
         let snapshot = {
-            let mut state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut state = self.lock_state();
             let before = state.status.clone();
             f(&mut state.status);
             state.status.phase =
@@ -116,10 +113,7 @@ impl Worker {
             (self.container(kind, i).name.clone(), kind == Kind::Init)
         });
         let mut snapshot = {
-            let state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.lock_state();
             state.status.clone()
         };
         snapshot.events.push(proto::api::PodEvent {
@@ -131,6 +125,18 @@ impl Worker {
             time: now(),
         });
         (self.publish)(snapshot);
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_adopted(&self) -> std::sync::MutexGuard<'_, HashMap<(Kind, usize), ContainerInfo>> {
+        self.adopted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn container(&self, kind: Kind, i: usize) -> &Container {
@@ -275,10 +281,7 @@ impl Worker {
     /// A kubelet makes no new sandbox for a pod that will not run again:
     /// `Never` once its containers have run, `OnFailure` once they all succeeded.
     fn wants_new_sandbox(&self) -> bool {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.lock_state();
         let status = &state.status;
         match self.spec.restart_policy.as_str() {
             "Never" => !status
@@ -308,15 +311,9 @@ impl Worker {
                 "Pod sandbox changed, it will be killed and re-created.".into(),
             );
         }
-        self.adopted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.lock_adopted().clear();
         let current: Vec<((Kind, usize), String)> = {
-            let state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.lock_state();
             state
                 .ids
                 .iter()
@@ -425,10 +422,7 @@ impl Worker {
             };
             info!(container = %name, id = %current.id, state = ?info.state, "adopting a container");
             {
-                let mut state = self
-                    .state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut state = self.lock_state();
                 state
                     .ids
                     .insert((kind, i), kept.iter().map(|s| s.id.clone()).collect());
@@ -438,10 +432,7 @@ impl Worker {
                 s.restart_count = current.attempt;
                 s.last_state = previous.map(|p| terminated_state(runtime, &p));
             });
-            self.adopted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert((kind, i), info);
+            self.lock_adopted().insert((kind, i), info);
         }
         Some((sandbox, started))
     }
@@ -471,10 +462,7 @@ impl Worker {
     }
 
     fn take_adopted(&self, kind: Kind, i: usize) -> Option<ContainerInfo> {
-        self.adopted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(kind, i))
+        self.lock_adopted().remove(&(kind, i))
     }
 
     /// Whose objects this worker makes, for their labels.
@@ -821,10 +809,7 @@ impl Worker {
 
     /// The container's restarts so far: the attempt its current instance is.
     fn restart_count(&self, kind: Kind, i: usize) -> u32 {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.lock_state();
         let list = match kind {
             Kind::Init => &state.status.init_containers,
             Kind::App => &state.status.containers,
@@ -1053,10 +1038,7 @@ impl Worker {
             }
         };
         let pod_ip = {
-            let state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.lock_state();
             [&state.status.pod_ip, &state.status.host_ip]
                 .into_iter()
                 .find(|ip| !ip.is_empty())
@@ -1093,10 +1075,7 @@ impl Worker {
 
     /// An env value, filling in what only the device knows.
     fn env_value(&self, e: &proto::api::EnvVar) -> String {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.lock_state();
         match e.field_path.as_str() {
             "" => e.value.clone(),
             "status.podIP" | "status.podIPs" => state.status.pod_ip.clone(),
@@ -1109,10 +1088,7 @@ impl Worker {
     /// and removes older ones.
     fn remember(&self, kind: Kind, i: usize, id: &str) {
         let stale = {
-            let mut state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut state = self.lock_state();
             let ids = state.ids.entry((kind, i)).or_default();
             ids.push(id.to_string());
             if ids.len() > 2 { ids.remove(0) } else { return }
@@ -1215,10 +1191,7 @@ impl Worker {
     /// Records Killing for every container still running.
     fn killing_events(&self) {
         let running: Vec<(Kind, usize)> = {
-            let state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.lock_state();
             let is_running = |c: &proto::api::ContainerStatus| {
                 matches!(
                     c.state.as_ref().and_then(|x| x.state.as_ref()),
@@ -1255,10 +1228,7 @@ impl Worker {
 
     async fn teardown(&self, grace: Duration) {
         let instances: Vec<((Kind, usize), String)> = {
-            let state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.lock_state();
             state
                 .ids
                 .iter()
@@ -1275,10 +1245,7 @@ impl Worker {
         // The previous instance of a container has ended already: only the
         // current one (the last) runs a preStop hook.
         let current = |key: &(Kind, usize), id: &String| {
-            let state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.lock_state();
             state.ids.get(key).and_then(|v| v.last()) == Some(id)
         };
         let stops = instances.iter().map(|(key, id)| async move {
