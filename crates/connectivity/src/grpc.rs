@@ -266,11 +266,11 @@ impl GrpcDialer {
     async fn dial_link(&self) -> Result<Link, TransportError> {
         let connect_err = |e: &(dyn std::error::Error + 'static)| {
             if self.client_certificate.is_some()
-                && let Some(alert) = certificate_alert(e)
+                && let Some(cause) = certificate_refusal(e)
             {
                 return TransportError::CertificateRefused {
                     endpoint: self.endpoint.clone(),
-                    alert,
+                    cause,
                 };
             }
             TransportError::Connect {
@@ -333,7 +333,7 @@ fn host_of(endpoint: &str) -> Result<String, TransportError> {
 
 /// The cause with which aranya refused the device's certificate, if that is
 /// what `e` is.
-fn certificate_alert(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+fn certificate_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let status = e.downcast_ref::<Status>()?;
     (status.code() == tonic::Code::Unauthenticated)
         .then(|| status.message().strip_prefix(REFUSED_PREFIX))

@@ -22,8 +22,8 @@ pub enum TransportError {
     Connect { endpoint: String, reason: String },
     /// aranya refused the device's TLS client certificate (`UnknownCA`,
     /// `CertificateExpired`, named as the TLS alerts): it will not do on a retry.
-    #[error("{endpoint} refused the device certificate ({alert})")]
-    CertificateRefused { endpoint: String, alert: String },
+    #[error("{endpoint} refused the device certificate ({cause})")]
+    CertificateRefused { endpoint: String, cause: String },
     /// The link broke after it was established.
     #[error("link closed: {0}")]
     Closed(String),

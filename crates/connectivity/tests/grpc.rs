@@ -185,7 +185,7 @@ async fn mutual_tls_hands_the_link_the_checked_client_certificate() {
     for _ in 0..20 {
         let err = refused.dial().await.expect_err("refused");
         assert!(
-            matches!(&err, TransportError::CertificateRefused { alert, .. } if alert == "UnknownCA"),
+            matches!(&err, TransportError::CertificateRefused { cause, .. } if cause == "UnknownCA"),
             "{err}"
         );
     }

@@ -53,8 +53,8 @@ fn refused(outcome: &Outcome, want: RefuseReason) -> Option<&str> {
 
 fn certificate_refused(outcome: &Outcome) -> Option<&str> {
     match outcome {
-        Outcome::Transport(connectivity::TransportError::CertificateRefused { alert, .. }) => {
-            Some(alert)
+        Outcome::Transport(connectivity::TransportError::CertificateRefused { cause, .. }) => {
+            Some(cause)
         }
         _ => None,
     }
@@ -252,24 +252,17 @@ async fn rotating_the_identity_revokes_the_live_link_and_the_device_bootstraps_a
 
 /// Runs `aranya bootstrap-token create` as an operator would; the token.
 fn cli_token(env: &TestEnv, device: &str, ttl: &str) -> anyhow::Result<String> {
-    let mut cmd = env
-        .cluster
-        .aranya_command(&env.name, env.grpc_port, "warn")?;
-    cmd.args([
-        "bootstrap-token",
-        "create",
-        "--device",
-        device,
-        "--ttl",
-        ttl,
-    ]);
-    let out = cmd.output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "bootstrap-token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
+    let text = aranya_cli(
+        env,
+        &[
+            "bootstrap-token",
+            "create",
+            "--device",
+            device,
+            "--ttl",
+            ttl,
+        ],
+    )?;
     assert!(text.contains("bootstrapTokenFile"), "{text}");
     text.lines()
         .find_map(|l| l.strip_prefix("# token: "))
@@ -347,11 +340,12 @@ async fn bootstrap_tokens_bind_one_device_until_they_expire() -> anyhow::Result<
     Ok(())
 }
 
-/// aranya for `env` issuing certificates that live `lifetime`.
-fn aranya_with_lifetime(env: &TestEnv, lifetime: &str) -> anyhow::Result<Proc> {
-    let mut cmd = env.aranya_command("a")?;
+/// aranya `instance` for `env`, issuing certificates that live `lifetime`.
+fn aranya_with_lifetime(env: &TestEnv, instance: &str, lifetime: &str) -> anyhow::Result<Proc> {
+    let mut cmd = env.aranya_command(instance)?;
     cmd.args(["--device-cert-lifetime", lifetime]);
-    Proc::spawn("aranya-a", cmd, &env.dir.join("aranya-a.log"))
+    let name = format!("aranya-{instance}");
+    Proc::spawn(&name, cmd, &env.dir.join(format!("{name}.log")))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -362,7 +356,7 @@ async fn certificates_renew_under_live_streams_and_an_offline_device_comes_back(
     let name = env.device("a");
     env.create_device(&name, 2).await?;
     // Renewal at two thirds of a minute's life.
-    let mut aranya = aranya_with_lifetime(&env, "60s")?;
+    let mut aranya = aranya_with_lifetime(&env, "a", "60s")?;
     let mut arhat = env.start_arhat(&name, "1", &[])?;
     env.wait_ready(&name, "True", None, Duration::from_secs(60))
         .await?;
@@ -440,11 +434,7 @@ async fn certificates_renew_under_live_streams_and_an_offline_device_comes_back(
 
     // A forced new link presents the renewed certificate.
     aranya.kill();
-    aranya = {
-        let mut cmd = env.aranya_command("b")?;
-        cmd.args(["--device-cert-lifetime", "60s"]);
-        Proc::spawn("aranya-b", cmd, &env.dir.join("aranya-b.log"))?
-    };
+    aranya = aranya_with_lifetime(&env, "b", "60s")?;
     wait_for(
         "the renewed serial in the status",
         Duration::from_secs(60),
@@ -683,16 +673,17 @@ fn merge_env(mut container: serde_json::Value) -> serde_json::Value {
     container
 }
 
-/// Runs `aranya device-ca <command>` as an operator would.
-fn device_ca_cli(env: &TestEnv, command: &str) -> anyhow::Result<String> {
+/// Runs an `aranya` subcommand against `env` as an operator would; its output.
+fn aranya_cli(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = env
         .cluster
         .aranya_command(&env.name, env.grpc_port, "warn")?;
-    cmd.args(["device-ca", command]);
+    cmd.args(args);
     let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),
-        "device-ca {command}: {}",
+        "aranya {}: {}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?)
@@ -704,14 +695,14 @@ async fn a_device_ca_rotation_keeps_devices_connected_and_prune_retires_the_old_
     let env = TestEnv::new("carotate").await?;
     let name = env.device("a");
     env.create_device(&name, 2).await?;
-    let mut aranya = aranya_with_lifetime(&env, "60s")?;
+    let mut aranya = aranya_with_lifetime(&env, "a", "60s")?;
     let arhat = env.start_arhat(&name, "1", &[])?;
     env.wait_ready(&name, "True", None, Duration::from_secs(60))
         .await?;
     let old_ca = device_ca(&env.client, &env.name).await?;
     let first = DeviceCredentials::of_agent(&env.arhat_data_dir(&name))?;
     let id = identity_id(&env, &name).await?;
-    let out = device_ca_cli(&env, "rotate")?;
+    let out = aranya_cli(&env, &["device-ca", "rotate"])?;
     assert!(out.contains("stay trusted"), "{out}");
     let new_ca = device_ca(&env.client, &env.name).await?;
     assert_ne!(new_ca.cert_pem(), old_ca.cert_pem());
@@ -743,13 +734,9 @@ async fn a_device_ca_rotation_keeps_devices_connected_and_prune_retires_the_old_
 
     // Pruned: the old CA's certificates stop working; the device's new one
     // still does, on a new link.
-    device_ca_cli(&env, "prune")?;
+    aranya_cli(&env, &["device-ca", "prune"])?;
     aranya.kill();
-    aranya = {
-        let mut cmd = env.aranya_command("b")?;
-        cmd.args(["--device-cert-lifetime", "60s"]);
-        Proc::spawn("aranya-b", cmd, &env.dir.join("aranya-b.log"))?
-    };
+    aranya = aranya_with_lifetime(&env, "b", "60s")?;
     let old = DeviceCredentials::issue(&old_ca, &name, &id, SystemTime::now(), HOUR)?;
     let (endpoint, ca_file) = (endpoint(&env), &env.cluster.ca_file);
     let outcome = wait_for("aranya back", Duration::from_secs(30), || async {

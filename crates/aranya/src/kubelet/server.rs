@@ -1,9 +1,10 @@
 //! The listeners: one port per node, TLS, authentication and authorization of
 //! every request, then the route.
 
-use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::IpAddr, sync::Arc};
 
 use connectivity::{LinkState, SessionHandle};
+use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -12,15 +13,12 @@ use kube::{Api, Client};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, info};
 
 use super::{
     Body, Problem, auth::Auth, cert::ServingCerts, exec, hostpod, logs, podlist, portforward, text,
 };
 use crate::config::PortRange;
-
-/// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every node's listener shares.
 pub struct Kubelet {
@@ -117,22 +115,23 @@ impl Kubelet {
     }
 }
 
+/// Serves every TLS connection the shared acceptor hands over (each
+/// handshake in its own task, with a deadline).
 async fn accept(endpoint: Arc<NodeEndpoint>, tls: TlsAcceptor, listener: tokio::net::TcpListener) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+    let mut accepted = connectivity::tls::accept(listener, tls);
+    while let Some(stream) = accepted.next().await {
+        let stream = match stream {
+            Ok(stream) => stream,
             Err(e) => {
-                warn!(error = %e, "accepting a kubelet connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                debug!(error = %e, "accepting a kubelet connection");
                 continue;
             }
         };
         let endpoint = endpoint.clone();
-        let tls = tls.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = connection(endpoint, tls, tcp).await {
-                    debug!(%peer, error = %e, "kubelet connection ended");
+                if let Err(e) = connection(endpoint, stream).await {
+                    debug!(error = %e, "kubelet connection ended");
                 }
             }
             .in_current_span(),
@@ -142,10 +141,8 @@ async fn accept(endpoint: Arc<NodeEndpoint>, tls: TlsAcceptor, listener: tokio::
 
 async fn connection(
     endpoint: Arc<NodeEndpoint>,
-    tls: TlsAcceptor,
-    tcp: tokio::net::TcpStream,
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
 ) -> anyhow::Result<()> {
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await??;
     let peer: Arc<[CertificateDer<'static>]> = stream
         .get_ref()
         .1
