@@ -120,14 +120,6 @@ fn choose(
 }
 
 /// Runs the policy every interval, forever.
-/// Bytes used and total on the filesystem holding `path`.
-fn disk_use(path: &std::path::Path) -> Option<(u64, u64)> {
-    let fs = rustix::fs::statvfs(path).ok()?;
-    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
-    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-    Some((total.saturating_sub(free), total))
-}
-
 pub async fn run(runtime: Arc<dyn Runtime>, pulled: Arc<Pulled>, policy: Policy) {
     let mut tick = tokio::time::interval(policy.interval);
     loop {
@@ -158,7 +150,11 @@ async fn pass(
             Some((_, size)) => unused.push((reference, last, size)),
         }
     }
-    let excess = match runtime.image_store().await?.and_then(|p| disk_use(&p)) {
+    let excess = match runtime
+        .image_store()
+        .await?
+        .and_then(|p| crate::nodeinfo::disk_use(&p))
+    {
         Some((used, total)) if total > 0 => {
             let high = total / 100 * u64::from(policy.high_threshold_percent);
             let low = total / 100 * u64::from(policy.low_threshold_percent);

@@ -111,8 +111,15 @@ fn parse_meminfo_total(text: &str) -> Option<u64> {
 }
 
 fn storage_bytes(path: &Path) -> Option<u64> {
-    let st = rustix::fs::statvfs(path).ok()?;
-    st.f_blocks.checked_mul(st.f_frsize)
+    disk_use(path).map(|(_, total)| total)
+}
+
+/// Bytes used and total on the filesystem holding `path`.
+pub fn disk_use(path: &Path) -> Option<(u64, u64)> {
+    let fs = rustix::fs::statvfs(path).ok()?;
+    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    Some((total.saturating_sub(free), total))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::wait_for;
+use crate::{images::docker, wait_for};
 
 /// The running dockerd's pid and arguments.
 fn running() -> anyhow::Result<(u32, Vec<String>)> {
@@ -49,12 +49,7 @@ fn gone(pid: u32) -> bool {
 }
 
 fn answers() -> bool {
-    Command::new("docker")
-        .args(["version", "--format", "{{.Server.APIVersion}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    docker(&["version", "--format", "{{.Server.APIVersion}}"]).is_ok_and(|o| o.status.success())
 }
 
 /// Stops dockerd and starts it again with its arguments, with
@@ -74,15 +69,7 @@ pub async fn restart(live_restore: bool) -> anyhow::Result<()> {
         gone(pid).then_some(())
     })
     .await?;
-    let cache = std::env::var("ARANYA_CACHE").map_or_else(
-        |_| {
-            std::env::var("HOME").map_or_else(
-                |_| Path::new("/tmp").join("aranya"),
-                |h| Path::new(&h).join(".cache/aranya"),
-            )
-        },
-        Into::into,
-    );
+    let cache = testbed::cache_dir()?;
     std::fs::create_dir_all(&cache)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -106,10 +93,7 @@ pub async fn restart(live_restore: bool) -> anyhow::Result<()> {
 /// Whether the running dockerd keeps containers across its restarts (its
 /// arguments or /etc/docker/daemon.json may say so).
 pub fn live_restore() -> anyhow::Result<bool> {
-    let out = Command::new("docker")
-        .args(["info", "--format", "{{.LiveRestoreEnabled}}"])
-        .output()
-        .context("docker info")?;
+    let out = docker(&["info", "--format", "{{.LiveRestoreEnabled}}"])?;
     anyhow::ensure!(out.status.success(), "docker info failed");
     Ok(String::from_utf8_lossy(&out.stdout).trim() == "true")
 }

@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 /// A busybox-static image (`sh`, `sleep`, `httpd`, `nc`, ...), imported into dockerd.
 pub const BUSYBOX: &str = "local/busybox:1.35";
 
-fn docker(args: &[&str]) -> anyhow::Result<std::process::Output> {
+/// Runs the docker client (Debian's when present).
+pub(crate) fn docker(args: &[&str]) -> anyhow::Result<std::process::Output> {
     // Debian's client matches Debian's dockerd; fall back to whatever is on PATH.
     let client = if Path::new("/usr/bin/docker").exists() {
         "/usr/bin/docker"

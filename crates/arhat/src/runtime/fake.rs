@@ -29,7 +29,6 @@ pub type MakeLogs = dyn Fn() -> LogStream + Send + Sync;
 #[derive(Debug)]
 pub struct Object {
     pub labels: HashMap<String, String>,
-    pub sandbox: bool,
     pub command: Vec<String>,
     /// Its state, watched by waiters; `None` once removed.
     state: watch::Sender<Option<ContainerState>>,
@@ -193,7 +192,6 @@ impl Fake {
             id.clone(),
             Object {
                 labels,
-                sandbox,
                 command,
                 state,
             },
