@@ -59,23 +59,47 @@ impl std::fmt::Debug for Serving {
 
 /// The current serving certificate of every node, for the listener to present.
 #[derive(Debug, Clone, Default)]
-pub struct ServingCerts(Arc<RwLock<HashMap<String, Serving>>>);
+pub struct ServingCerts(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    certs: RwLock<HashMap<String, Serving>>,
+    /// Woken whenever a certificate is set.
+    issued: tokio::sync::Notify,
+}
 
 impl ServingCerts {
     pub fn get(&self, node: &str) -> Option<Serving> {
-        self.0.read().ok()?.get(node).cloned()
+        self.0.certs.read().ok()?.get(node).cloned()
     }
 
     pub(super) fn set(&self, node: &str, serving: Serving) {
-        if let Ok(mut map) = self.0.write() {
+        if let Ok(mut map) = self.0.certs.write() {
             map.insert(node.to_string(), serving);
         }
+        self.0.issued.notify_waiters();
     }
 
     pub fn remove(&self, node: &str) {
-        if let Ok(mut map) = self.0.write() {
+        if let Ok(mut map) = self.0.certs.write() {
             map.remove(node);
         }
+    }
+
+    /// Waits until `node` has a signed certificate or `limit` passes; true
+    /// when it has one.
+    pub async fn issued(&self, node: &str, limit: Duration) -> bool {
+        let waiting = async {
+            loop {
+                // Registered before the check, so a `set` in between wakes it.
+                let notified = self.0.issued.notified();
+                if self.get(node).is_some() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, waiting).await.is_ok()
     }
 
     /// Keeps `node`'s certificate fresh until the task is aborted: obtains one,
@@ -171,5 +195,36 @@ pub async fn obtain(
             return Err(CertError::NotSigned(name));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving() -> Serving {
+        Serving {
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn issued_waits_for_the_nodes_certificate_within_its_limit() {
+        let certs = ServingCerts::default();
+        assert!(!certs.issued("edge-1", Duration::from_secs(6)).await);
+
+        let setter = certs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            setter.set("edge-2", serving());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            setter.set("edge-1", serving());
+        });
+        let started = tokio::time::Instant::now();
+        assert!(certs.issued("edge-1", Duration::from_secs(6)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // Already there: no wait.
+        assert!(certs.issued("edge-1", Duration::ZERO).await);
     }
 }

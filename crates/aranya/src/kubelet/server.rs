@@ -1,7 +1,7 @@
 //! The listeners: one port per node, TLS, authentication and authorization of
 //! every request, then the route.
 
-use std::{convert::Infallible, net::IpAddr, sync::Arc};
+use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Duration};
 
 use connectivity::{LinkState, SessionHandle};
 use futures::StreamExt;
@@ -115,9 +115,25 @@ impl Kubelet {
     }
 }
 
+/// How long a new node's first callers wait for its signed serving
+/// certificate. They queue in the listen backlog meanwhile; the bound stays
+/// under the apiserver's 10 s TLS handshake timeout.
+const FIRST_CERTIFICATE_WAIT: Duration = Duration::from_secs(6);
+
 /// Serves every TLS connection the shared acceptor hands over (each
 /// handshake in its own task, with a deadline).
 async fn accept(endpoint: Arc<NodeEndpoint>, tls: TlsAcceptor, listener: tokio::net::TcpListener) {
+    // The cluster usually signs within a second: callers of a node that just
+    // appeared get the certificate an apiserver verifying kubelets accepts,
+    // not the interim one it rejects.
+    if !endpoint
+        .kubelet
+        .serving
+        .issued(&endpoint.node, FIRST_CERTIFICATE_WAIT)
+        .await
+    {
+        info!(node = %endpoint.node, "serving certificate not signed yet: presenting a self-signed one meanwhile");
+    }
     let mut accepted = connectivity::tls::accept(listener, tls);
     while let Some(stream) = accepted.next().await {
         let stream = match stream {
