@@ -16,18 +16,18 @@ HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/host: //p')
 # The pod sandbox's process, linked statically so the infra image needs nothing else.
 export ARANYA_PAUSE_BINARY ?= $(CARGO_TARGET_DIR)/static/$(HOST_TRIPLE)/release/pause
 
-.PHONY: up down test bench fuzz deps docker mosquitto build kube pause lint clean
+.PHONY: up down test bench fuzz deps docker cni mosquitto build kube pause lint clean
 
 # `make up TRANSPORT=mqtt`: the device reaches aranya through the demo's own
 # Mosquitto (.local/mosquitto, persistence on) instead of gRPC.
 TRANSPORT ?= grpc
-up: deps docker mosquitto build kube pause
+up: deps docker cni mosquitto build kube pause
 	@scripts/up.sh "$(CARGO_TARGET_DIR)/debug/demo" "$(TRANSPORT)"
 
 down:
 	@scripts/down.sh
 
-test: deps docker mosquitto lint build kube pause
+test: deps docker cni mosquitto lint build kube pause
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
@@ -36,7 +36,7 @@ test: deps docker mosquitto lint build kube pause
 # kubectl exec vs docker exec, the session layer over gRPC vs loopback TCP,
 # and the Node's return to Ready after partitions vs a fresh agent (release
 # builds; the partitions need root and iptables).
-bench: deps docker mosquitto kube pause
+bench: deps docker cni mosquitto kube pause
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/bench-pods --pods 20
 	$(CARGO_TARGET_DIR)/release/bench-logs --mib 100
@@ -58,6 +58,10 @@ deps:
 # A Docker engine on the default socket (installed and started if absent; needs root then).
 docker:
 	@scripts/docker.sh
+
+# The pod network's CNI plugins and iptables (installed if absent; needs root then).
+cni:
+	@scripts/cni.sh
 
 # Debian's Mosquitto broker (installed if absent; needs root then). Tests and
 # the demo start their own broker processes.

@@ -45,6 +45,8 @@ pub enum AgentError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("device identity: {0}")]
     Identity(#[from] IdentityError),
+    #[error("pod network: {0}")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 /// Why one connection attempt failed.
@@ -126,8 +128,11 @@ impl Agent {
             Some(runtime) => {
                 let version = runtime.version().await?;
                 let host_ip = nodeinfo::host_ip().unwrap_or_default();
+                let network =
+                    crate::network::Bridge::new(&config.network, &config.runtime.data_dir).await?;
                 let pods = PodManager::new(
                     runtime,
+                    Arc::new(network),
                     &config.device.name,
                     host_ip,
                     config.runtime.data_dir.clone(),

@@ -50,6 +50,49 @@ pub struct Config {
     pub host: HostConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// The pods' network (pods on the host's network aside), wired by arhat
+/// with the CNI plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NetworkConfig {
+    /// Where the CNI plugins are.
+    #[serde(default = "default_cni_bin_dir")]
+    pub cni_bin_dir: PathBuf,
+    /// The Linux bridge the pods are attached to (made if missing).
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// Pod addresses come from here; the bridge takes the first.
+    #[serde(default = "default_subnet")]
+    pub subnet: crate::network::Subnet,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            cni_bin_dir: default_cni_bin_dir(),
+            bridge: default_bridge(),
+            subnet: default_subnet(),
+        }
+    }
+}
+
+fn default_cni_bin_dir() -> PathBuf {
+    "/usr/lib/cni".into()
+}
+
+fn default_bridge() -> String {
+    "arhat0".into()
+}
+
+fn default_subnet() -> crate::network::Subnet {
+    crate::network::Subnet {
+        address: std::net::Ipv4Addr::new(10, 87, 0, 0),
+        prefix: 16,
+    }
 }
 
 /// How the device proves who it is. Its key and certificate live in
@@ -527,6 +570,19 @@ impl Config {
                 "must be at least 1s",
             ));
         }
+        let bridge = &self.network.bridge;
+        // Linux interface names: at most 15 bytes, no '/', no whitespace.
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || bridge.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+        {
+            return Err(ConfigError::key(
+                "network.bridge",
+                format!(
+                    "{bridge:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+                ),
+            ));
+        }
         if self.node.status_interval < Duration::from_secs(1) {
             return Err(ConfigError::key(
                 "node.statusInterval",
@@ -862,6 +918,25 @@ connectivity:
             Some("connectivity.methods[0].grpc.endpoint"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_pod_network_defaults_and_bad_values_name_the_key() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert_eq!(config.network.bridge, "arhat0");
+        assert_eq!(config.network.subnet.to_string(), "10.87.0.0/16");
+        assert_eq!(config.network.cni_bin_dir, PathBuf::from("/usr/lib/cni"));
+        for (yaml, key) in [
+            ("network:\n  subnet: 10.87.0.1/16\n", "network.subnet"),
+            ("network:\n  subnet: nowhere\n", "network.subnet"),
+            (
+                "network:\n  bridge: a-bridge-name-too-long\n",
+                "network.bridge",
+            ),
+        ] {
+            let err = Config::parse(&format!("{GOOD}{yaml}")).expect_err(yaml);
+            assert_eq!(err.key_name(), Some(key), "{err}");
+        }
     }
 
     #[test]

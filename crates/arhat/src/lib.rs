@@ -17,6 +17,7 @@ pub mod host;
 pub mod identity;
 pub mod imagegc;
 pub mod netns;
+pub mod network;
 pub mod nodeinfo;
 pub mod pod;
 pub mod runtime;

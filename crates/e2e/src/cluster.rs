@@ -666,6 +666,10 @@ pub fn arhat_config_yaml(c: &ArhatConfig<'_>) -> anyhow::Result<String> {
         log = c.log,
     );
     let mut config: serde_norway::Value = serde_norway::from_str(&base)?;
+    merge_yaml(
+        &mut config,
+        serde_norway::from_str(&crate::podnet::config_yaml(c.data_dir)?)?,
+    );
     if let Some(m) = &c.mqtt {
         let methods = format!(
             "connectivity:\n  methods:\n    - name: mqtt\n      mqtt:\n        broker: {}\n        maxPayload: {}\n        keepalive: 5s\n",

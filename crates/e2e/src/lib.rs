@@ -13,6 +13,7 @@ pub mod images;
 pub mod impostor;
 pub mod kubelet;
 pub mod netcut;
+pub mod podnet;
 pub mod pods;
 pub mod process;
 pub mod pty;

@@ -330,3 +330,148 @@ async fn sandbox_and_containers_keep_the_contract(kind: RuntimeKind) {
 async fn docker_keeps_the_runtime_contract() {
     sandbox_and_containers_keep_the_contract(RuntimeKind::Docker).await;
 }
+
+// ---- the pod network, on each runtime's sandboxes ----
+
+/// Two sandboxes of `kind` attached by the real CNI plugins: each has its
+/// own address, one pod reaches the other's server and its hostPort is
+/// published on the device; detached, the address is given back.
+async fn the_pod_network_attaches_sandboxes(kind: RuntimeKind) {
+    use arhat::network::{Bridge, PodNetwork};
+    let rt = connected(kind).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config: arhat::config::NetworkConfig = serde_norway::from_str::<serde_norway::Value>(
+        &e2e::podnet::config_yaml(dir.path()).expect("slot"),
+    )
+    .ok()
+    .and_then(|v| serde_norway::from_value(v.get("network")?.clone()).ok())
+    .expect("network config");
+    let network = Bridge::new(&config, dir.path()).await.unwrap_or_else(|e| {
+        panic!("{e}: run scripts/cni.sh (make test does), or apt-get install containernetworking-plugins iptables")
+    });
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut pods = Vec::new();
+    for (i, ports) in [
+        (0, vec![]),
+        (
+            1,
+            vec![runtime::PortMapping {
+                container_port: 8080,
+                protocol: "tcp".into(),
+                host_port,
+                host_ip: "127.0.0.1".into(),
+            }],
+        ),
+    ] {
+        let uid = format!("network-{i}-{}", std::process::id());
+        let sandbox = rt
+            .create_sandbox(&SandboxSpec {
+                pod_uid: uid.clone(),
+                namespace: "ns".into(),
+                name: uid.clone(),
+                hostname: uid.clone(),
+                labels: owner(&uid).labels(SANDBOX, 0),
+                ..Default::default()
+            })
+            .await
+            .expect("create_sandbox");
+        let netns = rt
+            .network_namespace(&sandbox.id)
+            .await
+            .expect("the sandbox's namespace");
+        let address = network
+            .attach(&sandbox.id, &netns, &ports)
+            .await
+            .expect("attach");
+        assert_eq!(network.address(&sandbox.id), Some(address));
+        let c = rt
+            .create_container(
+                &sandbox,
+                &busybox(
+                    &uid,
+                    "web",
+                    "echo pod-$HOSTNAME > /tmp/index.html && exec httpd -f -p 8080 -h /tmp",
+                ),
+            )
+            .await
+            .expect("create_container");
+        rt.start_container(&c).await.expect("start");
+        pods.push((sandbox, address, c));
+    }
+    let (a, b) = (&pods[0], &pods[1]);
+    assert_ne!(a.1, b.1, "each pod its own address");
+    let subnet_prefix = config.subnet.to_string();
+    let subnet_prefix = subnet_prefix
+        .rsplit_once('.')
+        .map(|(p, _)| p)
+        .unwrap_or_default();
+    assert!(
+        a.1.to_string().starts_with(subnet_prefix),
+        "{} in {}",
+        a.1,
+        config.subnet
+    );
+    // The address is on the pod's eth0, and pod a reaches pod b's server.
+    assert_eq!(
+        exec_code(
+            &rt,
+            &a.2,
+            &format!("ip addr show eth0 | grep -q 'inet {}/'", a.1),
+            false
+        )
+        .await,
+        0
+    );
+    let fetch = format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {} 8080 | grep -q pod-",
+        b.1
+    );
+    let mut code = -1;
+    for _ in 0..20 {
+        code = exec_code(&rt, &a.2, &fetch, false).await;
+        if code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(code, 0, "pod a fetched pod b's page");
+    // b's hostPort answers on the device.
+    let served = e2e::wait_for("the hostPort answers", Duration::from_secs(20), || async {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", host_port)).ok()?;
+        conn.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).ok()?;
+        answer.contains("pod-").then_some(answer)
+    })
+    .await;
+    for (sandbox, _, c) in &pods {
+        rt.remove_container(c).await.expect("remove");
+        rt.remove_container(&sandbox.id).await.expect("remove");
+        network.detach(&sandbox.id).await.expect("detach");
+        assert_eq!(network.address(&sandbox.id), None);
+    }
+    served.expect("the hostPort answered");
+    // host-local keeps one file per address it handed out: none are left.
+    let ipam = std::fs::read_dir(dir.path().join("network/ipam/arhat"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(ipam, 0, "every address given back");
+}
+
+#[tokio::test]
+async fn the_pod_network_attaches_docker_sandboxes() {
+    the_pod_network_attaches_sandboxes(RuntimeKind::Docker).await;
+}

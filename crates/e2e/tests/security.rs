@@ -44,7 +44,8 @@ async fn security_context_host_namespaces_dns_and_aliases_apply() -> anyhow::Res
          echo ndots=$(grep -c 'options ndots:2' /etc/resolv.conf); \
          echo nameserver=$(grep nameserver /etc/resolv.conf); \
          echo search=$(grep search /etc/resolv.conf); \
-         echo alias=$(grep -c '10.1.2.3' /etc/hosts); echo done; exec sleep 3600",
+         echo alias=$(grep -cE '^10[.]1[.]2[.]3[[:space:]]+foo[.]example[[:space:]]+bar[.]example$' /etc/hosts); \
+         echo self=$(grep -cE \"[[:space:]]$(hostname)$\" /etc/hosts); echo done; exec sleep 3600",
     );
     restricted["securityContext"] =
         json!({ "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false });
@@ -102,11 +103,14 @@ async fn security_context_host_namespaces_dns_and_aliases_apply() -> anyhow::Res
     );
     assert_eq!(value(&text, "search"), "search example.internal", "{text}");
     assert_eq!(value(&text, "ndots"), "1", "{text}");
+    // As a kubelet writes /etc/hosts: an alias's names on one line, and
+    // the pod's own name on its address.
     assert_eq!(
         value(&text, "alias"),
-        "2",
+        "1",
         "both names of the alias: {text}"
     );
+    assert_eq!(value(&text, "self"), "1", "the pod's own entry: {text}");
 
     let text = printed(&env, "secure", "caps").await?;
     // CAP_NET_BIND_SERVICE (bit 10) and nothing else.

@@ -3,7 +3,7 @@
 
 use proto::api::DnsConfig;
 
-/// What the runtime writes into the pod's resolv.conf.
+/// What the pod's resolv.conf says ([`super::etc`] writes it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolver {
     pub nameservers: Vec<String>,
@@ -15,19 +15,19 @@ pub struct Resolver {
 const MAX_NAMESERVERS: usize = 3;
 const MAX_SEARCHES: usize = 32;
 
-/// The pod's resolver, or `None` to leave the runtime's default (the
-/// device's own settings). ClusterFirst is treated as Default until the
-/// device serves the cluster's DNS itself.
-pub fn resolver(dns: Option<&DnsConfig>, host_resolv_conf: &str) -> Option<Resolver> {
-    let dns = dns?;
-    let none = dns.policy == "None";
-    if !none && dns.nameservers.is_empty() && dns.searches.is_empty() && dns.options.is_empty() {
-        return None;
-    }
-    let mut out = if none {
+/// The pod's resolver. ClusterFirst is treated as Default until the device
+/// serves the cluster's DNS itself. On its own network a pod cannot reach
+/// the device's loopback resolvers (systemd-resolved's 127.0.0.53), so they
+/// are left out there; on the host's network it keeps them.
+pub fn resolver(dns: Option<&DnsConfig>, host_resolv_conf: &str, host_network: bool) -> Resolver {
+    let device = || parse(host_resolv_conf, host_network);
+    let Some(dns) = dns else {
+        return device();
+    };
+    let mut out = if dns.policy == "None" {
         Resolver::default()
     } else {
-        parse(host_resolv_conf)
+        device()
     };
     let push_unique = |list: &mut Vec<String>, items: &[String]| {
         for item in items {
@@ -47,20 +47,18 @@ pub fn resolver(dns: Option<&DnsConfig>, host_resolv_conf: &str) -> Option<Resol
     }
     out.nameservers.truncate(MAX_NAMESERVERS);
     out.searches.truncate(MAX_SEARCHES);
-    Some(out)
+    out
 }
 
-/// The device's resolv.conf; loopback servers are left out (they mean
-/// nothing inside a pod's own network).
-fn parse(text: &str) -> Resolver {
+/// The device's resolv.conf; loopback servers only if `keep_loopback`.
+fn parse(text: &str, keep_loopback: bool) -> Resolver {
     let mut out = Resolver::default();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         match words.next() {
             Some("nameserver") => {
                 if let Some(ns) = words.next()
-                    && !ns.starts_with("127.")
-                    && ns != "::1"
+                    && (keep_loopback || (!ns.starts_with("127.") && ns != "::1"))
                 {
                     out.nameservers.push(ns.to_string());
                 }
@@ -100,8 +98,8 @@ mod tests {
                 &["ndots:2"],
             )),
             HOST,
-        )
-        .expect("set");
+            false,
+        );
         assert_eq!(r.nameservers, ["192.0.2.53"]);
         assert_eq!(r.searches, ["example.internal"]);
         assert_eq!(r.options, ["ndots:2"]);
@@ -109,15 +107,23 @@ mod tests {
 
     #[test]
     fn other_policies_add_to_the_devices_settings() {
+        let device = resolver(None, HOST, false);
+        assert_eq!(device.nameservers, ["10.0.0.2"]);
+        assert_eq!(device.options, ["ndots:1", "edns0"]);
         assert_eq!(
-            resolver(Some(&config("ClusterFirst", &[], &[], &[])), HOST),
-            None
+            resolver(Some(&config("ClusterFirst", &[], &[], &[])), HOST, false),
+            device
+        );
+        // On the host's network the device's loopback resolver works.
+        assert_eq!(
+            resolver(None, HOST, true).nameservers,
+            ["127.0.0.53", "10.0.0.2"]
         );
         let r = resolver(
             Some(&config("Default", &["192.0.2.53"], &["x"], &["ndots:5"])),
             HOST,
-        )
-        .expect("set");
+            false,
+        );
         assert_eq!(r.nameservers, ["10.0.0.2", "192.0.2.53"]);
         assert_eq!(r.searches, ["lan", "x"]);
         assert_eq!(r.options, ["edns0", "ndots:5"]);

@@ -6,6 +6,7 @@ mod action;
 pub mod admit;
 mod adopt;
 pub mod dns;
+mod etc;
 pub mod exec;
 mod instance;
 pub mod logs;
@@ -28,6 +29,7 @@ use proto::api::{PodSpec, PodStatus};
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::network::PodNetwork;
 use crate::runtime::{LABEL_POD_UID, Runtime, labels};
 
 /// How long a finished exec or port-forward stream waits for aranya to end
@@ -57,9 +59,21 @@ enum Origin {
     Restored(adopt::Found),
 }
 
+/// What every pod's worker is given of the device.
+struct Shared {
+    runtime: Arc<dyn Runtime>,
+    network: Arc<dyn PodNetwork>,
+    /// In the labels of everything a pod makes.
+    device: Arc<str>,
+    host_ip: String,
+    data_dir: std::path::PathBuf,
+    pulled: Arc<crate::imagegc::Pulled>,
+}
+
 /// Every pod on this device.
 pub struct PodManager {
     runtime: Arc<dyn Runtime>,
+    network: Arc<dyn PodNetwork>,
     /// This device's name, in the labels of everything its pods make.
     device: Arc<str>,
     host_ip: String,
@@ -85,12 +99,14 @@ impl std::fmt::Debug for PodManager {
 impl PodManager {
     pub fn new(
         runtime: Arc<dyn Runtime>,
+        network: Arc<dyn PodNetwork>,
         device: &str,
         host_ip: String,
         data_dir: std::path::PathBuf,
     ) -> Arc<Self> {
         Arc::new(Self {
             runtime,
+            network,
             device: device.into(),
             host_ip,
             pulled: crate::imagegc::Pulled::load(&data_dir),
@@ -142,9 +158,16 @@ impl PodManager {
                 "removing containers of pods this device no longer has"
             );
         }
-        for o in leftovers {
+        for o in &leftovers {
             self.runtime.remove_container(&o.id).await?;
         }
+        // Attachments of sandboxes the runtime lost meanwhile are given back.
+        let alive: HashSet<String> = objects
+            .iter()
+            .filter(|o| !leftovers.iter().any(|l| l.id == o.id))
+            .map(|o| o.id.clone())
+            .collect();
+        self.network.sweep(&alive).await;
         let count = specs.len();
         for spec in specs {
             info!(uid = %spec.uid, pod = %format!("{}/{}", spec.namespace, spec.name), "restoring a saved pod");
@@ -258,15 +281,15 @@ impl PodManager {
                 changed.notify_one();
             }
         };
-        let worker = worker::Worker::new(
-            self.runtime.clone(),
-            self.device.clone(),
-            spec,
-            self.host_ip.clone(),
-            self.data_dir.clone(),
-            self.pulled.clone(),
-            publish,
-        );
+        let shared = Shared {
+            runtime: self.runtime.clone(),
+            network: self.network.clone(),
+            device: self.device.clone(),
+            host_ip: self.host_ip.clone(),
+            data_dir: self.data_dir.clone(),
+            pulled: self.pulled.clone(),
+        };
+        let worker = worker::Worker::new(shared, spec, publish);
         tokio::spawn(
             async move {
                 worker.run(delete_rx, found).await;
@@ -334,6 +357,9 @@ impl PodManager {
                 for o in &objects {
                     if let Err(e) = self.runtime.remove_container(&o.id).await {
                         warn!(id = %o.id, error = %e, "removing a leftover container");
+                    }
+                    if let Err(e) = self.network.detach(&o.id).await {
+                        warn!(id = %o.id, error = %e, "detaching a leftover sandbox");
                     }
                 }
             }

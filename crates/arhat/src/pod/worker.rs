@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, action, probe, status};
+use crate::network::PodNetwork;
 use crate::runtime::{
     ContainerInfo, ContainerSpec, ContainerState, Mount, PortMapping, PullAuth, Runtime,
     RuntimeError, Sandbox, SandboxSpec, labels,
@@ -46,6 +47,7 @@ struct State {
 
 pub struct Worker {
     runtime: Arc<dyn Runtime>,
+    network: Arc<dyn PodNetwork>,
     device: Arc<str>,
     spec: PodSpec,
     state: Arc<Mutex<State>>,
@@ -56,6 +58,8 @@ pub struct Worker {
     data_dir: PathBuf,
     /// Host path of each volume, once prepared.
     volumes: HashMap<String, PathBuf>,
+    /// The pod's /etc/hosts and resolv.conf, for every container.
+    etc_mounts: Vec<Mount>,
     /// Instances an earlier run left that this one takes over, per container.
     adopted: Mutex<HashMap<(Kind, usize), ContainerInfo>>,
     /// Images this agent pulled, for their garbage collection.
@@ -64,17 +68,22 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
-        runtime: Arc<dyn Runtime>,
-        device: Arc<str>,
+        shared: super::Shared,
         spec: PodSpec,
-        host_ip: String,
-        data_dir: PathBuf,
-        pulled: Arc<crate::imagegc::Pulled>,
         publish: impl Fn(PodStatus) + Send + Sync + 'static,
     ) -> Self {
+        let super::Shared {
+            runtime,
+            network,
+            device,
+            host_ip,
+            data_dir,
+            pulled,
+        } = shared;
         let status = status::initial(&spec, &host_ip);
         Self {
             runtime,
+            network,
             device,
             spec,
             state: Arc::new(Mutex::new(State {
@@ -86,6 +95,7 @@ impl Worker {
             sandbox_attempt: 0,
             data_dir,
             volumes: HashMap::new(),
+            etc_mounts: Vec::new(),
             adopted: Mutex::default(),
             pulled,
         }
@@ -217,6 +227,7 @@ impl Worker {
                 }
             });
             let sandbox_id = sandbox.id.clone();
+            self.etc_mounts = self.write_etc(sandbox.ip.as_deref()).await;
             self.sandbox = Some(sandbox);
             if self.volumes.is_empty() {
                 self.volumes = self.prepare_volumes().await;
@@ -235,6 +246,7 @@ impl Worker {
             }
             let again = self.wants_new_sandbox();
             self.sandbox_changed(again).await;
+            self.detach(&sandbox_id).await;
             if !again {
                 return;
             }
@@ -377,13 +389,22 @@ impl Worker {
     /// restarts nothing. Returns the sandbox and when it started.
     async fn adopt(&self, found: &super::adopt::Found) -> Option<(Sandbox, i64)> {
         let id = found.sandbox.as_ref()?;
-        let sandbox = match self.runtime.sandbox(id).await {
+        let mut sandbox = match self.runtime.sandbox(id).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "inspecting the sandbox left running");
                 return None;
             }
         };
+        if !self.spec.host_network {
+            // Its address is the network's, kept over the agent's restart;
+            // a sandbox without one cannot serve the pod.
+            let Some(address) = self.network.address(id) else {
+                warn!(sandbox = %id, "the sandbox left running has no network attachment");
+                return None;
+            };
+            sandbox.ip = Some(address.to_string());
+        }
         let started = match self.runtime.inspect_container(id).await {
             Ok(ContainerInfo {
                 state: ContainerState::Running { started_at },
@@ -444,6 +465,7 @@ impl Worker {
             if let Err(e) = self.runtime.remove_container(id).await {
                 warn!(error = %e, "removing what an earlier run left");
             }
+            self.detach(id).await;
         }
         if found.all.is_empty() {
             return;
@@ -475,6 +497,8 @@ impl Worker {
         }
     }
 
+    /// Makes the pod's sandbox and attaches it to the pod network, retrying
+    /// (with the reason shown) until both work.
     async fn sandbox(&self) -> Sandbox {
         let spec = SandboxSpec {
             labels: self
@@ -487,39 +511,107 @@ impl Worker {
             hostname: self.spec.hostname.clone(),
             host_network: self.spec.host_network,
             host_ipc: self.spec.host_ipc,
-            dns: super::dns::resolver(
-                self.spec.dns.as_ref(),
-                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-            ),
-            host_aliases: self
-                .spec
-                .host_aliases
-                .iter()
-                .map(|a| (a.ip.clone(), a.hostnames.clone()))
-                .collect(),
-            ports: self
-                .spec
-                .containers
-                .iter()
-                .flat_map(|c| &c.ports)
-                .filter(|p| p.host_port > 0 && !self.spec.host_network)
-                .map(|p| PortMapping {
-                    container_port: u16::try_from(p.container_port).unwrap_or(0),
-                    protocol: p.protocol.to_ascii_lowercase(),
-                    host_port: u16::try_from(p.host_port).unwrap_or(0),
-                    host_ip: p.host_ip.clone(),
-                })
-                .collect(),
         };
         let mut delay = Duration::from_secs(1);
         loop {
-            match self.runtime.create_sandbox(&spec).await {
-                Ok(sandbox) => return sandbox,
+            let failed = match self.runtime.create_sandbox(&spec).await {
+                Ok(sandbox) if self.spec.host_network => return sandbox,
+                Ok(sandbox) => match self.attach(sandbox).await {
+                    Ok(sandbox) => return sandbox,
+                    Err(e) => e,
+                },
+                Err(e) => e.to_string(),
+            };
+            warn!(error = %failed, "creating the pod sandbox");
+            self.update(|s| {
+                s.reason = "FailedCreatePodSandBox".into();
+                s.message = failed.clone();
+            });
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Attaches a new sandbox's namespace to the pod network; a sandbox that
+    /// cannot be attached is removed (the next attempt makes another).
+    async fn attach(&self, mut sandbox: Sandbox) -> Result<Sandbox, String> {
+        let attached = match self.runtime.network_namespace(&sandbox.id).await {
+            Ok(netns) => self
+                .network
+                .attach(&sandbox.id, &netns, &self.host_ports())
+                .await
+                .map_err(|e| format!("setting up the pod network: {e}")),
+            Err(e) => Err(format!("the sandbox's network namespace: {e}")),
+        };
+        match attached {
+            Ok(address) => {
+                sandbox.ip = Some(address.to_string());
+                Ok(sandbox)
+            }
+            Err(e) => {
+                if let Err(removing) = self.runtime.remove_container(&sandbox.id).await {
+                    warn!(error = %removing, "removing a sandbox left without a network");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back the network of a sandbox that is gone.
+    async fn detach(&self, sandbox: &str) {
+        if let Err(e) = self.network.detach(sandbox).await {
+            warn!(%sandbox, error = %e, "detaching the sandbox from the pod network");
+        }
+    }
+
+    /// The pod's hostPorts, published on the device by the pod network.
+    fn host_ports(&self) -> Vec<PortMapping> {
+        self.spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter(|p| p.host_port > 0)
+            .map(|p| PortMapping {
+                container_port: u16::try_from(p.container_port).unwrap_or(0),
+                protocol: p.protocol.to_ascii_lowercase(),
+                host_port: u16::try_from(p.host_port).unwrap_or(0),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect()
+    }
+
+    /// Writes the pod's /etc/hosts and resolv.conf for the sandbox at `ip`
+    /// (none on the host's network); returns their mounts.
+    async fn write_etc(&self, ip: Option<&str>) -> Vec<Mount> {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let device_hosts = read("/etc/hosts");
+        let aliases: Vec<(String, Vec<String>)> = self
+            .spec
+            .host_aliases
+            .iter()
+            .map(|a| (a.ip.clone(), a.hostnames.clone()))
+            .collect();
+        let files = super::etc::Files {
+            hostname: &self.spec.hostname,
+            pod_ip: ip.filter(|_| !self.spec.host_network),
+            host_aliases: &aliases,
+            device_hosts: &device_hosts,
+            resolver: super::dns::resolver(
+                self.spec.dns.as_ref(),
+                &read("/etc/resolv.conf"),
+                self.spec.host_network,
+            ),
+        };
+        let dir = super::volumes::pod_dir(&self.data_dir, &self.spec.uid);
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match super::etc::write(&dir, &files) {
+                Ok(mounts) => return mounts,
                 Err(e) => {
-                    warn!(error = %e, "creating the pod sandbox");
+                    warn!(error = %e, "writing the pod's /etc/hosts and resolv.conf");
                     self.update(|s| {
                         s.reason = "FailedCreatePodSandBox".into();
-                        s.message = e.to_string();
+                        s.message = format!("writing the pod's /etc/hosts and resolv.conf: {e}");
                     });
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
@@ -558,32 +650,42 @@ impl Worker {
 
     /// The container's volume mounts as host binds.
     fn mounts(&self, c: &Container) -> Result<Vec<Mount>, String> {
-        c.mounts
-            .iter()
-            .map(|m| {
-                let volume = self
-                    .volumes
-                    .get(&m.volume)
-                    .ok_or_else(|| format!("volume {:?} is not defined in the pod", m.volume))?;
-                let host_path = if m.sub_path.is_empty() {
-                    volume.clone()
-                } else {
-                    let path = super::volumes::contained(volume, &m.sub_path)
-                        .ok_or_else(|| format!("subPath {:?} leaves its volume", m.sub_path))?;
-                    // As a kubelet: a missing subPath is created as a directory.
-                    if !path.exists() {
-                        std::fs::create_dir_all(&path)
-                            .map_err(|e| format!("subPath {:?}: {e}", m.sub_path))?;
-                    }
-                    path
-                };
-                Ok(Mount {
-                    host_path,
-                    container_path: m.mount_path.clone(),
-                    read_only: m.read_only,
+        let mut mounts: Vec<Mount> =
+            c.mounts
+                .iter()
+                .map(|m| {
+                    let volume = self.volumes.get(&m.volume).ok_or_else(|| {
+                        format!("volume {:?} is not defined in the pod", m.volume)
+                    })?;
+                    let host_path = if m.sub_path.is_empty() {
+                        volume.clone()
+                    } else {
+                        let path = super::volumes::contained(volume, &m.sub_path)
+                            .ok_or_else(|| format!("subPath {:?} leaves its volume", m.sub_path))?;
+                        // As a kubelet: a missing subPath is created as a directory.
+                        if !path.exists() {
+                            std::fs::create_dir_all(&path)
+                                .map_err(|e| format!("subPath {:?}: {e}", m.sub_path))?;
+                        }
+                        path
+                    };
+                    Ok(Mount {
+                        host_path,
+                        container_path: m.mount_path.clone(),
+                        read_only: m.read_only,
+                    })
                 })
-            })
-            .collect()
+                .collect::<Result<_, String>>()?;
+        // The pod's files, unless the container mounts its own there.
+        for etc in &self.etc_mounts {
+            if !mounts
+                .iter()
+                .any(|m| m.container_path == etc.container_path)
+            {
+                mounts.push(etc.clone());
+            }
+        }
+        Ok(mounts)
     }
 
     /// Runs init container `i` to success; false if the pod failed for good.
@@ -1266,6 +1368,9 @@ impl Worker {
             if let Err(e) = self.runtime.remove_container(id).await {
                 warn!(error = %e, "removing a container");
             }
+        }
+        if let Some(sandbox) = &self.sandbox {
+            self.detach(&sandbox.id).await;
         }
         let dir = super::volumes::pod_dir(&self.data_dir, &self.spec.uid);
         if let Err(e) = std::fs::remove_dir_all(&dir)

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::{
-    ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Labelled, LogOptions, LogStream,
+    ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Labelled, LogOptions, LogStream, Mount,
     Process, PullAuth, Runtime, RuntimeError, Sandbox, SandboxSpec,
 };
 
@@ -30,6 +30,7 @@ pub type MakeLogs = dyn Fn() -> LogStream + Send + Sync;
 pub struct Object {
     pub labels: HashMap<String, String>,
     pub command: Vec<String>,
+    pub mounts: Vec<Mount>,
     /// Its state, watched by waiters; `None` once removed.
     state: watch::Sender<Option<ContainerState>>,
 }
@@ -164,6 +165,15 @@ impl Fake {
         self.add(sandbox, labels, Vec::new(), state)
     }
 
+    /// What the container was created with mounted.
+    pub fn mounts(&self, id: &str) -> Vec<Mount> {
+        lock(&self.objects)
+            .by_id
+            .get(id)
+            .map(|o| o.mounts.clone())
+            .unwrap_or_default()
+    }
+
     pub fn state(&self, id: &str) -> Option<ContainerState> {
         lock(&self.objects).by_id.get(id).and_then(Object::state)
     }
@@ -193,6 +203,7 @@ impl Fake {
             Object {
                 labels,
                 command,
+                mounts: Vec::new(),
                 state,
             },
         );
@@ -327,7 +338,11 @@ impl Runtime for Fake {
             .chain(&spec.args)
             .cloned()
             .collect::<Vec<_>>();
-        Ok(self.add(false, spec.labels.clone(), command, ContainerState::Created))
+        let id = self.add(false, spec.labels.clone(), command, ContainerState::Created);
+        if let Some(o) = lock(&self.objects).by_id.get_mut(&id) {
+            o.mounts = spec.mounts.clone();
+        }
+        Ok(id)
     }
 
     async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {

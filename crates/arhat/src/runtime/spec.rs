@@ -2,7 +2,9 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-/// The sandbox (infra container) holding a pod's network namespace.
+/// The sandbox (infra container) holding a pod's network namespace. Unless
+/// `host_network`, the namespace is made without any network: arhat wires it
+/// ([`crate::network`]) and writes the pod's /etc/hosts and resolv.conf.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxSpec {
     pub pod_uid: String,
@@ -13,14 +15,8 @@ pub struct SandboxSpec {
     pub attempt: u32,
     pub hostname: String,
     pub host_network: bool,
-    /// Ports published on the device: the sandbox owns the pod's network.
-    pub ports: Vec<PortMapping>,
     /// The host's IPC namespace instead of the pod's own.
     pub host_ipc: bool,
-    /// The pod's resolv.conf; `None` leaves the runtime's default.
-    pub dns: Option<crate::pod::dns::Resolver>,
-    /// Extra /etc/hosts entries: (address, names).
-    pub host_aliases: Vec<(String, Vec<String>)>,
     /// To store as given ([`super::labels`]).
     pub labels: HashMap<String, String>,
 }

@@ -414,7 +414,13 @@ fn fake(logs: impl Fn() -> LogStream + Send + Sync + 'static) -> Arc<Fake> {
 /// A pod with one running container `app` on the fake runtime.
 async fn running_pod(fake: Arc<Fake>) -> (Arc<PodManager>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pods = PodManager::new(fake, "dev", "10.0.0.1".into(), dir.path().to_path_buf());
+    let pods = PodManager::new(
+        fake,
+        Arc::new(crate::network::fake::FakeNetwork::default()),
+        "dev",
+        "10.0.0.1".into(),
+        dir.path().to_path_buf(),
+    );
     pods.ensure(PodSpec {
         uid: "u".into(),
         namespace: "ns".into(),

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use proto::api::{Container, PodEvent, PodSpec, PodStatus, container_state::State as Phase};
 
 use crate::{
+    network::{PodNetwork, fake::FakeNetwork},
     pod::PodManager,
     runtime::{
         ContainerState, LABEL_ATTEMPT, LABEL_CONTAINER, LABEL_POD_UID, SANDBOX, fake::Fake,
@@ -18,6 +19,7 @@ const UID: &str = "u1";
 
 struct Rig {
     fake: Arc<Fake>,
+    network: Arc<FakeNetwork>,
     pods: Arc<PodManager>,
     events: Arc<std::sync::Mutex<Vec<PodEvent>>>,
     _dir: tempfile::TempDir,
@@ -26,9 +28,11 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let fake = Arc::new(Fake::default());
+        let network = Arc::new(FakeNetwork::default());
         let dir = tempfile::tempdir().expect("tempdir");
         let pods = PodManager::new(
             fake.clone(),
+            network.clone(),
             "dev",
             "10.0.0.1".into(),
             dir.path().to_path_buf(),
@@ -45,6 +49,7 @@ impl Rig {
         });
         Self {
             fake,
+            network,
             pods,
             events,
             _dir: dir,
@@ -81,6 +86,16 @@ impl Rig {
     fn objects(&self, container: &str) -> Vec<String> {
         self.fake
             .find(&[(LABEL_POD_UID, UID), (LABEL_CONTAINER, container)])
+    }
+}
+
+/// Whose objects the pod's are, as an earlier run labelled them.
+fn owner() -> Owner<'static> {
+    Owner {
+        device: "dev",
+        pod_uid: UID,
+        namespace: "ns",
+        pod_name: "web",
     }
 }
 
@@ -239,7 +254,33 @@ async fn a_dead_sandbox_is_made_again_and_the_pod_starts_anew_in_it() {
         "the new sandbox is attempt 1"
     );
     assert!(rig.reasons().iter().any(|r| r == "SandboxChanged"));
-    assert_ne!(after.pod_ip, "", "the new sandbox's address");
+    // The dead sandbox's address is given back; the new one has its own.
+    assert_eq!(rig.network.detached(), [sandbox]);
+    assert_eq!(rig.network.attached(), [sandboxes[0].clone()].into());
+    assert_eq!(before.pod_ip, "10.0.0.1");
+    assert_eq!(after.pod_ip, "10.0.0.2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pods_files_carry_its_address_and_every_container_mounts_them() {
+    let rig = Rig::new();
+    let mut spec = pod("Always", vec![], vec![container("app", &[])]);
+    spec.hostname = "web".into();
+    rig.run(spec);
+    let s = rig.until("running", running).await;
+    let app = rig.objects("app")[0].clone();
+    let mounts = rig.fake.mounts(&app);
+    let hosts = mounts
+        .iter()
+        .find(|m| m.container_path == "/etc/hosts")
+        .expect("/etc/hosts mounted");
+    let text = std::fs::read_to_string(&hosts.host_path).expect("hosts file");
+    assert!(text.contains(&format!("{}\tweb\n", s.pod_ip)), "{text}");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.container_path == "/etc/resolv.conf")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -273,16 +314,17 @@ async fn a_runtime_outage_restarts_nothing() {
 #[tokio::test(start_paused = true)]
 async fn what_an_earlier_run_left_running_is_taken_over() {
     let rig = Rig::new();
-    let owner = Owner {
-        device: "dev",
-        pod_uid: UID,
-        namespace: "ns",
-        pod_name: "web",
-    };
+    let owner = owner();
     let sandbox = rig.fake.insert(true, owner.labels(SANDBOX, 0), true);
+    let address = rig
+        .network
+        .attach(&sandbox, std::path::Path::new("/proc/self/ns/net"), &[])
+        .await
+        .expect("attached");
     let app = rig.fake.insert(false, owner.labels("app", 2), true);
     rig.run(pod("Always", vec![], vec![container("app", &[])]));
     let s = rig.until("running", running).await;
+    assert_eq!(s.pod_ip, address.to_string(), "the address it had");
     assert_eq!(s.containers[0].container_id, format!("fake://{app}"));
     assert_eq!(s.containers[0].restart_count, 2);
     assert_eq!(rig.fake.calls("create_sandbox"), 0);
@@ -294,6 +336,23 @@ async fn what_an_earlier_run_left_running_is_taken_over() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_sandbox_left_without_its_network_is_replaced() {
+    let rig = Rig::new();
+    let owner = owner();
+    let sandbox = rig.fake.insert(true, owner.labels(SANDBOX, 0), true);
+    rig.fake.insert(false, owner.labels("app", 0), true);
+    rig.run(pod("Always", vec![], vec![container("app", &[])]));
+    let s = rig.until("running", running).await;
+    assert_eq!(rig.fake.calls("create_sandbox"), 1);
+    assert!(
+        !rig.objects(SANDBOX).contains(&sandbox),
+        "the old one is removed"
+    );
+    assert_eq!(s.containers[0].restart_count, 1);
+    assert_eq!(s.pod_ip, "10.0.0.1");
+}
+
+#[tokio::test(start_paused = true)]
 async fn deletion_stops_then_removes_every_object() {
     let rig = Rig::new();
     rig.run(pod("Always", vec![], vec![container("app", &[])]));
@@ -302,4 +361,5 @@ async fn deletion_stops_then_removes_every_object() {
     assert!(status.removed || rig.pods.status(UID).is_none_or(|s| s.removed));
     assert!(rig.fake.find(&[(LABEL_POD_UID, UID)]).is_empty());
     assert!(rig.fake.calls("stop_container") >= 1);
+    assert!(rig.network.attached().is_empty(), "its address given back");
 }

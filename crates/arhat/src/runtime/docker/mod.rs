@@ -245,52 +245,15 @@ impl Runtime for Docker {
             spec.attempt,
         );
         let body = ContainerCreateBody {
-            exposed_ports: (!spec.ports.is_empty()).then(|| {
-                spec.ports
-                    .iter()
-                    .map(|p| format!("{}/{}", p.container_port, p.protocol))
-                    .collect()
-            }),
             image: Some(PAUSE_IMAGE.to_string()),
             hostname: (!spec.host_network && !spec.hostname.is_empty())
                 .then(|| spec.hostname.clone()),
             labels: Some(spec.labels.clone()),
             host_config: Some(HostConfig {
-                network_mode: Some(if spec.host_network { "host" } else { "bridge" }.to_string()),
+                // Without a network of Docker's: arhat attaches the namespace.
+                network_mode: Some(if spec.host_network { "host" } else { "none" }.to_string()),
                 // The pod's containers join its IPC namespace.
                 ipc_mode: Some(if spec.host_ipc { "host" } else { "shareable" }.to_string()),
-                // The network's owner holds resolv.conf and hosts for the pod.
-                dns: spec.dns.as_ref().map(|d| d.nameservers.clone()),
-                dns_search: spec.dns.as_ref().map(|d| {
-                    if d.searches.is_empty() {
-                        // Docker's way of saying "no search domains".
-                        vec![".".to_string()]
-                    } else {
-                        d.searches.clone()
-                    }
-                }),
-                dns_options: spec.dns.as_ref().map(|d| d.options.clone()),
-                extra_hosts: (!spec.host_aliases.is_empty()).then(|| {
-                    spec.host_aliases
-                        .iter()
-                        .flat_map(|(ip, names)| names.iter().map(move |n| format!("{n}:{ip}")))
-                        .collect()
-                }),
-                port_bindings: (!spec.ports.is_empty()).then(|| {
-                    spec.ports
-                        .iter()
-                        .map(|p| {
-                            let binding = bollard::models::PortBinding {
-                                host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
-                                host_port: Some(p.host_port.to_string()),
-                            };
-                            (
-                                format!("{}/{}", p.container_port, p.protocol),
-                                Some(vec![binding]),
-                            )
-                        })
-                        .collect()
-                }),
                 ..Default::default()
             }),
             ..Default::default()
