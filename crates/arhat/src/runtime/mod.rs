@@ -5,7 +5,8 @@
 //! Done once above the seam, so no runtime repeats it: the labels that tie
 //! objects to pods ([`labels`]; a runtime stores and lists them), exact log
 //! filtering (time, bytes, timestamps), image bookkeeping for garbage
-//! collection, and how the image filesystem's use is measured.
+//! collection, how the image filesystem's use is measured, and the pod
+//! network with the pod's /etc/hosts and resolv.conf ([`crate::network`]).
 
 pub mod docker;
 mod error;
@@ -61,6 +62,11 @@ pub async fn connect(config: &RuntimeConfig) -> Result<Option<Arc<dyn Runtime>>,
 ///   with [`RuntimeError::NotFound`], never another kind.
 /// - A runtime that does not answer fails with [`RuntimeError::Unavailable`],
 ///   so the caller can tell an outage from a broken pod.
+/// - The pod network is not the runtime's: a sandbox not on the host's
+///   network is created with a network namespace of its own holding nothing
+///   but loopback, and [`Runtime::network_namespace`] of the sandbox hands it
+///   to arhat, which attaches it ([`crate::network`]) and gives the pod its
+///   address, hostPorts, /etc/hosts and resolv.conf (mounted like volumes).
 /// - Calls may come concurrently for different objects.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -90,7 +96,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// stays). An absent reference is not an error.
     async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError>;
 
-    /// Creates and starts the pod's sandbox.
+    /// Creates and starts the pod's sandbox: its own network namespace
+    /// without any network (or the host's, for `host_network`) and IPC
+    /// namespace, alive until it is removed.
     async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError>;
     /// A sandbox created earlier (by this agent or a previous run), with its
     /// address and whether it is still ready.
@@ -131,7 +139,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError>;
     /// Attaches to a running container's own process.
     async fn attach(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError>;
-    /// The network namespace (a path to open) a running container is in:
-    /// port-forward dials from inside it, as a kubelet does.
+    /// The network namespace (a path to open) a running sandbox or container
+    /// is in: arhat attaches a new sandbox's to the pod network, and
+    /// port-forward and probes dial from inside it, as a kubelet does.
     async fn network_namespace(&self, id: &str) -> Result<PathBuf, RuntimeError>;
 }
