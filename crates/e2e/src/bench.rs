@@ -110,6 +110,7 @@ impl BenchBed {
             log: "warn",
             quick: false,
             mqtt,
+            runtime: arhat::config::RuntimeKind::Docker,
             extra: arhat_extra,
         })?;
         std::fs::write(&config, yaml)?;

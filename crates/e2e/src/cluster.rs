@@ -219,6 +219,8 @@ pub struct TestEnv {
     pub grpc_port: u16,
     /// How this test's devices reach aranya.
     pub transport: Transport,
+    /// What this test's devices run pods on.
+    pub runtime: arhat::config::RuntimeKind,
     /// The test's own Mosquitto, for MQTT tests.
     broker: std::sync::Mutex<Option<testbed::Broker>>,
     /// Devices created here; their containers are removed when the test ends.
@@ -260,6 +262,13 @@ impl TestEnv {
             )?;
             env.broker = std::sync::Mutex::new(Some(broker));
         }
+        Ok(env)
+    }
+
+    /// A test whose devices run pods on `runtime` (over gRPC).
+    pub async fn on(test: &str, runtime: arhat::config::RuntimeKind) -> anyhow::Result<TestEnv> {
+        let mut env = Self::new(&format!("{test}-{}", crate::runtimes::name(runtime))).await?;
+        env.runtime = runtime;
         Ok(env)
     }
 
@@ -321,6 +330,7 @@ impl TestEnv {
             client,
             grpc_port: free_port()?,
             transport: Transport::Grpc,
+            runtime: arhat::config::RuntimeKind::Docker,
             broker: std::sync::Mutex::default(),
             name,
             dir,
@@ -434,6 +444,7 @@ impl TestEnv {
             log: "info,arhat=debug,connectivity=debug",
             quick: true,
             mqtt: self.transport.methods(self.broker_address().as_deref()).1,
+            runtime: self.runtime,
             extra,
         })?;
         std::fs::write(&path, config)?;
@@ -636,6 +647,7 @@ pub struct ArhatConfig<'a> {
     pub quick: bool,
     /// Dial through this broker instead of aranya's gRPC endpoint.
     pub mqtt: Option<MqttMethod>,
+    pub runtime: arhat::config::RuntimeKind,
     /// More config YAML (e.g. a `host:` section, or `runtime.logs`), merged
     /// key by key over the rest.
     pub extra: &'a str,
@@ -657,13 +669,14 @@ pub fn arhat_config_yaml(c: &ArhatConfig<'_>) -> anyhow::Result<String> {
         ("500ms", "10s", "10s")
     };
     let base = format!(
-        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: {max}\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: docker\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n",
+        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: {max}\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: {runtime}\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n",
         device = c.device,
         port = c.port,
         ca = c.ca_file.display(),
         pause = crate::process::pause_binary()?.display(),
         data = c.data_dir.display(),
         log = c.log,
+        runtime = crate::runtimes::name(c.runtime),
     );
     let mut config: serde_norway::Value = serde_norway::from_str(&base)?;
     merge_yaml(

@@ -18,6 +18,7 @@ pub mod pods;
 pub mod process;
 pub mod pty;
 pub mod registry;
+pub mod runtimes;
 pub mod spdy_client;
 pub mod transport;
 pub mod wait;

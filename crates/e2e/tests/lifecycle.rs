@@ -30,9 +30,9 @@ fn terminated(pod: &Pod) -> Option<ContainerStateTerminated> {
         .clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn post_start_and_pre_stop_run_in_order() -> anyhow::Result<()> {
-    let env = TestEnv::new("hooks").await?;
+e2e::over_runtimes! {
+async fn post_start_and_pre_stop_run_in_order(runtime) -> anyhow::Result<()> {
+    let env = TestEnv::on("hooks", runtime).await?;
     let up = env.device_up("a", 10).await?;
     let dir = env.dir.join("hooks");
     std::fs::create_dir_all(&dir)?;
@@ -84,10 +84,11 @@ async fn post_start_and_pre_stop_run_in_order() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn termination_messages_and_failed_hooks_surface() -> anyhow::Result<()> {
-    let env = TestEnv::new("termmsg").await?;
+e2e::over_runtimes! {
+async fn termination_messages_and_failed_hooks_surface(runtime) -> anyhow::Result<()> {
+    let env = TestEnv::on("termmsg", runtime).await?;
     let up = env.device_up("a", 10).await?;
     let never = |c: serde_json::Value| json!({ "restartPolicy": "Never", "containers": [c] });
     create_pod(
@@ -140,4 +141,5 @@ async fn termination_messages_and_failed_hooks_surface() -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
 }

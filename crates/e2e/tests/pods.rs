@@ -644,10 +644,10 @@ async fn private_images_pull_with_image_pull_secrets(transport) -> anyhow::Resul
 }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn host_ports_are_published_on_the_device() -> anyhow::Result<()> {
+e2e::over_runtimes! {
+async fn host_ports_are_published_on_the_device(runtime) -> anyhow::Result<()> {
     use std::io::{Read, Write};
-    let env = TestEnv::new("hostport").await?;
+    let env = TestEnv::on("hostport", runtime).await?;
     let up = env.device_up("a", 10).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -676,6 +676,7 @@ async fn host_ports_are_published_on_the_device() -> anyhow::Result<()> {
     .await?;
     assert!(body.starts_with("HTTP/1."), "{body}");
     Ok(())
+}
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -83,9 +83,9 @@ async fn wait_event(env: &TestEnv, pod: &str, reason: &str, text: &str) -> anyho
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn readiness_decides_endpoint_slice_membership() -> anyhow::Result<()> {
-    let env = TestEnv::new("readiness").await?;
+e2e::over_runtimes! {
+async fn readiness_decides_endpoint_slice_membership(runtime) -> anyhow::Result<()> {
+    let env = TestEnv::on("readiness", runtime).await?;
     let up = env.device_up("a", 10).await?;
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.name);
     services
@@ -138,10 +138,11 @@ async fn readiness_decides_endpoint_slice_membership() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn liveness_and_startup_failures_restart_the_container() -> anyhow::Result<()> {
-    let env = TestEnv::new("liveness").await?;
+e2e::over_runtimes! {
+async fn liveness_and_startup_failures_restart_the_container(runtime) -> anyhow::Result<()> {
+    let env = TestEnv::on("liveness", runtime).await?;
     let up = env.device_up("a", 10).await?;
     let mut live = busybox(
         "app",
@@ -229,10 +230,11 @@ async fn liveness_and_startup_failures_restart_the_container() -> anyhow::Result
     assert!(!status.ready, "never started, never ready");
     Ok(())
 }
+}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn grpc_health_checks_gate_readiness() -> anyhow::Result<()> {
-    let env = TestEnv::new("grpcprobe").await?;
+e2e::over_runtimes! {
+async fn grpc_health_checks_gate_readiness(runtime) -> anyhow::Result<()> {
+    let env = TestEnv::on("grpcprobe", runtime).await?;
     let up = env.device_up("a", 10).await?;
     let health = HealthServer::start().await?;
     let mut app = busybox("app", "exec sleep 3600");
@@ -262,4 +264,5 @@ async fn grpc_health_checks_gate_readiness() -> anyhow::Result<()> {
     health.set_serving(true);
     wait_ready(&env, "grpc", true).await?;
     Ok(())
+}
 }

@@ -1,103 +1,181 @@
-//! The runtime conformance suite: each runtime against its real daemon,
-//! through the runtime seam alone. Every runtime: sandbox and containers,
-//! exit codes, exec with and without a terminal, objects found by their
-//! labels, a sandbox removed under its pod. Docker (the only runtime so far)
-//! also: log entries (times, outputs, tail, the since hint, TTY output,
-//! following until the container exits) and a missing container. A runtime
-//! that does not answer fails its tests, saying how to get it: never a
-//! silent pass.
+//! The runtime conformance suite: every runtime of [`e2e::runtimes::RUNTIMES`]
+//! against its real daemon, through the runtime seam alone. Sandbox and
+//! containers with their exit codes; objects found again by their labels,
+//! as a restarted agent finds them; a sandbox removed under its pod; exec
+//! with and without a terminal; attach to a container's own process; log
+//! entries with every option (time, output, tail, the since hint, terminal
+//! output, following until the container exits, a missing container);
+//! port-forward's dial inside the sandbox's namespace; the pod network;
+//! pulls with a registry's credentials and the image bookkeeping garbage
+//! collection relies on. A runtime that does not answer fails its tests,
+//! saying how to get it: never a silent pass.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use arhat::{
-    config::{RuntimeConfig, RuntimeKind},
+    config::RuntimeKind,
     runtime::{
         self, ContainerSpec, ContainerState, ExecSpec, LABEL_CONTAINER, LogEntry, LogOptions,
-        LogOutput, LogRotation, Runtime, RuntimeError, SANDBOX, SandboxSpec,
-        docker::Docker as Runtimed,
+        LogOutput, Process, PullAuth, Runtime, RuntimeError, SANDBOX, Sandbox, SandboxSpec,
         labels::{self, Owner},
     },
 };
-use bollard::{
-    Docker,
-    models::ContainerCreateBody,
-    query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder},
-};
 use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IMAGE: &str = e2e::images::BUSYBOX;
+const DEVICE: &str = "runtime-test";
 
-/// The runtime and a raw client, with the test image in place.
-async fn docker() -> (Runtimed, Docker) {
-    let runtime = Runtimed::connect(PathBuf::new(), LogRotation::default())
+/// The runtime of `kind` through the seam, as arhat makes it.
+async fn connected(kind: RuntimeKind) -> Arc<dyn Runtime> {
+    let config = arhat::config::RuntimeConfig {
+        kind,
+        pause_binary: e2e::process::pause_binary().expect("the pause binary (make pause)"),
+        ..Default::default()
+    };
+    e2e::images::ensure_busybox().expect("importing the test image");
+    runtime::connect(&config)
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "no dockerd answers ({e}): install Debian's docker.io and start dockerd \
-                 (scripts/docker.sh does both; make test runs it)"
+                "the {} runtime does not answer ({e}): {}",
+                e2e::runtimes::name(kind),
+                e2e::runtimes::how_to_get(kind)
             )
-        });
-    e2e::images::ensure_busybox().expect("importing the test image");
-    let client = Docker::connect_with_local_defaults().expect("a docker client");
-    (runtime, client)
-}
-
-/// A container removed when dropped.
-struct Container {
-    client: Docker,
-    id: String,
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let client = self.client.clone();
-        let id = self.id.clone();
-        // Drop cannot await; a short runtime of its own does the removal.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let options = RemoveContainerOptionsBuilder::default().force(true).build();
-            let _ = rt.block_on(client.remove_container(&id, Some(options)));
         })
-        .join()
-        .expect("removal thread");
+        .expect("a runtime kind that runs pods")
+}
+
+fn owner(uid: &str) -> Owner<'_> {
+    Owner {
+        device: DEVICE,
+        pod_uid: uid,
+        namespace: "ns",
+        pod_name: uid,
     }
 }
 
-async fn run(client: &Docker, name: &str, tty: bool, script: &str) -> Container {
-    let name = format!("arhat-logs-test-{name}-{}", std::process::id());
-    let body = ContainerCreateBody {
-        image: Some(IMAGE.into()),
-        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
-        tty: Some(tty),
+/// A pod's sandbox made through the seam; its objects are removed when
+/// it is dropped, whatever the test's outcome.
+struct Pod {
+    rt: Arc<dyn Runtime>,
+    uid: String,
+    sandbox: Sandbox,
+}
+
+impl Pod {
+    async fn new(rt: &Arc<dyn Runtime>, name: &str) -> Pod {
+        let uid = format!("{name}-{}-{}", std::process::id(), rand::random::<u16>());
+        let sandbox = rt
+            .create_sandbox(&SandboxSpec {
+                pod_uid: uid.clone(),
+                namespace: "ns".into(),
+                name: uid.clone(),
+                hostname: name.into(),
+                labels: owner(&uid).labels(SANDBOX, 0),
+                ..Default::default()
+            })
+            .await
+            .expect("create_sandbox");
+        assert!(sandbox.ready, "a new sandbox is ready");
+        Pod {
+            rt: rt.clone(),
+            uid,
+            sandbox,
+        }
+    }
+
+    fn spec(&self, name: &str, script: &str) -> ContainerSpec {
+        ContainerSpec {
+            pod_uid: self.uid.clone(),
+            namespace: "ns".into(),
+            pod_name: self.uid.clone(),
+            name: name.into(),
+            image: IMAGE.into(),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            labels: owner(&self.uid).labels(name, 0),
+            ..Default::default()
+        }
+    }
+
+    /// Creates and starts a container of `spec`; its id.
+    async fn start(&self, spec: &ContainerSpec) -> String {
+        let id = self
+            .rt
+            .create_container(&self.sandbox, spec)
+            .await
+            .expect("create_container");
+        self.rt.start_container(&id).await.expect("start");
+        id
+    }
+
+    async fn run(&self, name: &str, script: &str) -> String {
+        self.start(&self.spec(name, script)).await
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let (rt, uid) = (self.rt.clone(), self.uid.clone());
+        // Drop cannot await; a short runtime of its own does the removal.
+        let _ = std::thread::spawn(move || {
+            let Ok(tokio) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            tokio.block_on(async {
+                let objects = rt
+                    .list_labelled(&labels::of_pod(DEVICE, &uid))
+                    .await
+                    .unwrap_or_default();
+                for o in objects {
+                    let _ = rt.remove_container(&o.id).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn exec(rt: &Arc<dyn Runtime>, id: &str, command: &str, tty: bool) -> Process {
+    let spec = ExecSpec {
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        stdout: true,
+        stderr: !tty,
+        tty,
         ..Default::default()
     };
-    let options = CreateContainerOptionsBuilder::default().name(&name).build();
-    let id = client
-        .create_container(Some(options), body)
-        .await
-        .expect("create")
-        .id;
-    let container = Container {
-        client: client.clone(),
-        id,
+    rt.exec(id, &spec).await.expect("exec")
+}
+
+/// Exit code of `command` run in container `id`, with a terminal or without.
+async fn exec_code(rt: &Arc<dyn Runtime>, id: &str, command: &str, tty: bool) -> i32 {
+    let mut process = exec(rt, id, command, tty).await;
+    drop(process.stdin.take());
+    while process.output.next().await.is_some() {}
+    process.handle.exit_code().await.expect("exit code")
+}
+
+/// Reads the process's output until it holds `wanted`; all of it.
+async fn output_until(process: &mut Process, wanted: &str) -> String {
+    let mut seen = String::new();
+    let read = async {
+        while !seen.contains(wanted) {
+            match process.output.next().await {
+                Some(Ok((_, bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => break,
+            }
+        }
     };
-    client
-        .start_container(&container.id, None)
-        .await
-        .expect("start");
-    container
+    let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+    assert!(seen.contains(wanted), "{wanted:?} not in {seen:?}");
+    seen
 }
 
-async fn wait_exit(client: &Docker, id: &str) {
-    let mut wait = client.wait_container(id, None);
-    while wait.next().await.is_some() {}
-}
-
-async fn entries(runtime: &Runtimed, id: &str, options: LogOptions) -> Vec<LogEntry> {
-    let stream = runtime.logs(id, &options).await.expect("logs");
+async fn entries(rt: &Arc<dyn Runtime>, id: &str, options: LogOptions) -> Vec<LogEntry> {
+    let stream = rt.logs(id, &options).await.expect("logs");
     tokio::time::timeout(Duration::from_secs(20), stream.collect::<Vec<_>>())
         .await
         .expect("the log ends")
@@ -113,230 +191,231 @@ fn texts(entries: &[LogEntry]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn entries_carry_time_output_and_text() {
-    let (runtime, client) = docker().await;
-    let c = run(
-        &client,
-        "plain",
-        false,
-        "echo one; sleep 0.2; echo two >&2; sleep 1.2; echo three; printf last",
-    )
-    .await;
-    wait_exit(&client, &c.id).await;
-    let all = entries(&runtime, &c.id, LogOptions::default()).await;
-    assert_eq!(texts(&all), ["one\n", "two\n", "three\n", "last"]);
-    assert_eq!(all[1].output, LogOutput::Stderr);
-    assert!(all.iter().all(|e| e.time.is_some()), "{all:?}");
-    assert!(all.windows(2).all(|w| w[0].time <= w[1].time));
+// ---- sandbox and containers ----
 
-    let tail = entries(
-        &runtime,
-        &c.id,
-        LogOptions {
-            tail_lines: Some(2),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(texts(&tail), ["three\n", "last"]);
+e2e::over_runtimes! {
+    async fn sandbox_and_containers_keep_the_contract(kind) -> () {
+        let rt = connected(kind).await;
+        let pod = Pod::new(&rt, "contract").await;
 
-    // The hint may return earlier entries of the same second, never later ones lost.
-    let since = all[2].time;
-    let from = entries(
-        &runtime,
-        &c.id,
-        LogOptions {
-            since,
-            ..Default::default()
-        },
-    )
-    .await;
-    assert!(texts(&from).ends_with(&["three\n".to_string(), "last".to_string()]));
-    let second = since
-        .and_then(|t| jiff::Timestamp::from_second(t.as_second()).ok())
-        .expect("a time");
-    assert!(from.iter().all(|e| e.time >= Some(second)), "{from:?}");
-}
-
-#[tokio::test]
-async fn tty_output_is_split_into_lines() {
-    let (runtime, client) = docker().await;
-    let c = run(&client, "tty", true, "echo a; echo b").await;
-    wait_exit(&client, &c.id).await;
-    let all = entries(&runtime, &c.id, LogOptions::default()).await;
-    assert_eq!(texts(&all), ["a\r\n", "b\r\n"]);
-    assert!(all.iter().all(|e| e.time.is_some()), "{all:?}");
-}
-
-#[tokio::test]
-async fn follow_ends_when_the_container_exits() {
-    let (runtime, client) = docker().await;
-    let c = run(&client, "follow", false, "echo start; sleep 1; echo end").await;
-    let all = entries(
-        &runtime,
-        &c.id,
-        LogOptions {
-            follow: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(texts(&all), ["start\n", "end\n"]);
-}
-
-#[tokio::test]
-async fn a_missing_container_is_not_found() {
-    let (runtime, _) = docker().await;
-    let got = runtime
-        .logs("arhat-logs-test-no-such-container", &LogOptions::default())
-        .await;
-    assert!(matches!(got, Err(RuntimeError::NotFound(_))));
-}
-
-// ---- the seam's contract, for each runtime `runtime.kind` names ----
-
-/// The runtime of `kind` through the seam, as arhat makes it.
-async fn connected(kind: RuntimeKind) -> Arc<dyn Runtime> {
-    let config = RuntimeConfig {
-        kind,
-        pause_binary: e2e::process::pause_binary().expect("the pause binary (make pause)"),
-        ..Default::default()
-    };
-    e2e::images::ensure_busybox().expect("importing the test image");
-    runtime::connect(&config)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "the {kind:?} runtime does not answer ({e}): for Docker install Debian's \
-                 docker.io and start dockerd (scripts/docker.sh does both; make test runs it)"
-            )
-        })
-        .expect("a runtime kind that runs pods")
-}
-
-fn owner(uid: &str) -> Owner<'_> {
-    Owner {
-        device: "runtime-test",
-        pod_uid: uid,
-        namespace: "ns",
-        pod_name: uid,
-    }
-}
-
-fn busybox(uid: &str, name: &str, script: &str) -> ContainerSpec {
-    ContainerSpec {
-        pod_uid: uid.into(),
-        namespace: "ns".into(),
-        pod_name: uid.into(),
-        name: name.into(),
-        image: IMAGE.into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        labels: owner(uid).labels(name, 0),
-        ..Default::default()
-    }
-}
-
-/// Exit code of `command` run in container `id`, with a terminal or without.
-async fn exec_code(rt: &Arc<dyn Runtime>, id: &str, command: &str, tty: bool) -> i32 {
-    let spec = ExecSpec {
-        command: vec!["sh".into(), "-c".into(), command.into()],
-        stdout: true,
-        stderr: !tty,
-        tty,
-        ..Default::default()
-    };
-    let mut process = rt.exec(id, &spec).await.expect("exec");
-    drop(process.stdin.take());
-    while process.output.next().await.is_some() {}
-    process.handle.exit_code().await.expect("exit code")
-}
-
-async fn sandbox_and_containers_keep_the_contract(kind: RuntimeKind) {
-    let rt = connected(kind).await;
-    let uid = format!("conformance-{}", std::process::id());
-    let sandbox = rt
-        .create_sandbox(&SandboxSpec {
-            pod_uid: uid.clone(),
-            namespace: "ns".into(),
-            name: uid.clone(),
-            hostname: "conformance".into(),
-            labels: owner(&uid).labels(SANDBOX, 0),
-            ..Default::default()
-        })
-        .await
-        .expect("create_sandbox");
-    assert!(sandbox.ready, "a new sandbox is ready");
-
-    // A container's own exit code comes back from wait and inspect.
-    let exits = rt
-        .create_container(&sandbox, &busybox(&uid, "exits", "exit 3"))
-        .await
-        .expect("create_container");
-    rt.start_container(&exits).await.expect("start");
-    assert_eq!(rt.wait_container(&exits).await.expect("wait"), 3);
-    assert!(matches!(
-        rt.inspect_container(&exits).await.expect("inspect").state,
-        ContainerState::Exited { exit_code: 3, .. }
-    ));
-
-    // Exec, with a terminal and without, reports the command's exit code.
-    let runs = rt
-        .create_container(&sandbox, &busybox(&uid, "runs", "sleep 600"))
-        .await
-        .expect("create_container");
-    rt.start_container(&runs).await.expect("start");
-    assert_eq!(exec_code(&rt, &runs, "exit 7", false).await, 7);
-    assert_eq!(exec_code(&rt, &runs, "exit 5", true).await, 5);
-    assert!(rt.network_namespace(&runs).await.is_ok());
-
-    // Everything is found again by its labels, as a restarted agent finds it.
-    let found = rt
-        .list_labelled(&labels::of_pod("runtime-test", &uid))
-        .await
-        .expect("list_labelled");
-    let mut names: Vec<&str> = found
-        .iter()
-        .filter_map(|o| o.labels.get(LABEL_CONTAINER).map(String::as_str))
-        .collect();
-    names.sort_unstable();
-    assert_eq!(names, ["POD", "exits", "runs"]);
-
-    // A sandbox removed under its pod: the wait ends and it reads as gone.
-    let waiter = {
-        let (rt, id) = (rt.clone(), sandbox.id.clone());
-        tokio::spawn(async move { rt.wait_sandbox(&id).await })
-    };
-    rt.remove_container(&sandbox.id).await.expect("remove");
-    tokio::time::timeout(Duration::from_secs(30), waiter)
-        .await
-        .expect("the sandbox wait ended")
-        .expect("join")
-        .ok();
-    assert!(matches!(
-        rt.sandbox(&sandbox.id).await,
-        Err(RuntimeError::NotFound(_))
-    ));
-    for id in [exits, runs] {
-        rt.remove_container(&id).await.expect("remove");
+        // A container's own exit code comes back from wait and inspect.
+        let exits = pod.run("exits", "exit 3").await;
+        assert_eq!(rt.wait_container(&exits).await.expect("wait"), 3);
         assert!(matches!(
-            rt.inspect_container(&id).await,
+            rt.inspect_container(&exits).await.expect("inspect").state,
+            ContainerState::Exited { exit_code: 3, .. }
+        ));
+
+        // Exec, with a terminal and without, reports the command's exit code.
+        let runs = pod.run("runs", "sleep 600").await;
+        assert_eq!(exec_code(&rt, &runs, "exit 7", false).await, 7);
+        assert_eq!(exec_code(&rt, &runs, "exit 5", true).await, 5);
+        let mut tty = exec(&rt, &runs, "tty", true).await;
+        output_until(&mut tty, "/dev/pts/").await;
+        assert!(rt.network_namespace(&runs).await.is_ok());
+
+        // Everything is found again by its labels, as a restarted agent finds it.
+        let found = rt
+            .list_labelled(&labels::of_pod(DEVICE, &pod.uid))
+            .await
+            .expect("list_labelled");
+        let mut names: Vec<&str> = found
+            .iter()
+            .filter_map(|o| o.labels.get(LABEL_CONTAINER).map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["POD", "exits", "runs"]);
+        assert!(
+            found.iter().any(|o| o.id == runs && o.running),
+            "{found:?}"
+        );
+
+        // A sandbox removed under its pod: the wait ends and it reads as gone.
+        let waiter = {
+            let (rt, id) = (rt.clone(), pod.sandbox.id.clone());
+            tokio::spawn(async move { rt.wait_sandbox(&id).await })
+        };
+        rt.remove_container(&pod.sandbox.id).await.expect("remove");
+        tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("the sandbox wait ended")
+            .expect("join")
+            .ok();
+        assert!(matches!(
+            rt.sandbox(&pod.sandbox.id).await,
             Err(RuntimeError::NotFound(_))
         ));
+        for id in [exits, runs] {
+            rt.remove_container(&id).await.expect("remove");
+            assert!(matches!(
+                rt.inspect_container(&id).await,
+                Err(RuntimeError::NotFound(_))
+            ));
+            rt.remove_container(&id).await.expect("removing it again is no error");
+        }
     }
 }
 
-#[tokio::test]
-async fn docker_keeps_the_runtime_contract() {
-    sandbox_and_containers_keep_the_contract(RuntimeKind::Docker).await;
+e2e::over_runtimes! {
+    async fn attach_reaches_the_containers_own_process(kind) -> () {
+        let rt = connected(kind).await;
+        let pod = Pod::new(&rt, "attach").await;
+        let attach = |tty: bool| ExecSpec {
+            stdin: true,
+            stdout: true,
+            stderr: !tty,
+            tty,
+            ..Default::default()
+        };
+        for tty in [false, true] {
+            let name = if tty { "tty" } else { "plain" };
+            let id = pod
+                .start(&ContainerSpec {
+                    stdin: true,
+                    tty,
+                    ..pod.spec(name, "read line; echo got-$line; exit 4")
+                })
+                .await;
+            let mut process = rt.attach(&id, &attach(tty)).await.expect("attach");
+            let mut stdin = process.stdin.take().expect("attach with stdin");
+            stdin.write_all(b"x\n").await.expect("write");
+            stdin.flush().await.expect("flush");
+            output_until(&mut process, "got-x").await;
+            assert_eq!(rt.wait_container(&id).await.expect("wait"), 4, "{name}");
+        }
+    }
 }
 
-// ---- the pod network, on each runtime's sandboxes ----
+// ---- logs ----
 
-/// Two sandboxes of `kind` attached by the real CNI plugins: each has its
-/// own address, one pod reaches the other's server and its hostPort is
-/// published on the device; detached, the address is given back.
-async fn the_pod_network_attaches_sandboxes(kind: RuntimeKind) {
+e2e::over_runtimes! {
+    async fn logs_keep_time_output_and_every_option(kind) -> () {
+        let rt = connected(kind).await;
+        let pod = Pod::new(&rt, "logs").await;
+        let plain = pod
+            .run(
+                "plain",
+                "echo one; sleep 0.2; echo two >&2; sleep 1.2; echo three; echo last",
+            )
+            .await;
+        rt.wait_container(&plain).await.expect("wait");
+        let all = entries(&rt, &plain, LogOptions::default()).await;
+        assert_eq!(texts(&all), ["one\n", "two\n", "three\n", "last\n"]);
+        assert_eq!(all[0].output, LogOutput::Stdout);
+        assert_eq!(all[1].output, LogOutput::Stderr);
+        assert!(all.iter().all(|e| e.time.is_some()), "{all:?}");
+        assert!(all.windows(2).all(|w| w[0].time <= w[1].time));
+
+        let tail = |n| LogOptions {
+            tail_lines: Some(n),
+            ..Default::default()
+        };
+        assert_eq!(texts(&entries(&rt, &plain, tail(2)).await), ["three\n", "last\n"]);
+        assert!(entries(&rt, &plain, tail(0)).await.is_empty());
+
+        // The hint may return earlier entries of the same second, never
+        // later ones lost.
+        let since = all[2].time;
+        let from = entries(
+            &rt,
+            &plain,
+            LogOptions {
+                since,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(texts(&from).ends_with(&["three\n".to_string(), "last\n".to_string()]));
+        let second = since
+            .and_then(|t| jiff::Timestamp::from_second(t.as_second()).ok())
+            .expect("a time");
+        assert!(from.iter().all(|e| e.time >= Some(second)), "{from:?}");
+
+        // A terminal's output is split into lines, each with its time.
+        let tty = pod
+            .start(&ContainerSpec {
+                tty: true,
+                ..pod.spec("tty", "echo a; echo b")
+            })
+            .await;
+        rt.wait_container(&tty).await.expect("wait");
+        let lines = entries(&rt, &tty, LogOptions::default()).await;
+        assert_eq!(texts(&lines), ["a\r\n", "b\r\n"]);
+        assert!(lines.iter().all(|e| e.time.is_some()), "{lines:?}");
+
+        // Following ends when the container exits.
+        let follows = pod.run("follow", "echo start; sleep 1; echo end").await;
+        let followed = entries(
+            &rt,
+            &follows,
+            LogOptions {
+                follow: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(texts(&followed), ["start\n", "end\n"]);
+
+        // A container that is gone, or never was, is not found.
+        rt.remove_container(&plain).await.expect("remove");
+        for id in [plain.as_str(), "arhat-conformance-no-such-container"] {
+            assert!(matches!(
+                rt.logs(id, &LogOptions::default()).await,
+                Err(RuntimeError::NotFound(_))
+            ));
+        }
+    }
+}
+
+// ---- the sandbox's network namespace ----
+
+e2e::over_runtimes! {
+    /// Port-forward dials the pod's loopback from inside its namespace, as
+    /// a kubelet does: a server only on the pod's 127.0.0.1 is reached
+    /// without the pod network.
+    async fn port_forward_dials_inside_the_sandbox(kind) -> () {
+        let rt = connected(kind).await;
+        let pod = Pod::new(&rt, "forward").await;
+        let web = pod
+            .run(
+                "web",
+                "echo inside > /tmp/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp",
+            )
+            .await;
+        let netns = rt.network_namespace(&pod.sandbox.id).await.expect("netns");
+        let inode = |path: &std::path::Path| {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("a namespace"))
+        };
+        assert_eq!(
+            inode(&rt.network_namespace(&web).await.expect("netns")),
+            inode(&netns),
+            "a container is in its sandbox's namespace"
+        );
+        let page = e2e::wait_for("the page through the namespace", Duration::from_secs(20), || {
+            let netns = netns.clone();
+            async move {
+                let mut conn = arhat::netns::dial(netns, 8080).await.ok()?;
+                conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await.ok()?;
+                let mut answer = String::new();
+                conn.read_to_string(&mut answer).await.ok()?;
+                answer.contains("inside").then_some(answer)
+            }
+        })
+        .await;
+        page.expect("the pod's loopback server answered");
+    }
+}
+
+e2e::over_runtimes! {
+    async fn the_pod_network_attaches_sandboxes(kind) -> () {
+        pod_network(kind).await;
+    }
+}
+
+/// Two sandboxes attached by the real CNI plugins: each has its own address,
+/// one pod reaches the other's server and its hostPort is published on the
+/// device; detached, the address is given back.
+async fn pod_network(kind: RuntimeKind) {
     use arhat::network::{Bridge, PodNetwork};
     let rt = connected(kind).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -366,40 +445,23 @@ async fn the_pod_network_attaches_sandboxes(kind: RuntimeKind) {
             }],
         ),
     ] {
-        let uid = format!("network-{i}-{}", std::process::id());
-        let sandbox = rt
-            .create_sandbox(&SandboxSpec {
-                pod_uid: uid.clone(),
-                namespace: "ns".into(),
-                name: uid.clone(),
-                hostname: uid.clone(),
-                labels: owner(&uid).labels(SANDBOX, 0),
-                ..Default::default()
-            })
-            .await
-            .expect("create_sandbox");
+        let pod = Pod::new(&rt, &format!("network-{i}")).await;
         let netns = rt
-            .network_namespace(&sandbox.id)
+            .network_namespace(&pod.sandbox.id)
             .await
             .expect("the sandbox's namespace");
         let address = network
-            .attach(&sandbox.id, &netns, &ports)
+            .attach(&pod.sandbox.id, &netns, &ports)
             .await
             .expect("attach");
-        assert_eq!(network.address(&sandbox.id), Some(address));
-        let c = rt
-            .create_container(
-                &sandbox,
-                &busybox(
-                    &uid,
-                    "web",
-                    "echo pod-$HOSTNAME > /tmp/index.html && exec httpd -f -p 8080 -h /tmp",
-                ),
+        assert_eq!(network.address(&pod.sandbox.id), Some(address));
+        let web = pod
+            .run(
+                "web",
+                "echo pod-$HOSTNAME > /tmp/index.html && exec httpd -f -p 8080 -h /tmp",
             )
-            .await
-            .expect("create_container");
-        rt.start_container(&c).await.expect("start");
-        pods.push((sandbox, address, c));
+            .await;
+        pods.push((pod, address, web));
     }
     let (a, b) = (&pods[0], &pods[1]);
     assert_ne!(a.1, b.1, "each pod its own address");
@@ -448,11 +510,11 @@ async fn the_pod_network_attaches_sandboxes(kind: RuntimeKind) {
         answer.contains("pod-").then_some(answer)
     })
     .await;
-    for (sandbox, _, c) in &pods {
-        rt.remove_container(c).await.expect("remove");
-        rt.remove_container(&sandbox.id).await.expect("remove");
-        network.detach(&sandbox.id).await.expect("detach");
-        assert_eq!(network.address(&sandbox.id), None);
+    for (pod, _, web) in &pods {
+        rt.remove_container(web).await.expect("remove");
+        rt.remove_container(&pod.sandbox.id).await.expect("remove");
+        network.detach(&pod.sandbox.id).await.expect("detach");
+        assert_eq!(network.address(&pod.sandbox.id), None);
     }
     served.expect("the hostPort answered");
     // host-local keeps one file per address it handed out: none are left.
@@ -471,7 +533,61 @@ async fn the_pod_network_attaches_sandboxes(kind: RuntimeKind) {
     assert_eq!(ipam, 0, "every address given back");
 }
 
-#[tokio::test]
-async fn the_pod_network_attaches_docker_sandboxes() {
-    the_pod_network_attaches_sandboxes(RuntimeKind::Docker).await;
+// ---- images ----
+
+e2e::over_runtimes! {
+    /// A private image pulls only with the registry's credentials; what
+    /// image garbage collection relies on holds: an image a container uses
+    /// is in use and stays, one no container uses goes when removed.
+    async fn images_pull_with_credentials_and_are_kept_while_used(kind) -> () {
+        let rt = connected(kind).await;
+        let dir = std::env::temp_dir().join(format!("arhat-conformance-{}", std::process::id()));
+        let registry = e2e::registry::Registry::shared(&dir).await.expect("the registry");
+        let image = registry.push_unique("conformance").expect("a unique image");
+        assert_eq!(rt.image_id(&image).await.expect("image_id"), None, "only the registry has it");
+
+        let refused = rt.pull_image(&image, None).await;
+        assert!(matches!(refused, Err(RuntimeError::Pull { .. })), "{refused:?}");
+        let wrong = PullAuth {
+            server: registry.address.clone(),
+            username: registry.username.clone(),
+            password: "not-the-password".into(),
+        };
+        assert!(matches!(rt.pull_image(&image, Some(&wrong)).await, Err(RuntimeError::Pull { .. })));
+        let auth = PullAuth {
+            password: registry.password.clone(),
+            ..wrong
+        };
+        let id = rt.pull_image(&image, Some(&auth)).await.expect("the pull with credentials");
+        assert_eq!(rt.image_id(&image).await.expect("image_id"), Some(id.clone()));
+        let (info_id, size) = rt
+            .image_info(&image)
+            .await
+            .expect("image_info")
+            .expect("the image is present");
+        assert_eq!(info_id, id);
+        assert!(size > 0, "an image has a size");
+
+        let pod = Pod::new(&rt, "images").await;
+        let user = pod
+            .start(&ContainerSpec {
+                image: image.clone(),
+                ..pod.spec("user", "exit 0")
+            })
+            .await;
+        rt.wait_container(&user).await.expect("wait");
+        assert!(rt.images_in_use().await.expect("in use").contains(&id), "a stopped container still uses its image");
+        let _ = rt.remove_image(&image).await;
+        assert!(rt.image_id(&image).await.expect("image_id").is_some(), "an image in use stays");
+
+        rt.remove_container(&user).await.expect("remove");
+        assert!(!rt.images_in_use().await.expect("in use").contains(&id));
+        rt.remove_image(&image).await.expect("remove_image");
+        assert_eq!(rt.image_id(&image).await.expect("image_id"), None);
+        rt.remove_image(&image).await.expect("an absent image is no error");
+        assert_eq!(rt.image_info(&image).await.expect("image_info"), None);
+        if let Some(store) = rt.image_store().await.expect("image_store") {
+            assert!(store.is_dir(), "{} holds the images", store.display());
+        }
+    }
 }

@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         log: "info",
         quick: false,
         mqtt,
+        runtime: arhat::config::RuntimeKind::Docker,
         extra: "",
     })?;
     std::fs::write(&config, yaml)?;
