@@ -3,6 +3,8 @@
 //! (a container exits, a sandbox dies, the runtime goes away) and recording
 //! what was asked of it. Containers act on their command: `["exit", "N"]`
 //! exits with N as soon as it starts; anything else runs until stopped.
+//! Exec in a running container exits with the code the test set for that
+//! command ([`Fake::set_exec`]), 0 by default, and is recorded in order.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,7 +21,7 @@ use tokio::sync::watch;
 
 use super::{
     ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Labelled, LogOptions, LogStream, Mount,
-    Process, PullAuth, Runtime, RuntimeError, Sandbox, SandboxSpec,
+    Process, ProcessHandle, PullAuth, Runtime, RuntimeError, Sandbox, SandboxSpec,
 };
 
 /// What a logs call returns.
@@ -79,8 +81,11 @@ pub struct Fake {
     logs: Box<MakeLogs>,
     /// Every logs call: container id and options.
     pub asked: Mutex<Vec<(String, LogOptions)>>,
-    /// Every call by name, in order: what a test asserts on.
+    /// Every call by name, in order: what a test asserts on. An exec is
+    /// `exec <command words>`.
     pub calls: Mutex<Vec<String>>,
+    /// Exit codes of exec commands (words joined by spaces); 0 if absent.
+    exec_codes: Mutex<HashMap<String, i32>>,
 }
 
 impl std::fmt::Debug for Fake {
@@ -114,7 +119,22 @@ impl Fake {
             logs: Box::new(logs),
             asked: Mutex::default(),
             calls: Mutex::default(),
+            exec_codes: Mutex::default(),
         }
+    }
+
+    /// Exec of `command` exits with `code` from now on.
+    pub fn set_exec(&self, command: &[&str], code: i32) {
+        lock(&self.exec_codes).insert(command.join(" "), code);
+    }
+
+    /// Calls whose name starts with `prefix`, in order.
+    pub fn calls_like(&self, prefix: &str) -> Vec<String> {
+        lock(&self.calls)
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     /// The runtime stops answering (every call fails with Unavailable and
@@ -428,9 +448,21 @@ impl Runtime for Fake {
         Ok((self.logs)())
     }
 
-    async fn exec(&self, id: &str, _: &ExecSpec) -> Result<Process, RuntimeError> {
-        self.call("exec")?;
-        Err(RuntimeError::NotFound(id.into()))
+    async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {
+        let command = spec.command.join(" ");
+        self.call(&format!("exec {command}"))?;
+        if !self.with(id, Object::running)? {
+            return Err(RuntimeError::failed(
+                "exec",
+                format!("container {id} is not running"),
+            ));
+        }
+        let code = lock(&self.exec_codes).get(&command).copied().unwrap_or(0);
+        Ok(Process {
+            stdin: None,
+            output: futures::stream::empty().boxed(),
+            handle: std::sync::Arc::new(Exited(code)),
+        })
     }
 
     async fn attach(&self, id: &str, _: &ExecSpec) -> Result<Process, RuntimeError> {
@@ -441,5 +473,22 @@ impl Runtime for Fake {
     async fn network_namespace(&self, id: &str) -> Result<PathBuf, RuntimeError> {
         self.call("network_namespace")?;
         self.with(id, |_| PathBuf::from("/proc/self/ns/net"))
+    }
+}
+
+/// An exec that has already ended with its code.
+struct Exited(i32);
+
+impl ProcessHandle for Exited {
+    fn resize(&self, _: u16, _: u16) -> futures::future::BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn exit_code(&self) -> futures::future::BoxFuture<'_, Result<i32, RuntimeError>> {
+        Box::pin(async move { Ok(self.0) })
+    }
+
+    fn kill(&self) -> futures::future::BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
     }
 }

@@ -1,6 +1,7 @@
 //! The pod worker on the fake runtime, in paused time: restart back-off,
 //! restart policies, init containers, sandbox loss, runtime outages,
-//! adoption and termination, each as a kubelet behaves.
+//! adoption, termination, probes (readiness, liveness, startup) and
+//! lifecycle hooks, each as a kubelet behaves.
 
 use std::{sync::Arc, time::Duration};
 
@@ -362,4 +363,182 @@ async fn deletion_stops_then_removes_every_object() {
     assert!(rig.fake.find(&[(LABEL_POD_UID, UID)]).is_empty());
     assert!(rig.fake.calls("stop_container") >= 1);
     assert!(rig.network.attached().is_empty(), "its address given back");
+}
+
+// ---- probes and hooks, through exec in the fake runtime ----
+
+fn exec(command: &[&str]) -> proto::api::Action {
+    proto::api::Action {
+        kind: Some(proto::api::action::Kind::Exec(proto::api::ExecAction {
+            command: command.iter().map(ToString::to_string).collect(),
+        })),
+    }
+}
+
+fn probe(command: &[&str], failure_threshold: i32) -> proto::api::Probe {
+    proto::api::Probe {
+        action: Some(exec(command)),
+        period_seconds: 1,
+        timeout_seconds: 1,
+        success_threshold: 1,
+        failure_threshold,
+        ..Default::default()
+    }
+}
+
+fn ready(s: &PodStatus) -> bool {
+    s.containers.first().is_some_and(|c| c.ready)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_probe_gates_ready_both_ways_without_restarting() {
+    let rig = Rig::new();
+    rig.fake.set_exec(&["ready?"], 1);
+    rig.run(pod(
+        "Always",
+        vec![],
+        vec![Container {
+            readiness_probe: Some(probe(&["ready?"], 2)),
+            ..container("app", &[])
+        }],
+    ));
+    rig.until("running", running).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = rig.pods.status(UID).expect("status");
+    assert!(!ready(&s), "not ready while the probe fails");
+    assert!(
+        rig.fake.calls_like("exec ready?").len() >= 3,
+        "probed every period"
+    );
+
+    rig.fake.set_exec(&["ready?"], 0);
+    rig.until("ready", ready).await;
+    rig.fake.set_exec(&["ready?"], 1);
+    let s = rig.until("unready again", |s| !ready(s)).await;
+    assert_eq!(s.containers[0].restart_count, 0, "readiness never restarts");
+    assert!(rig.reasons().iter().any(|r| r == "Unhealthy"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_liveness_probe_kills_and_restarts_the_container() {
+    let rig = Rig::new();
+    rig.run(pod(
+        "Always",
+        vec![],
+        vec![Container {
+            liveness_probe: Some(probe(&["alive?"], 3)),
+            ..container("app", &[])
+        }],
+    ));
+    rig.until("running", running).await;
+    let first = rig.objects("app");
+    rig.fake.set_exec(&["alive?"], 1);
+    rig.until("running again", |s| {
+        s.containers[0].restart_count == 1 && running(s)
+    })
+    .await;
+    let reasons = rig.reasons();
+    assert!(reasons.iter().any(|r| r == "Unhealthy"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
+    // Three failures in a row, not one, made it.
+    assert!(rig.fake.calls_like("exec alive?").len() >= 3);
+    assert!(rig.fake.calls("stop_container") >= 1);
+    assert_ne!(rig.objects("app"), first, "a new container");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_startup_probe_holds_liveness_back_until_it_succeeds() {
+    let rig = Rig::new();
+    rig.fake.set_exec(&["started?"], 1);
+    rig.fake.set_exec(&["alive?"], 1);
+    rig.run(pod(
+        "Always",
+        vec![],
+        vec![Container {
+            startup_probe: Some(probe(&["started?"], 1000)),
+            liveness_probe: Some(probe(&["alive?"], 1)),
+            ..container("app", &[])
+        }],
+    ));
+    rig.until("running", running).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        rig.fake.calls_like("exec alive?").is_empty(),
+        "no liveness probe before the startup probe succeeds"
+    );
+    let s = rig.pods.status(UID).expect("status");
+    assert!(!s.containers[0].started && s.containers[0].restart_count == 0);
+
+    rig.fake.set_exec(&["started?"], 0);
+    rig.fake.set_exec(&["alive?"], 0);
+    rig.until("started", |s| s.containers[0].started).await;
+    // Now liveness runs, and its first failure restarts the container.
+    rig.fake.set_exec(&["alive?"], 1);
+    rig.until("restarted by liveness", |s| {
+        s.containers[0].restart_count == 1
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_start_runs_after_the_start_and_pre_stop_before_the_stop() {
+    let rig = Rig::new();
+    rig.run(pod(
+        "Always",
+        vec![],
+        vec![Container {
+            post_start: Some(exec(&["hook", "post"])),
+            pre_stop: Some(exec(&["hook", "pre"])),
+            ..container("app", &[])
+        }],
+    ));
+    rig.until("running", running).await;
+    rig.pods.delete(UID, Duration::from_secs(30)).await;
+    let order: Vec<String> = rig
+        .fake
+        .calls
+        .lock()
+        .expect("calls")
+        .iter()
+        .filter(|c| {
+            ["start_container", "stop_container", "exec hook"]
+                .iter()
+                .any(|p| c.starts_with(p))
+        })
+        .cloned()
+        .collect();
+    let find = |what: &str| order.iter().position(|c| c == what);
+    let (start, post, pre) = (
+        find("start_container"),
+        find("exec hook post"),
+        find("exec hook pre"),
+    );
+    let stop = order
+        .iter()
+        .rposition(|c| c == "stop_container")
+        .expect("stopped");
+    assert!(start < post && post < pre, "{order:?}");
+    assert!(pre < Some(stop), "{order:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_post_start_hook_kills_the_container_and_it_restarts() {
+    let rig = Rig::new();
+    rig.fake.set_exec(&["hook", "post"], 2);
+    rig.run(pod(
+        "Always",
+        vec![],
+        vec![Container {
+            post_start: Some(exec(&["hook", "post"])),
+            ..container("app", &[])
+        }],
+    ));
+    rig.until("restarted", |s| s.containers[0].restart_count >= 1)
+        .await;
+    let reasons = rig.reasons();
+    assert!(
+        reasons.iter().any(|r| r == "FailedPostStartHook"),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
 }
