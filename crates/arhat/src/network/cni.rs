@@ -33,6 +33,12 @@ pub enum CniError {
         msg: String,
         details: String,
     },
+    #[error("encoding the network config for CNI plugin {plugin}: {source}")]
+    Config {
+        plugin: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("CNI plugin {plugin} answered something that is not a result: {source}")]
     Answer {
         plugin: PathBuf,
@@ -109,7 +115,7 @@ async fn run(
             map.insert("prevResult".into(), prev.clone());
         }
     }
-    let stdin = serde_json::to_vec(&config).map_err(|source| CniError::Answer {
+    let stdin = serde_json::to_vec(&config).map_err(|source| CniError::Config {
         plugin: path.clone(),
         source,
     })?;

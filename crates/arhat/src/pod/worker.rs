@@ -512,23 +512,51 @@ impl Worker {
             host_network: self.spec.host_network,
             host_ipc: self.spec.host_ipc,
         };
+        self.retry(
+            "FailedCreatePodSandBox",
+            false,
+            Duration::from_secs(30),
+            || async {
+                match self.runtime.create_sandbox(&spec).await {
+                    Ok(sandbox) if self.spec.host_network => Ok(sandbox),
+                    Ok(sandbox) => self.attach(sandbox).await,
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Runs `attempt` until it works, each failure logged and shown in the
+    /// pod's status under `reason` (and as an event if `event`), waiting 1 s
+    /// and doubling up to `max` in between.
+    async fn retry<T, F>(
+        &self,
+        reason: &str,
+        event: bool,
+        max: Duration,
+        mut attempt: impl FnMut() -> F,
+    ) -> T
+    where
+        F: std::future::Future<Output = Result<T, String>>,
+    {
         let mut delay = Duration::from_secs(1);
         loop {
-            let failed = match self.runtime.create_sandbox(&spec).await {
-                Ok(sandbox) if self.spec.host_network => return sandbox,
-                Ok(sandbox) => match self.attach(sandbox).await {
-                    Ok(sandbox) => return sandbox,
-                    Err(e) => e,
-                },
-                Err(e) => e.to_string(),
-            };
-            warn!(error = %failed, "creating the pod sandbox");
-            self.update(|s| {
-                s.reason = "FailedCreatePodSandBox".into();
-                s.message = failed.clone();
-            });
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
+            match attempt().await {
+                Ok(done) => return done,
+                Err(message) => {
+                    warn!(error = %message, reason, "will retry");
+                    if event {
+                        self.event(None, true, reason, message.clone());
+                    }
+                    self.update(|s| {
+                        s.reason = reason.into();
+                        s.message = message.clone();
+                    });
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max);
+                }
+            }
         }
     }
 
@@ -603,49 +631,32 @@ impl Worker {
             ),
         };
         let dir = super::volumes::pod_dir(&self.data_dir, &self.spec.uid);
-        let mut delay = Duration::from_secs(1);
-        loop {
-            match super::etc::write(&dir, &files) {
-                Ok(mounts) => return mounts,
-                Err(e) => {
-                    warn!(error = %e, "writing the pod's /etc/hosts and resolv.conf");
-                    self.update(|s| {
-                        s.reason = "FailedCreatePodSandBox".into();
-                        s.message = format!("writing the pod's /etc/hosts and resolv.conf: {e}");
-                    });
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
+        self.retry(
+            "FailedCreatePodSandBox",
+            false,
+            Duration::from_secs(30),
+            || async {
+                super::etc::write(&dir, &files)
+                    .map_err(|e| format!("writing the pod's /etc/hosts and resolv.conf: {e}"))
+            },
+        )
+        .await
     }
 
     /// Creates the pod's volumes, retrying (with the reason shown) until it works.
     async fn prepare_volumes(&self) -> HashMap<String, PathBuf> {
-        let mut delay = Duration::from_secs(2);
-        loop {
-            match super::volumes::prepare(&self.data_dir, &self.spec) {
-                Ok(paths) => {
-                    self.update(|s| {
-                        if s.reason == "FailedMount" {
-                            s.reason.clear();
-                            s.message.clear();
-                        }
-                    });
-                    return paths;
-                }
-                Err(e) => {
-                    warn!(error = %e, "preparing volumes");
-                    self.event(None, true, "FailedMount", e.to_string());
-                    self.update(|s| {
-                        s.reason = "FailedMount".into();
-                        s.message = e.to_string();
-                    });
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(60));
-                }
+        let paths = self
+            .retry("FailedMount", true, Duration::from_secs(60), || async {
+                super::volumes::prepare(&self.data_dir, &self.spec).map_err(|e| e.to_string())
+            })
+            .await;
+        self.update(|s| {
+            if s.reason == "FailedMount" {
+                s.reason.clear();
+                s.message.clear();
             }
-        }
+        });
+        paths
     }
 
     /// The container's volume mounts as host binds.
