@@ -6,6 +6,9 @@
 //! - [`nodeinfo`]: system identity and capacity from the host.
 //! - [`backoff`]: reconnect delays.
 //! - [`runtime`]: the container runtime seam (Docker first).
+//! - [`containerlog`]: container logs in the CRI format, kept by arhat for
+//!   runtimes that keep none.
+//! - [`network`]: the pod network (CNI plugins on a bridge).
 //! - [`pod`]: pods by UID: sandbox, init and app containers, restarts, status, logs.
 //! - [`host`]: the device host as its virtual pod (log files, commands).
 //! - [`netns`]: dialing inside a pod's network namespace (port-forward).
@@ -13,6 +16,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod containerlog;
 pub mod host;
 pub mod identity;
 pub mod imagegc;
