@@ -136,6 +136,10 @@ impl Agent {
                     &config.device.name,
                     host_ip,
                     config.runtime.data_dir.clone(),
+                    crate::runtime::LogRotation {
+                        max_size: config.runtime.logs.max_size,
+                        max_files: config.runtime.logs.max_files,
+                    },
                 );
                 let gc = &config.runtime.image_gc;
                 tokio::spawn(crate::imagegc::run(

@@ -9,6 +9,7 @@ pub mod dns;
 mod etc;
 pub mod exec;
 mod instance;
+mod keptlogs;
 pub mod logs;
 pub mod portforward;
 mod probe;
@@ -68,6 +69,7 @@ struct Shared {
     host_ip: String,
     data_dir: std::path::PathBuf,
     pulled: Arc<crate::imagegc::Pulled>,
+    logs: Arc<keptlogs::KeptLogs>,
 }
 
 /// Every pod on this device.
@@ -80,6 +82,8 @@ pub struct PodManager {
     data_dir: std::path::PathBuf,
     capacity: admit::Capacity,
     pulled: Arc<crate::imagegc::Pulled>,
+    /// Container logs, for a runtime that keeps none.
+    logs: Arc<keptlogs::KeptLogs>,
     pods: Mutex<HashMap<String, Entry>>,
     /// UIDs whose status changed since the last report.
     dirty: Arc<Mutex<HashSet<String>>>,
@@ -103,8 +107,10 @@ impl PodManager {
         device: &str,
         host_ip: String,
         data_dir: std::path::PathBuf,
+        log_rotation: crate::runtime::LogRotation,
     ) -> Arc<Self> {
         Arc::new(Self {
+            logs: Arc::new(keptlogs::KeptLogs::new(&data_dir, log_rotation)),
             runtime,
             network,
             device: device.into(),
@@ -288,6 +294,7 @@ impl PodManager {
             host_ip: self.host_ip.clone(),
             data_dir: self.data_dir.clone(),
             pulled: self.pulled.clone(),
+            logs: self.logs.clone(),
         };
         let worker = worker::Worker::new(shared, spec, publish);
         tokio::spawn(
@@ -393,6 +400,22 @@ impl PodManager {
             uid: uid.to_string(),
         })?;
         instance::for_logs(&entry.status.borrow(), container, previous)
+    }
+
+    /// A container instance's log entries: the runtime's own log, or the one
+    /// arhat keeps for a runtime that keeps none.
+    pub async fn container_logs(
+        &self,
+        uid: &str,
+        container: &str,
+        id: &str,
+        options: &crate::runtime::LogOptions,
+    ) -> Result<crate::runtime::LogStream, crate::runtime::RuntimeError> {
+        if self.runtime.keeps_logs() {
+            self.runtime.logs(id, options).await
+        } else {
+            self.logs.read(uid, container, id, options).await
+        }
     }
 
     /// The runtime id of a running container, for exec and attach; with no

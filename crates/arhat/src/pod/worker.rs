@@ -64,6 +64,8 @@ pub struct Worker {
     adopted: Mutex<HashMap<(Kind, usize), ContainerInfo>>,
     /// Images this agent pulled, for their garbage collection.
     pulled: Arc<crate::imagegc::Pulled>,
+    /// Container logs, for a runtime that keeps none.
+    logs: Arc<super::keptlogs::KeptLogs>,
 }
 
 impl Worker {
@@ -79,6 +81,7 @@ impl Worker {
             host_ip,
             data_dir,
             pulled,
+            logs,
         } = shared;
         let status = status::initial(&spec, &host_ip);
         Self {
@@ -98,6 +101,7 @@ impl Worker {
             etc_mounts: Vec::new(),
             adopted: Mutex::default(),
             pulled,
+            logs,
         }
     }
 
@@ -426,6 +430,7 @@ impl Worker {
                 if let Err(e) = self.runtime.remove_container(&old.id).await {
                     warn!(error = %e, "removing an old container instance");
                 }
+                self.logs.remove(&self.spec.uid, &name, &old.id);
             }
             let Some(current) = kept.last() else {
                 continue;
@@ -442,6 +447,9 @@ impl Worker {
                 }
             };
             info!(container = %name, id = %current.id, state = ?info.state, "adopting a container");
+            if matches!(info.state, ContainerState::Running { .. }) {
+                self.keep_log(&name, &current.id).await;
+            }
             {
                 let mut state = self.lock_state();
                 state
@@ -874,6 +882,7 @@ impl Worker {
             Err(e) => return Err(self.failed_to_run(kind, i, "CreateContainerError", &e)),
         };
         self.remember(kind, i, &id);
+        self.keep_log(&c.name, &id).await;
         self.event(
             Some((kind, i)),
             false,
@@ -1207,11 +1216,29 @@ impl Worker {
             if ids.len() > 2 { ids.remove(0) } else { return }
         };
         let runtime = self.runtime.clone();
+        let (logs, uid, name) = (
+            self.logs.clone(),
+            self.spec.uid.clone(),
+            self.container(kind, i).name.clone(),
+        );
         tokio::spawn(async move {
             if let Err(e) = runtime.remove_container(&stale).await {
                 warn!(error = %e, "removing an old container instance");
             }
+            logs.remove(&uid, &name, &stale);
         });
+    }
+
+    /// For a runtime that keeps no logs: keeps what the container writes
+    /// (from its start, or from now for one an earlier run left running).
+    async fn keep_log(&self, container: &str, id: &str) {
+        if self.runtime.keeps_logs() {
+            return;
+        }
+        match self.runtime.output(id).await {
+            Ok(output) => self.logs.keep(&self.spec.uid, container, id, output),
+            Err(e) => warn!(%container, error = %e, "the container's output; its log is not kept"),
+        }
     }
 
     fn failed_to_run(&self, kind: Kind, i: usize, reason: &str, e: &RuntimeError) -> i64 {
@@ -1349,6 +1376,7 @@ impl Worker {
                 .collect()
         };
         let ids: Vec<String> = instances.iter().map(|(_, id)| id.clone()).collect();
+        self.logs.forget_pod(&ids);
         info!(
             grace_seconds = grace.as_secs(),
             containers = ids.len(),

@@ -5,6 +5,8 @@
 //! exits with N as soon as it starts; anything else runs until stopped.
 //! Exec in a running container exits with the code the test set for that
 //! command ([`Fake::set_exec`]), 0 by default, and is recorded in order.
+//! [`Fake::keeping_no_logs`] is a runtime that keeps no logs: a container's
+//! output is its command's words on one line of stdout, ending when it exits.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,8 +22,9 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::{
-    ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Labelled, LogOptions, LogStream, Mount,
-    Process, ProcessHandle, PullAuth, Runtime, RuntimeError, Sandbox, SandboxSpec,
+    ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Labelled, LogOptions, LogOutput,
+    LogStream, Mount, Output, Process, ProcessHandle, PullAuth, Runtime, RuntimeError, Sandbox,
+    SandboxSpec,
 };
 
 /// What a logs call returns.
@@ -86,6 +89,7 @@ pub struct Fake {
     pub calls: Mutex<Vec<String>>,
     /// Exit codes of exec commands (words joined by spaces); 0 if absent.
     exec_codes: Mutex<HashMap<String, i32>>,
+    keeps_logs: bool,
 }
 
 impl std::fmt::Debug for Fake {
@@ -120,6 +124,15 @@ impl Fake {
             asked: Mutex::default(),
             calls: Mutex::default(),
             exec_codes: Mutex::default(),
+            keeps_logs: true,
+        }
+    }
+
+    /// A runtime that keeps no logs and hands over containers' output.
+    pub fn keeping_no_logs() -> Self {
+        Self {
+            keeps_logs: false,
+            ..Self::default()
         }
     }
 
@@ -446,6 +459,35 @@ impl Runtime for Fake {
         self.with(id, |_| ())?;
         lock(&self.asked).push((id.to_string(), options.clone()));
         Ok((self.logs)())
+    }
+
+    fn keeps_logs(&self) -> bool {
+        self.keeps_logs
+    }
+
+    async fn output(&self, id: &str) -> Result<Output, RuntimeError> {
+        self.call("output")?;
+        let (line, mut state) = self.with(id, |o| {
+            (
+                bytes::Bytes::from(format!("{}\n", o.command.join(" "))),
+                o.state.subscribe(),
+            )
+        })?;
+        let ended = async move {
+            let _ = state
+                .wait_for(|s| {
+                    !matches!(
+                        s,
+                        Some(ContainerState::Created | ContainerState::Running { .. })
+                    )
+                })
+                .await;
+        };
+        Ok(
+            futures::stream::once(async move { Ok((LogOutput::Stdout, line)) })
+                .chain(futures::stream::once(ended).filter_map(|()| async { None }))
+                .boxed(),
+        )
     }
 
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {

@@ -4,7 +4,8 @@
 //!
 //! Done once above the seam, so no runtime repeats it: the labels that tie
 //! objects to pods ([`labels`]; a runtime stores and lists them), exact log
-//! filtering (time, bytes, timestamps), image bookkeeping for garbage
+//! filtering (time, bytes, timestamps), keeping the logs of a runtime that
+//! keeps none ([`crate::containerlog`]), image bookkeeping for garbage
 //! collection, how the image filesystem's use is measured, and the pod
 //! network with the pod's /etc/hosts and resolv.conf ([`crate::network`]).
 
@@ -28,7 +29,7 @@ pub use spec::{
     Security,
 };
 pub use state::{
-    ContainerInfo, ContainerState, Labelled, LogEntry, LogOutput, LogStream, Process,
+    ContainerInfo, ContainerState, Labelled, LogEntry, LogOutput, LogStream, Output, Process,
     ProcessHandle, Sandbox,
 };
 
@@ -67,6 +68,11 @@ pub async fn connect(config: &RuntimeConfig) -> Result<Option<Arc<dyn Runtime>>,
 ///   but loopback, and [`Runtime::network_namespace`] of the sandbox hands it
 ///   to arhat, which attaches it ([`crate::network`]) and gives the pod its
 ///   address, hostPorts, /etc/hosts and resolv.conf (mounted like volumes).
+/// - Logs: a runtime either keeps each container's log and serves
+///   [`Runtime::logs`] (Docker), or keeps none ([`Runtime::keeps_logs`]
+///   false) and hands each container's output over from
+///   [`Runtime::output`]; arhat then keeps it in the CRI format with the
+///   `runtime.logs` rotation ([`crate::containerlog`]).
 /// - Calls may come concurrently for different objects.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -135,6 +141,21 @@ pub trait Runtime: Send + Sync + 'static {
     /// container is gone. `options.since` is a hint (the caller filters
     /// exactly); `tail_lines` and `follow` must be honoured.
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream, RuntimeError>;
+    /// Whether the runtime keeps container logs and serves [`Runtime::logs`];
+    /// if not, arhat keeps them from [`Runtime::output`].
+    fn keeps_logs(&self) -> bool {
+        true
+    }
+    /// For a runtime that keeps no logs: everything the created, not yet
+    /// started container writes from its start, ending when it exits. Asked
+    /// once per container before it starts, and again for a running one an
+    /// agent restart finds (from then on).
+    async fn output(&self, id: &str) -> Result<Output, RuntimeError> {
+        Err(RuntimeError::failed(
+            "taking a container's output",
+            format!("{} keeps its own logs ({id})", self.name()),
+        ))
+    }
     /// Runs a command in a running container, with a tty if asked.
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError>;
     /// Attaches to a running container's own process.

@@ -70,12 +70,15 @@ pub struct LogEntry {
 /// following, when the container exits).
 pub type LogStream = BoxStream<'static, Result<LogEntry, RuntimeError>>;
 
+/// What a process writes, piece by piece, each from one of its outputs.
+pub type Output = BoxStream<'static, Result<(LogOutput, Bytes), RuntimeError>>;
+
 /// A running exec or attach: its input, its output, and a handle on it.
 pub struct Process {
     /// Shutting it down is stdin EOF.
     pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
     /// Ends when the process (or the attach) is over.
-    pub output: BoxStream<'static, Result<(LogOutput, Bytes), RuntimeError>>,
+    pub output: Output,
     pub handle: std::sync::Arc<dyn ProcessHandle>,
 }
 

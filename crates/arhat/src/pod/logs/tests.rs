@@ -420,6 +420,7 @@ async fn running_pod(fake: Arc<Fake>) -> (Arc<PodManager>, tempfile::TempDir) {
         "dev",
         "10.0.0.1".into(),
         dir.path().to_path_buf(),
+        crate::runtime::LogRotation::default(),
     );
     pods.ensure(PodSpec {
         uid: "u".into(),

@@ -23,12 +23,16 @@ struct Rig {
     network: Arc<FakeNetwork>,
     pods: Arc<PodManager>,
     events: Arc<std::sync::Mutex<Vec<PodEvent>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Rig {
     fn new() -> Self {
-        let fake = Arc::new(Fake::default());
+        Self::with(Fake::default())
+    }
+
+    fn with(fake: Fake) -> Self {
+        let fake = Arc::new(fake);
         let network = Arc::new(FakeNetwork::default());
         let dir = tempfile::tempdir().expect("tempdir");
         let pods = PodManager::new(
@@ -37,6 +41,7 @@ impl Rig {
             "dev",
             "10.0.0.1".into(),
             dir.path().to_path_buf(),
+            crate::runtime::LogRotation::default(),
         );
         // Events go out with status reports: collect them as the agent would.
         let events = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -53,7 +58,7 @@ impl Rig {
             network,
             pods,
             events,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -541,4 +546,83 @@ async fn a_failed_post_start_hook_kills_the_container_and_it_restarts() {
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
+}
+
+// ---- logs kept by arhat, for a runtime that keeps none ----
+
+#[tokio::test]
+async fn a_runtime_without_logs_has_its_containers_logs_kept_in_the_pod() {
+    use futures::StreamExt;
+    let rig = Rig::with(Fake::keeping_no_logs());
+    rig.run(pod(
+        "Never",
+        vec![],
+        vec![
+            container("done", &["exit", "0"]),
+            container("serves", &["serve", "forever"]),
+        ],
+    ));
+    rig.until("one done, one running", |s| {
+        matches!(phase(&s.containers[0]), Some(Phase::Terminated(_)))
+            && matches!(phase(&s.containers[1]), Some(Phase::Running(_)))
+    })
+    .await;
+    let id = |name| {
+        rig.pods
+            .container_instance(UID, name, false)
+            .expect("an instance")
+    };
+    let read = |name: &'static str, follow| {
+        let (pods, id) = (rig.pods.clone(), id(name));
+        async move {
+            let options = crate::runtime::LogOptions {
+                follow,
+                ..Default::default()
+            };
+            pods.container_logs(UID, name, &id, &options).await
+        }
+    };
+    let texts = |entries: Vec<crate::runtime::LogEntry>| -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.text).into_owned())
+            .collect()
+    };
+    // The keeper writes in the background: the exited one's log is complete
+    // once its keeper is done, which following waits for.
+    let done: Vec<_> = read("done", true)
+        .await
+        .expect("the kept log")
+        .map(|e| e.expect("entry"))
+        .collect()
+        .await;
+    assert!(done.iter().all(|e| e.time.is_some()), "{done:?}");
+    assert_eq!(texts(done), ["exit 0\n"]);
+    assert!(
+        rig.dir
+            .path()
+            .join("pods")
+            .join(UID)
+            .join("logs/done")
+            .join(format!("{}.log", id("done")))
+            .is_file()
+    );
+
+    // Following the running one ends when the pod is deleted.
+    let mut follow = read("serves", true).await.expect("the kept log");
+    let first = tokio::time::timeout(Duration::from_secs(10), follow.next())
+        .await
+        .expect("its first line")
+        .expect("an entry")
+        .expect("entry");
+    assert_eq!(first.text, "serve forever\n");
+    rig.pods.delete(UID, Duration::from_secs(1)).await;
+    let rest = tokio::time::timeout(Duration::from_secs(10), follow.collect::<Vec<_>>())
+        .await
+        .expect("following ends with the container");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        !rig.dir.path().join("pods").join(UID).exists(),
+        "gone with the pod"
+    );
 }
