@@ -61,6 +61,15 @@ struct Pod {
     rt: Arc<dyn Runtime>,
     uid: String,
     sandbox: Sandbox,
+    /// For a runtime that keeps no logs: each container's log, kept as
+    /// arhat keeps it, and whether its keeper is done.
+    kept: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+    dir: tempfile::TempDir,
+}
+
+struct Kept {
+    path: std::path::PathBuf,
+    done: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Pod {
@@ -82,6 +91,8 @@ impl Pod {
             rt: rt.clone(),
             uid,
             sandbox,
+            kept: Default::default(),
+            dir: tempfile::tempdir().expect("tempdir"),
         }
     }
 
@@ -105,8 +116,50 @@ impl Pod {
             .create_container(&self.sandbox, spec)
             .await
             .expect("create_container");
+        if !self.rt.keeps_logs() {
+            let output = self.rt.output(&id).await.expect("the container's output");
+            let path = self.dir.path().join(format!("{id}.log"));
+            let (tx, done) = tokio::sync::watch::channel(false);
+            let keeping = path.clone();
+            tokio::spawn(async move {
+                let rotation = runtime::LogRotation::default();
+                arhat::containerlog::keep(output, keeping, rotation)
+                    .await
+                    .expect("keeping the log");
+                let _ = tx.send(true);
+            });
+            self.kept
+                .lock()
+                .expect("kept")
+                .insert(id.clone(), Kept { path, done });
+        }
         self.rt.start_container(&id).await.expect("start");
         id
+    }
+
+    /// The container's log: the runtime's own, or the one kept from its output.
+    async fn logs(
+        &self,
+        id: &str,
+        options: &LogOptions,
+    ) -> Result<runtime::LogStream, RuntimeError> {
+        let kept = self
+            .kept
+            .lock()
+            .expect("kept")
+            .get(id)
+            .map(|k| (k.path.clone(), k.done.clone()));
+        match kept {
+            None => self.rt.logs(id, options).await,
+            Some((path, mut done)) => {
+                let done = Box::pin(async move {
+                    let _ = done.wait_for(|d| *d).await;
+                });
+                arhat::containerlog::read(path, options, done)
+                    .await
+                    .map_err(|e| RuntimeError::failed("reading the kept log", e))
+            }
+        }
     }
 
     async fn run(&self, name: &str, script: &str) -> String {
@@ -174,8 +227,8 @@ async fn output_until(process: &mut Process, wanted: &str) -> String {
     seen
 }
 
-async fn entries(rt: &Arc<dyn Runtime>, id: &str, options: LogOptions) -> Vec<LogEntry> {
-    let stream = rt.logs(id, &options).await.expect("logs");
+async fn entries(pod: &Pod, id: &str, options: LogOptions) -> Vec<LogEntry> {
+    let stream = pod.logs(id, &options).await.expect("logs");
     tokio::time::timeout(Duration::from_secs(20), stream.collect::<Vec<_>>())
         .await
         .expect("the log ends")
@@ -299,7 +352,7 @@ e2e::over_runtimes! {
             )
             .await;
         rt.wait_container(&plain).await.expect("wait");
-        let all = entries(&rt, &plain, LogOptions::default()).await;
+        let all = entries(&pod, &plain, LogOptions::default()).await;
         assert_eq!(texts(&all), ["one\n", "two\n", "three\n", "last\n"]);
         assert_eq!(all[0].output, LogOutput::Stdout);
         assert_eq!(all[1].output, LogOutput::Stderr);
@@ -310,14 +363,14 @@ e2e::over_runtimes! {
             tail_lines: Some(n),
             ..Default::default()
         };
-        assert_eq!(texts(&entries(&rt, &plain, tail(2)).await), ["three\n", "last\n"]);
-        assert!(entries(&rt, &plain, tail(0)).await.is_empty());
+        assert_eq!(texts(&entries(&pod, &plain, tail(2)).await), ["three\n", "last\n"]);
+        assert!(entries(&pod, &plain, tail(0)).await.is_empty());
 
         // The hint may return earlier entries of the same second, never
         // later ones lost.
         let since = all[2].time;
         let from = entries(
-            &rt,
+            &pod,
             &plain,
             LogOptions {
                 since,
@@ -339,14 +392,14 @@ e2e::over_runtimes! {
             })
             .await;
         rt.wait_container(&tty).await.expect("wait");
-        let lines = entries(&rt, &tty, LogOptions::default()).await;
+        let lines = entries(&pod, &tty, LogOptions::default()).await;
         assert_eq!(texts(&lines), ["a\r\n", "b\r\n"]);
         assert!(lines.iter().all(|e| e.time.is_some()), "{lines:?}");
 
         // Following ends when the container exits.
         let follows = pod.run("follow", "echo start; sleep 1; echo end").await;
         let followed = entries(
-            &rt,
+            &pod,
             &follows,
             LogOptions {
                 follow: true,
@@ -356,13 +409,16 @@ e2e::over_runtimes! {
         .await;
         assert_eq!(texts(&followed), ["start\n", "end\n"]);
 
-        // A container that is gone, or never was, is not found.
+        // A container that is gone, or never was, is not found (a runtime
+        // keeping no logs has none to find).
         rt.remove_container(&plain).await.expect("remove");
-        for id in [plain.as_str(), "arhat-conformance-no-such-container"] {
-            assert!(matches!(
-                rt.logs(id, &LogOptions::default()).await,
-                Err(RuntimeError::NotFound(_))
-            ));
+        if rt.keeps_logs() {
+            for id in [plain.as_str(), "arhat-conformance-no-such-container"] {
+                assert!(matches!(
+                    rt.logs(id, &LogOptions::default()).await,
+                    Err(RuntimeError::NotFound(_))
+                ));
+            }
         }
     }
 }
