@@ -55,10 +55,13 @@ impl Cluster {
     pub async fn shared() -> anyhow::Result<&'static Cluster> {
         SHARED
             .get_or_try_init(|| async {
+                let start = std::time::Instant::now();
                 let cp = ControlPlane::shared()
                     .await
                     .context("starting the test-bed control plane")?;
-                Cluster::prepare(cp, &cp.dir().join("aranya")).await
+                let cluster = Cluster::prepare(cp, &cp.dir().join("aranya")).await;
+                crate::timings::record("control plane start", start.elapsed());
+                cluster
             })
             .await
     }

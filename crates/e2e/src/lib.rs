@@ -20,6 +20,7 @@ pub mod pty;
 pub mod registry;
 pub mod runtimes;
 pub mod spdy_client;
+pub mod timings;
 pub mod transport;
 pub mod wait;
 

@@ -8,12 +8,15 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let start = tokio::time::Instant::now();
+    let deadline = start + timeout;
     loop {
         if let Some(v) = check().await {
+            crate::timings::record(&format!("wait: {what}"), start.elapsed());
             return Ok(v);
         }
         if tokio::time::Instant::now() >= deadline {
+            crate::timings::record(&format!("wait (timed out): {what}"), start.elapsed());
             anyhow::bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -1,0 +1,44 @@
+//! Where the suites' time goes: when `ARANYA_TIMINGS` names a file (`make
+//! test` sets it), the harness appends one line per control-plane start and
+//! per wait, `<test binary>\t<what>\t<seconds>`, which `scripts/times.sh`
+//! sums per binary. Nothing is recorded otherwise.
+
+use std::{io::Write, sync::OnceLock, time::Duration};
+
+/// The test binary's name without cargo's hash (`streaming`, `pods`).
+fn binary() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let stem = exe
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match stem.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_string(),
+            _ => stem,
+        }
+    })
+}
+
+/// Records that `what` took `took`, if timings are wanted.
+pub fn record(what: &str, took: Duration) {
+    let Some(path) = std::env::var_os("ARANYA_TIMINGS") else {
+        return;
+    };
+    // One short append per line: concurrent tests' lines do not interleave.
+    let line = format!(
+        "{}\t{}\t{:.3}\n",
+        binary(),
+        what.replace(['\t', '\n'], " "),
+        took.as_secs_f64()
+    );
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = appended {
+        eprintln!("recording a timing: {e}");
+    }
+}
