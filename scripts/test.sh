@@ -11,6 +11,9 @@ export ARANYA_TIMINGS=$dir/harness.tsv
 : > "$ARANYA_TIMINGS"
 : > "$dir/phases.tsv"
 
+# The report also comes when a step fails: that is when it is wanted most.
+trap 'scripts/times.sh "$dir" || true' EXIT
+
 phase() {
   local name=$1 start
   shift
@@ -22,7 +25,8 @@ phase() {
 for step in deps docker cni mosquitto lint build kube pause; do
   phase "$step" "$make" --no-print-directory -s "$step"
 done
-phase "cargo test" bash -o pipefail -c \
-  "${CARGO:-cargo} test --workspace --all-targets 2>&1 | tee '$dir/test.log'"
+run_tests() {
+  "${CARGO:-cargo}" test --workspace --all-targets 2>&1 | tee "$dir/test.log"
+}
+phase "cargo test" run_tests
 phase "doc tests" "${CARGO:-cargo}" test --workspace --doc
-scripts/times.sh "$dir"

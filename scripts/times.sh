@@ -12,7 +12,7 @@ awk -F'\t' '{ printf "%9.1f  %s\n", $2 / 1000, $1; total += $2 }
 
 echo "== test binaries: wall, control-plane start, waits (s)"
 awk -F'\t' '
-  FNR == NR {
+  FILENAME == ARGV[1] {
     if ($2 == "control plane start") cp[$1] += $3; else waited[$1] += $3
     next
   }
@@ -20,7 +20,7 @@ awk -F'\t' '
     # "Running tests/pods.rs (target/debug/deps/pods-0123abcd)"
     n = split($0, f, " ")
     bin = f[n]; gsub(/[()]/, "", bin); sub(/.*\//, "", bin); sub(/-[0-9a-f]+$/, "", bin)
-    name = f[2]
+    name = bin " (" (f[2] == "unittests" ? f[3] : f[2]) ")"
   }
   /^test result:/ {
     n = split($0, f, " ")
@@ -30,7 +30,5 @@ awk -F'\t' '
 ' "$dir/harness.tsv" "$dir/test.log" | sort -rn
 
 echo "== the longest waits, summed over tests (s)"
-awk -F'\t' '$2 != "control plane start" {
-    what = $2; gsub(/[a-z]+-[a-z0-9]{4}-[a-z0-9-]+/, "*", what); t[$1 ": " what] += $3
-  }
+awk -F'\t' '$2 != "control plane start" { t[$1 ": " $2] += $3 }
   END { for (k in t) printf "%9.1f  %s\n", t[k], k }' "$dir/harness.tsv" | sort -rn | head -15

@@ -311,6 +311,7 @@ impl TestEnv {
             .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
             .collect();
         let name = format!("{test}-{suffix}");
+        crate::timings::test_name(&name);
         let dir = cluster.dir.join(&name);
         std::fs::create_dir_all(&dir)?;
         let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -5,7 +5,7 @@
 //! The matrix is covered by axis, not by product: the conformance suite and
 //! the pod tests marked with [`crate::over_runtimes`] run on every runtime
 //! over gRPC; the transport tests run on Docker. A runtime added to
-//! [`RUNTIMES`] and to the macro gets all of them.
+//! [`RUNTIMES`] and, beside it, to the macro's arms gets all of them.
 
 use arhat::config::RuntimeKind;
 

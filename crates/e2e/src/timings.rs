@@ -3,7 +3,22 @@
 //! per wait, `<test binary>\t<what>\t<seconds>`, which `scripts/times.sh`
 //! sums per binary. Nothing is recorded otherwise.
 
-use std::{io::Write, sync::OnceLock, time::Duration};
+use std::{
+    io::Write,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+/// Each test's unique name (namespace, device prefix): recorded as `<test>`,
+/// so the same wait of different runs and tests sums up.
+static TEST_NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// `name` is a test's unique name (see [`TEST_NAMES`]).
+pub fn test_name(name: &str) {
+    if let Ok(mut names) = TEST_NAMES.lock() {
+        names.push(name.to_string());
+    }
+}
 
 /// The test binary's name without cargo's hash (`streaming`, `pods`).
 fn binary() -> &'static str {
@@ -27,12 +42,13 @@ pub fn record(what: &str, took: Duration) {
         return;
     };
     // One short append per line: concurrent tests' lines do not interleave.
-    let line = format!(
-        "{}\t{}\t{:.3}\n",
-        binary(),
-        what.replace(['\t', '\n'], " "),
-        took.as_secs_f64()
-    );
+    let mut what = what.replace(['\t', '\n'], " ");
+    if let Ok(names) = TEST_NAMES.lock() {
+        for name in names.iter() {
+            what = what.replace(name.as_str(), "<test>");
+        }
+    }
+    let line = format!("{}\t{what}\t{:.3}\n", binary(), took.as_secs_f64());
     let appended = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -305,8 +305,15 @@ impl Reader {
                 // Read to its end after it was seen renamed: complete.
                 self.rotated = false;
                 self.end_of_file(&mut out, &mut size);
-                self.open_newer();
-                continue;
+                if self.open_newer() {
+                    continue;
+                }
+                // Nothing newer opens yet: look again after a pause.
+                return Ok(if out.is_empty() {
+                    Step::Idle
+                } else {
+                    Step::Entries(out)
+                });
             }
             if self.replaced() {
                 self.rotated = true;
@@ -345,12 +352,49 @@ impl Reader {
     /// came after it, oldest first. More than one rotation may have happened
     /// since the last look; the read file's place among the rotated ones says
     /// which files are newer.
-    fn open_newer(&mut self) {
+    /// Whether any file was queued.
+    fn open_newer(&mut self) -> bool {
         let Some(front) = self.files.front() else {
-            return;
+            return false;
         };
         let identity = front.identity;
-        let listed = rotated_files(&self.path);
+        // The writer may rotate between the listing and the opening, moving
+        // names onto other files: the opened files must be those listed.
+        let mut queued = Vec::new();
+        for _ in 0..3 {
+            let listed = rotated_files(&self.path);
+            queued = Self::open_after(&self.path, &listed, identity);
+            let opened: Vec<(u64, u64)> = queued.iter().map(|f| f.identity).collect();
+            let now = rotated_files(&self.path);
+            let place = now
+                .iter()
+                .position(|(_, f)| f.as_ref().is_ok_and(|id| *id == identity));
+            let still: Vec<(u64, u64)> = now[..place.unwrap_or(0)]
+                .iter()
+                .rev()
+                .filter_map(|(_, f)| f.as_ref().ok().copied())
+                .collect();
+            if opened.starts_with(&still) {
+                break;
+            }
+        }
+        if queued.is_empty() {
+            // Gone again; the next look tries again.
+            return false;
+        }
+        debug!(path = %self.path.display(), files = queued.len(), "following the container log into its next file");
+        self.files.pop_front();
+        self.files.extend(queued);
+        true
+    }
+
+    /// Opens the files listed as newer than the one known by `identity`,
+    /// oldest first, then `path`.
+    fn open_after(
+        path: &Path,
+        listed: &[(u32, io::Result<(u64, u64)>)],
+        identity: (u64, u64),
+    ) -> Vec<Opened> {
         let place = listed
             .iter()
             .position(|(_, f)| f.as_ref().is_ok_and(|id| *id == identity));
@@ -359,21 +403,15 @@ impl Reader {
         let newer = place.map_or(&listed[..0], |k| &listed[..k]);
         let mut queued = Vec::new();
         for n in newer.iter().rev().map(|(n, _)| *n).chain([0]) {
-            match Opened::open(rotated(&self.path, n)) {
+            match Opened::open(rotated(path, n)) {
                 Ok(f) if f.identity != identity => queued.push(f),
                 Ok(_) => {}
                 Err(e) => {
-                    debug!(path = %rotated(&self.path, n).display(), error = %e, "container log")
+                    debug!(path = %rotated(path, n).display(), error = %e, "container log")
                 }
             }
         }
-        if queued.is_empty() {
-            // Gone again; the next look tries again.
-            return;
-        }
-        debug!(path = %self.path.display(), files = queued.len(), "following the container log into its next file");
-        self.files.pop_front();
-        self.files.extend(queued);
+        queued
     }
 
     /// Turns the complete lines of `pending` into entries.

@@ -24,10 +24,24 @@ const BUFFER: usize = 64 * 1024;
 /// `P` pieces. What was received is on disk once the next chunk is awaited.
 ///
 /// An error from `output` ends keeping with [`ContainerLogError::Output`],
-/// after writing everything received before it. On any error the rest of
-/// `output` is left unread (and dropped with the future).
+/// after writing everything received before it. A log that cannot be
+/// written (disk full, directory gone) fails with its error only once the
+/// output has ended: the rest is read and dropped meanwhile, so a runtime's
+/// pipe never fills up and blocks the container.
 pub async fn keep(
     mut output: BoxStream<'static, Result<(LogOutput, Bytes), RuntimeError>>,
+    path: PathBuf,
+    rotation: LogRotation,
+) -> Result<(), ContainerLogError> {
+    let written = write(&mut output, path, rotation).await;
+    if written.is_err() {
+        while output.next().await.is_some() {}
+    }
+    written
+}
+
+async fn write(
+    output: &mut BoxStream<'static, Result<(LogOutput, Bytes), RuntimeError>>,
     path: PathBuf,
     rotation: LogRotation,
 ) -> Result<(), ContainerLogError> {
@@ -85,25 +99,40 @@ async fn open_append(path: &Path) -> Result<File, ContainerLogError> {
         path: path.to_path_buf(),
         source,
     };
+    // As a pod's other files on the device: not for every local user.
     tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(path)
         .await
         .map_err(write)
 }
 
+/// Whether the file of `size` bytes at `path` ends with a newline (a file
+/// that cannot be read is taken as ending well).
+fn ends_with_newline(path: &Path, size: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut last, size - 1))
+        .map_or(true, |()| last[0] == b'\n')
+}
+
 impl Log {
     async fn open(path: PathBuf, rotation: LogRotation) -> Result<Self, ContainerLogError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
                 .await
                 .map_err(|source| ContainerLogError::Write {
                     path: dir.to_path_buf(),
                     source,
                 })?;
         }
-        let file = open_append(&path).await?;
+        let mut file = open_append(&path).await?;
         let size = file
             .metadata()
             .await
@@ -112,6 +141,18 @@ impl Log {
                 source,
             })?
             .len();
+        // An agent that died mid-line left a line without its end: end it,
+        // so the next line does not continue it.
+        let mut size = size;
+        if size > 0 && !ends_with_newline(&path, size) {
+            file.write_all(b"\n")
+                .await
+                .map_err(|source| ContainerLogError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            size += 1;
+        }
         Ok(Self {
             path,
             rotation,
@@ -182,8 +223,8 @@ impl Log {
         tag: u8,
         text: &[u8],
     ) -> Result<(), ContainerLogError> {
-        // "<stamp> stdout F <text>\n"
-        let len = (stamp.len() + 10 + text.len()) as u64;
+        // "<stamp> stdout F <text>\n": three spaces, six, one, one newline.
+        let len = (stamp.len() + 11 + text.len()) as u64;
         // A line longer than the limit on its own still goes into a fresh file.
         if self.size > 0 && self.size + len > self.rotation.max_size {
             self.rotate().await?;
@@ -434,7 +475,7 @@ mod tests {
         // Left by an earlier, larger maxFiles.
         std::fs::write(rotated(&path, 3), "stale\n").expect("write");
         std::fs::write(rotated(&path, 4), "stale\n").expect("write");
-        // Each line is 30 + 10 + 7 = 47 bytes: two fit in 100.
+        // Each line is 30 + 11 + 7 = 48 bytes: two fit in 100.
         let rotation = LogRotation {
             max_size: 100,
             max_files: 3,
@@ -506,5 +547,74 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(lines(&path), ["stdout F a", "stdout F b"]);
+    }
+
+    #[tokio::test]
+    async fn no_file_grows_past_max_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        // Three 48-byte lines are 144 bytes: one more than allowed.
+        let rotation = LogRotation {
+            max_size: 143,
+            max_files: 10,
+        };
+        let chunks: Vec<Chunk> = (0..9)
+            .map(|i| Ok((LogOutput::Stdout, Bytes::from(format!("line {i:02}\n")))))
+            .collect();
+        keep_all(chunks, &path, rotation).await;
+        let len = |n| std::fs::metadata(rotated(&path, n)).expect("stat").len();
+        for n in 1..5 {
+            assert_eq!(len(n), 96, "file {n} holds two lines");
+        }
+        assert_eq!(len(0), 48, "the ninth line");
+    }
+
+    #[tokio::test]
+    async fn a_log_that_cannot_be_written_still_drains_the_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Its directory is a file: nothing can be written.
+        std::fs::write(dir.path().join("pods"), "").expect("write");
+        let path = dir.path().join("pods/0.log");
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = read.clone();
+        let output = stream::iter(vec![out("a\n"), out("b\n"), out("c\n")])
+            .inspect(move |_| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .boxed();
+        let got = keep(output, path, LogRotation::default()).await;
+        assert!(
+            matches!(got, Err(ContainerLogError::Write { .. })),
+            "{got:?}"
+        );
+        assert_eq!(
+            read.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "all read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_an_earlier_run_left_unended_is_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let cut = "2026-12-06T20:03:00.123456789Z stdout P cut sho";
+        std::fs::write(&path, cut).expect("write");
+        keep_all(vec![out("next\n")], &path, LogRotation::default()).await;
+        let text = std::fs::read_to_string(&path).expect("read");
+        let (first, second) = text.split_once('\n').expect("two lines");
+        assert_eq!(first, cut);
+        assert!(second.ends_with(" stdout F next\n"), "{second:?}");
+    }
+
+    #[tokio::test]
+    async fn logs_are_not_for_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pods/0.log");
+        keep_all(vec![out("secret\n")], &path, LogRotation::default()).await;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path) & 0o007, 0, "{:o}", mode(&path));
+        assert_eq!(mode(&dir.path().join("pods")) & 0o007, 0);
     }
 }

@@ -144,7 +144,12 @@ async fn run(
         .spawn()
         .map_err(exec)?;
     if let Some(mut input) = child.stdin.take() {
-        input.write_all(&stdin).await.map_err(exec)?;
+        // A plugin may fail and exit before reading its config: its answer
+        // and exit status say why, not the broken pipe.
+        match input.write_all(&stdin).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(exec(e)),
+            _ => {}
+        }
     }
     let output = tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output())
         .await

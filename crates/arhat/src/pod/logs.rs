@@ -156,7 +156,7 @@ async fn container_source(
         tail_lines: options.tail_lines,
         since: options.since,
     };
-    pods.container_logs(&request.pod_uid, &request.container, &id, &wanted)
+    pods.container_logs(&request.pod_uid, &id, &wanted)
         .await
         .map_err(|e| match e {
             // Removed between the lookup and now (the pod is being deleted).

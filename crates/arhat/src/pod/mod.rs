@@ -9,8 +9,8 @@ pub mod dns;
 mod etc;
 pub mod exec;
 mod instance;
-mod keptlogs;
 pub mod logs;
+mod logsource;
 pub mod portforward;
 mod probe;
 mod reply;
@@ -69,7 +69,7 @@ struct Shared {
     host_ip: String,
     data_dir: std::path::PathBuf,
     pulled: Arc<crate::imagegc::Pulled>,
-    logs: Arc<keptlogs::KeptLogs>,
+    logs: Arc<logsource::LogSource>,
 }
 
 /// Every pod on this device.
@@ -83,7 +83,7 @@ pub struct PodManager {
     capacity: admit::Capacity,
     pulled: Arc<crate::imagegc::Pulled>,
     /// Container logs, for a runtime that keeps none.
-    logs: Arc<keptlogs::KeptLogs>,
+    logs: Arc<logsource::LogSource>,
     pods: Mutex<HashMap<String, Entry>>,
     /// UIDs whose status changed since the last report.
     dirty: Arc<Mutex<HashSet<String>>>,
@@ -110,7 +110,11 @@ impl PodManager {
         log_rotation: crate::runtime::LogRotation,
     ) -> Arc<Self> {
         Arc::new(Self {
-            logs: Arc::new(keptlogs::KeptLogs::new(&data_dir, log_rotation)),
+            logs: Arc::new(logsource::LogSource::new(
+                runtime.clone(),
+                &data_dir,
+                log_rotation,
+            )),
             runtime,
             network,
             device: device.into(),
@@ -407,15 +411,10 @@ impl PodManager {
     pub async fn container_logs(
         &self,
         uid: &str,
-        container: &str,
         id: &str,
         options: &crate::runtime::LogOptions,
     ) -> Result<crate::runtime::LogStream, crate::runtime::RuntimeError> {
-        if self.runtime.keeps_logs() {
-            self.runtime.logs(id, options).await
-        } else {
-            self.logs.read(uid, container, id, options).await
-        }
+        self.logs.entries(uid, id, options).await
     }
 
     /// The runtime id of a running container, for exec and attach; with no

@@ -65,7 +65,7 @@ pub struct Worker {
     /// Images this agent pulled, for their garbage collection.
     pulled: Arc<crate::imagegc::Pulled>,
     /// Container logs, for a runtime that keeps none.
-    logs: Arc<super::keptlogs::KeptLogs>,
+    logs: Arc<super::logsource::LogSource>,
 }
 
 impl Worker {
@@ -430,7 +430,7 @@ impl Worker {
                 if let Err(e) = self.runtime.remove_container(&old.id).await {
                     warn!(error = %e, "removing an old container instance");
                 }
-                self.logs.remove(&self.spec.uid, &name, &old.id);
+                self.logs.remove(&self.spec.uid, &old.id);
             }
             let Some(current) = kept.last() else {
                 continue;
@@ -448,7 +448,7 @@ impl Worker {
             };
             info!(container = %name, id = %current.id, state = ?info.state, "adopting a container");
             if matches!(info.state, ContainerState::Running { .. }) {
-                self.keep_log(&name, &current.id).await;
+                self.logs.keep(&self.spec.uid, &name, &current.id).await;
             }
             {
                 let mut state = self.lock_state();
@@ -474,6 +474,7 @@ impl Worker {
                 warn!(error = %e, "removing what an earlier run left");
             }
             self.detach(id).await;
+            self.logs.remove(&self.spec.uid, id);
         }
         if found.all.is_empty() {
             return;
@@ -882,7 +883,7 @@ impl Worker {
             Err(e) => return Err(self.failed_to_run(kind, i, "CreateContainerError", &e)),
         };
         self.remember(kind, i, &id);
-        self.keep_log(&c.name, &id).await;
+        self.logs.keep(&self.spec.uid, &c.name, &id).await;
         self.event(
             Some((kind, i)),
             false,
@@ -997,17 +998,7 @@ impl Worker {
         if !c.termination_message_fallback_to_logs || code == 0 {
             return String::new();
         }
-        let options = crate::runtime::LogOptions {
-            tail_lines: Some(LOG_LINES),
-            ..Default::default()
-        };
-        let Ok(mut log) = self.runtime.logs(id, &options).await else {
-            return String::new();
-        };
-        let mut text = Vec::new();
-        while let Some(Ok(entry)) = futures::StreamExt::next(&mut log).await {
-            text.extend_from_slice(&entry.text);
-        }
+        let text = self.logs.last_lines(&self.spec.uid, id, LOG_LINES).await;
         let tail = &text[text.len().saturating_sub(MAX_LOG_BYTES)..];
         String::from_utf8_lossy(tail).into_owned()
     }
@@ -1216,29 +1207,13 @@ impl Worker {
             if ids.len() > 2 { ids.remove(0) } else { return }
         };
         let runtime = self.runtime.clone();
-        let (logs, uid, name) = (
-            self.logs.clone(),
-            self.spec.uid.clone(),
-            self.container(kind, i).name.clone(),
-        );
+        let (logs, uid) = (self.logs.clone(), self.spec.uid.clone());
         tokio::spawn(async move {
             if let Err(e) = runtime.remove_container(&stale).await {
                 warn!(error = %e, "removing an old container instance");
             }
-            logs.remove(&uid, &name, &stale);
+            logs.remove(&uid, &stale);
         });
-    }
-
-    /// For a runtime that keeps no logs: keeps what the container writes
-    /// (from its start, or from now for one an earlier run left running).
-    async fn keep_log(&self, container: &str, id: &str) {
-        if self.runtime.keeps_logs() {
-            return;
-        }
-        match self.runtime.output(id).await {
-            Ok(output) => self.logs.keep(&self.spec.uid, container, id, output),
-            Err(e) => warn!(%container, error = %e, "the container's output; its log is not kept"),
-        }
     }
 
     fn failed_to_run(&self, kind: Kind, i: usize, reason: &str, e: &RuntimeError) -> i64 {
@@ -1376,7 +1351,6 @@ impl Worker {
                 .collect()
         };
         let ids: Vec<String> = instances.iter().map(|(_, id)| id.clone()).collect();
-        self.logs.forget_pod(&ids);
         info!(
             grace_seconds = grace.as_secs(),
             containers = ids.len(),
@@ -1411,6 +1385,8 @@ impl Worker {
         if let Some(sandbox) = &self.sandbox {
             self.detach(&sandbox.id).await;
         }
+        // Only now: a `logs -f` during the grace period follows to the end.
+        self.logs.forget(&ids);
         let dir = super::volumes::pod_dir(&self.data_dir, &self.spec.uid);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound

@@ -473,6 +473,15 @@ impl Runtime for Fake {
                 o.state.subscribe(),
             )
         })?;
+        // Nothing is written before the start: a caller that took the
+        // output after the start would have missed the line.
+        let mut started = state.clone();
+        let line = async move {
+            let _ = started
+                .wait_for(|s| !matches!(s, Some(ContainerState::Created)))
+                .await;
+            Ok((LogOutput::Stdout, line))
+        };
         let ended = async move {
             let _ = state
                 .wait_for(|s| {
@@ -483,11 +492,9 @@ impl Runtime for Fake {
                 })
                 .await;
         };
-        Ok(
-            futures::stream::once(async move { Ok((LogOutput::Stdout, line)) })
-                .chain(futures::stream::once(ended).filter_map(|()| async { None }))
-                .boxed(),
-        )
+        Ok(futures::stream::once(line)
+            .chain(futures::stream::once(ended).filter_map(|()| async { None }))
+            .boxed())
     }
 
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {

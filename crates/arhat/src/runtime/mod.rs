@@ -146,10 +146,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn keeps_logs(&self) -> bool {
         true
     }
-    /// For a runtime that keeps no logs: everything the created, not yet
-    /// started container writes from its start, ending when it exits. Asked
-    /// once per container before it starts, and again for a running one an
-    /// agent restart finds (from then on).
+    /// For a runtime that keeps no logs: everything the container writes
+    /// from its start, ending when it exits or is removed (also when it never
+    /// started). Asked once per container per agent run: after the create,
+    /// before the start, or, for a running one an agent restart finds, from
+    /// then on. arhat reads it to its end whatever happens to the log, so
+    /// the runtime need not drain it; [`Runtime::logs`] is never asked of
+    /// such a runtime.
     async fn output(&self, id: &str) -> Result<Output, RuntimeError> {
         Err(RuntimeError::failed(
             "taking a container's output",

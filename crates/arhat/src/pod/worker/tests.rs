@@ -553,6 +553,7 @@ async fn a_failed_post_start_hook_kills_the_container_and_it_restarts() {
 #[tokio::test]
 async fn a_runtime_without_logs_has_its_containers_logs_kept_in_the_pod() {
     use futures::StreamExt;
+    const LIMIT: Duration = Duration::from_secs(10);
     let rig = Rig::with(Fake::keeping_no_logs());
     rig.run(pod(
         "Never",
@@ -562,11 +563,15 @@ async fn a_runtime_without_logs_has_its_containers_logs_kept_in_the_pod() {
             container("serves", &["serve", "forever"]),
         ],
     ));
-    rig.until("one done, one running", |s| {
-        matches!(phase(&s.containers[0]), Some(Phase::Terminated(_)))
-            && matches!(phase(&s.containers[1]), Some(Phase::Running(_)))
-    })
-    .await;
+    tokio::time::timeout(
+        LIMIT,
+        rig.until("one done, one running", |s| {
+            matches!(phase(&s.containers[0]), Some(Phase::Terminated(_)))
+                && matches!(phase(&s.containers[1]), Some(Phase::Running(_)))
+        }),
+    )
+    .await
+    .expect("the pod runs");
     let id = |name| {
         rig.pods
             .container_instance(UID, name, false)
@@ -579,48 +584,57 @@ async fn a_runtime_without_logs_has_its_containers_logs_kept_in_the_pod() {
                 follow,
                 ..Default::default()
             };
-            pods.container_logs(UID, name, &id, &options).await
+            pods.container_logs(UID, &id, &options).await
         }
-    };
-    let texts = |entries: Vec<crate::runtime::LogEntry>| -> Vec<String> {
-        entries
-            .iter()
-            .map(|e| String::from_utf8_lossy(&e.text).into_owned())
-            .collect()
     };
     // The keeper writes in the background: the exited one's log is complete
     // once its keeper is done, which following waits for.
-    let done: Vec<_> = read("done", true)
-        .await
-        .expect("the kept log")
-        .map(|e| e.expect("entry"))
-        .collect()
-        .await;
+    let done: Vec<_> = tokio::time::timeout(
+        LIMIT,
+        read("done", true)
+            .await
+            .expect("the kept log")
+            .map(|e| e.expect("entry"))
+            .collect(),
+    )
+    .await
+    .expect("following an exited container's log ends");
     assert!(done.iter().all(|e| e.time.is_some()), "{done:?}");
-    assert_eq!(texts(done), ["exit 0\n"]);
-    assert!(
-        rig.dir
-            .path()
-            .join("pods")
-            .join(UID)
-            .join("logs/done")
-            .join(format!("{}.log", id("done")))
-            .is_file()
-    );
+    let texts: Vec<_> = done.iter().map(|e| e.text.clone()).collect();
+    assert_eq!(texts, ["exit 0\n"]);
+    let file = rig
+        .dir
+        .path()
+        .join("pods")
+        .join(UID)
+        .join("logs")
+        .join(format!("{}.log", id("done")));
+    assert!(file.is_file(), "{}", file.display());
 
-    // Following the running one ends when the pod is deleted.
+    // Following the running one lasts while it runs, and ends when the pod
+    // is deleted.
     let mut follow = read("serves", true).await.expect("the kept log");
-    let first = tokio::time::timeout(Duration::from_secs(10), follow.next())
+    let first = tokio::time::timeout(LIMIT, follow.next())
         .await
         .expect("its first line")
         .expect("an entry")
         .expect("entry");
     assert_eq!(first.text, "serve forever\n");
-    rig.pods.delete(UID, Duration::from_secs(1)).await;
-    let rest = tokio::time::timeout(Duration::from_secs(10), follow.collect::<Vec<_>>())
+    assert!(
+        tokio::time::timeout(crate::containerlog::POLL * 3, follow.next())
+            .await
+            .is_err(),
+        "still following while the container runs"
+    );
+    let deleted = {
+        let pods = rig.pods.clone();
+        tokio::spawn(async move { pods.delete(UID, Duration::from_secs(1)).await })
+    };
+    let rest = tokio::time::timeout(LIMIT, follow.collect::<Vec<_>>())
         .await
         .expect("following ends with the container");
     assert!(rest.is_empty(), "{rest:?}");
+    deleted.await.expect("deleted");
     assert!(
         !rig.dir.path().join("pods").join(UID).exists(),
         "gone with the pod"
