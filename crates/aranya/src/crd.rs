@@ -221,8 +221,8 @@ pub struct PodSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31_536_000))]
     pub tolerate_offline_seconds: Option<u32>,
-    /// Which pods bound to the device it runs at all; the others end Failed
-    /// with reason EdgeDevicePolicy and a message naming the rule.
+    /// Which pods bound to the device it runs at all; the others wait
+    /// Pending with reason EdgeDevicePolicy and a message naming the rule.
     #[serde(default)]
     pub admission: PodAdmission,
 }

@@ -48,6 +48,12 @@ pub const LABEL_DEVICE: &str = "aranya.arhat.dev/edge-device";
 pub const ANNOTATION_HOSTNAME: &str = "aranya.arhat.dev/device-hostname";
 /// Only pods that tolerate it land on an edge device.
 pub const TAINT_EDGE: &str = "aranya.arhat.dev/edge-device";
+/// On a device that runs no pods (arhat's `runtime.kind: none`): the
+/// scheduler never sends it any.
+pub const TAINT_NO_RUNTIME: &str = "aranya.arhat.dev/no-runtime";
+/// A kubelet's reason for NotReady when the node itself is at fault (here:
+/// its container runtime is down).
+pub const REASON_KUBELET_NOT_READY: &str = "KubeletNotReady";
 pub const REASON_DISCONNECTED: &str = "EdgeDeviceDisconnected";
 pub const REASON_CONNECTED: &str = "EdgeDeviceConnected";
 
@@ -250,7 +256,8 @@ impl VirtualNode {
                 Some(report) = reports.recv() => {
                     let newer = self.report.as_ref().is_none_or(|r| report.generation >= r.generation || report.system.as_ref().map(|s| &s.boot_id) != r.system.as_ref().map(|s| &s.boot_id));
                     if newer {
-                        let labels_changed = self.report.as_ref().map(|r| (&r.system, &r.hostname)) != Some((&report.system, &report.hostname));
+                        let runs_pods = |r: &NodeStatus| r.runtime.as_ref().is_none_or(|h| h.configured);
+                        let labels_changed = self.report.as_ref().map(|r| (&r.system, &r.hostname, runs_pods(r))) != Some((&report.system, &report.hostname, runs_pods(&report)));
                         self.report = Some(report);
                         if labels_changed {
                             self.apply_node().await;
@@ -398,7 +405,20 @@ impl VirtualNode {
         if let Some(device) = &self.device {
             taints.extend(device.spec.node.taints.iter().cloned());
         }
+        if self.runtime().is_some_and(|h| !h.configured) {
+            taints.push(Taint {
+                key: TAINT_NO_RUNTIME.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+        }
         taints
+    }
+
+    /// The device's runtime as it last reported it (none from an agent
+    /// that predates the report).
+    fn runtime(&self) -> Option<&proto::api::RuntimeHealth> {
+        self.report.as_ref()?.runtime.as_ref()
     }
 
     /// Labels, annotations, owner and pod CIDRs by server-side apply under
@@ -490,19 +510,24 @@ impl VirtualNode {
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
-        let missing: Vec<Taint> = self
-            .required_taints()
-            .into_iter()
+        let required = self.required_taints();
+        let missing: Vec<Taint> = required
+            .iter()
             .filter(|t| {
                 !current
                     .iter()
                     .any(|c| c.key == t.key && c.effect == t.effect)
             })
+            .cloned()
             .collect();
-        if missing.is_empty() {
+        // Ours that no longer apply (the device has a runtime again) go;
+        // anyone else's stay.
+        let stale =
+            |t: &Taint| t.key == TAINT_NO_RUNTIME && !required.iter().any(|r| r.key == t.key);
+        if missing.is_empty() && !current.iter().any(stale) {
             return;
         }
-        let mut taints = current;
+        let mut taints: Vec<Taint> = current.into_iter().filter(|t| !stale(t)).collect();
         taints.extend(missing);
         let patch = json!({
             "metadata": { "resourceVersion": node.resource_version() },
@@ -527,7 +552,12 @@ impl VirtualNode {
         if in_grace {
             return None;
         }
-        let (status, reason, message) = if connected {
+        let runtime_down = self.runtime().filter(|h| h.configured && !h.healthy);
+        let (status, reason, message) = if let (true, Some(down)) = (connected, runtime_down) {
+            // As a kubelet whose runtime checks fail: the scheduler stops
+            // sending pods, and the node-lifecycle controller taints it.
+            ("False", REASON_KUBELET_NOT_READY, down.message.clone())
+        } else if connected {
             let via = transport.unwrap_or("unknown");
             (
                 "True",

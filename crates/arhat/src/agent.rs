@@ -88,6 +88,7 @@ pub struct Agent {
     config: Arc<Config>,
     pods: Option<Arc<PodManager>>,
     runtime_version: Arc<str>,
+    runtime_health: tokio::sync::watch::Receiver<proto::api::RuntimeHealth>,
     options: Options,
     dialers: Vec<Box<dyn Dialer>>,
     nonce: Bytes,
@@ -123,10 +124,18 @@ impl Agent {
                 identity: identity.clone(),
             }));
         }
-        let (pods, runtime_version) = match crate::runtime::connect(&config.runtime).await? {
-            None => (None, NO_RUNTIME.to_string()),
+        let (pods, runtime_version, runtime_health) = match crate::runtime::connect(&config.runtime)
+            .await?
+        {
+            None => (
+                None,
+                NO_RUNTIME.to_string(),
+                tokio::sync::watch::channel(crate::runtime::health::none()).1,
+            ),
             Some(runtime) => {
                 let version = runtime.version().await?;
+                let health =
+                    crate::runtime::health::monitor(runtime.clone(), config.runtime.health);
                 let host_ip = nodeinfo::host_ip().unwrap_or_default();
                 let network =
                     crate::network::Bridge::new(&config.network, &config.runtime.data_dir).await?;
@@ -154,7 +163,7 @@ impl Agent {
                 ));
                 let restored = pods.restore().await?;
                 info!(pods = restored, "saved pods restored");
-                (Some(pods), version)
+                (Some(pods), version, health)
             }
         };
         info!(runtime = %runtime_version, "container runtime ready");
@@ -162,6 +171,7 @@ impl Agent {
             config,
             pods,
             runtime_version: runtime_version.into(),
+            runtime_health,
             options,
             dialers,
             nonce: Bytes::from(rand::random::<[u8; 16]>().to_vec()),
@@ -377,6 +387,7 @@ impl Agent {
             config: self.config.clone(),
             generation: self.generation.clone(),
             runtime_version: self.runtime_version.clone(),
+            runtime_health: self.runtime_health.clone(),
         };
         tokio::spawn(serve(sampler.clone(), self.pods.clone(), incoming).instrument(span.clone()));
         tokio::spawn(report_status(sampler, handle.clone()).instrument(span.clone()));
@@ -518,11 +529,13 @@ struct Sampler {
     config: Arc<Config>,
     generation: Arc<std::sync::atomic::AtomicU64>,
     runtime_version: Arc<str>,
+    runtime_health: tokio::sync::watch::Receiver<proto::api::RuntimeHealth>,
 }
 
 impl Sampler {
     fn sample(&self) -> NodeStatus {
         let mut status = nodeinfo::collect(&self.config.node.storage_path, &self.runtime_version);
+        status.runtime = Some(self.runtime_health.borrow().clone());
         status.generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -156,6 +156,39 @@ pub struct RuntimeConfig {
     /// When images pulled for pods and no longer used are removed.
     #[serde(default, rename = "imageGC")]
     pub image_gc: ImageGc,
+    /// How the runtime's health is checked for the Node's Ready condition.
+    #[serde(default)]
+    pub health: RuntimeHealth,
+}
+
+/// A kubelet's runtime check: the runtime is asked for its version every
+/// `interval`; failing every check for `downAfter` turns the Node NotReady
+/// ("container runtime is down"), one success turns it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuntimeHealth {
+    #[serde(default = "default_health_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_health_down_after", with = "duration")]
+    pub down_after: Duration,
+}
+
+impl Default for RuntimeHealth {
+    fn default() -> Self {
+        Self {
+            interval: default_health_interval(),
+            down_after: default_health_down_after(),
+        }
+    }
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A kubelet's threshold for its runtime status checks.
+fn default_health_down_after() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// A kubelet's image garbage collection, for images this agent pulled.
@@ -206,6 +239,7 @@ impl Default for RuntimeConfig {
             data_dir: default_data_dir(),
             logs: ContainerLogs::default(),
             image_gc: ImageGc::default(),
+            health: RuntimeHealth::default(),
         }
     }
 }
@@ -570,6 +604,19 @@ impl Config {
                 "must be at least 1s",
             ));
         }
+        let health = &self.runtime.health;
+        if health.interval < Duration::from_millis(100) {
+            return Err(ConfigError::key(
+                "runtime.health.interval",
+                "must be at least 100ms",
+            ));
+        }
+        if health.down_after < health.interval {
+            return Err(ConfigError::key(
+                "runtime.health.downAfter",
+                "must be at least runtime.health.interval",
+            ));
+        }
         let bridge = &self.network.bridge;
         // Linux interface names: at most 15 bytes, no '/', no whitespace.
         if bridge.is_empty()
@@ -932,6 +979,30 @@ connectivity:
             (
                 "network:\n  bridge: a-bridge-name-too-long\n",
                 "network.bridge",
+            ),
+        ] {
+            let err = Config::parse(&format!("{GOOD}{yaml}")).expect_err(yaml);
+            assert_eq!(err.key_name(), Some(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn runtime_health_defaults_to_a_kubelets_and_bad_values_name_the_key() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert_eq!(config.runtime.health.interval, Duration::from_secs(5));
+        assert_eq!(config.runtime.health.down_after, Duration::from_secs(30));
+        for (yaml, key) in [
+            (
+                "runtime:\n  health:\n    interval: 5s\n    downAfter: 1s\n",
+                "runtime.health.downAfter",
+            ),
+            (
+                "runtime:\n  health:\n    interval: 1ms\n",
+                "runtime.health.interval",
+            ),
+            (
+                "runtime:\n  health:\n    every: 1s\n",
+                "runtime.health.every",
             ),
         ] {
             let err = Config::parse(&format!("{GOOD}{yaml}")).expect_err(yaml);

@@ -33,6 +33,7 @@ pub fn collect(storage_path: &Path, runtime_version: &str) -> NodeStatus {
         }),
         hostname: uname.nodename().to_string_lossy().into_owned(),
         generation: 0,
+        runtime: None,
     }
 }
 

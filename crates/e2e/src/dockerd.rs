@@ -55,11 +55,19 @@ fn answers() -> bool {
 /// Stops dockerd and starts it again with its arguments, with
 /// `--live-restore` or without; returns once it answers.
 pub async fn restart(live_restore: bool) -> anyhow::Result<()> {
-    let (pid, mut args) = running()?;
-    args.retain(|a| a != "--live-restore");
-    if live_restore {
-        args.push("--live-restore".into());
-    }
+    stop().await?.start(live_restore).await
+}
+
+/// A dockerd stopped by [`stop`]: how to start it again.
+#[must_use = "dockerd stays stopped until started"]
+#[derive(Debug)]
+pub struct Stopped {
+    args: Vec<String>,
+}
+
+/// Stops dockerd as an upgrade does (SIGTERM); returns once it is gone.
+pub async fn stop() -> anyhow::Result<Stopped> {
+    let (pid, args) = running()?;
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -69,25 +77,37 @@ pub async fn restart(live_restore: bool) -> anyhow::Result<()> {
         gone(pid).then_some(())
     })
     .await?;
-    let cache = testbed::cache_dir()?;
-    std::fs::create_dir_all(&cache)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(cache.join("dockerd.log"))?;
-    // Its own session, so it outlives this test process as the first did.
-    Command::new("setsid")
-        .arg("dockerd")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting dockerd")?;
-    wait_for("dockerd answering", Duration::from_secs(60), || async {
-        answers().then_some(())
-    })
-    .await
+    Ok(Stopped { args })
+}
+
+impl Stopped {
+    /// Starts dockerd with its former arguments, with `--live-restore` or
+    /// without; returns once it answers.
+    pub async fn start(mut self, live_restore: bool) -> anyhow::Result<()> {
+        self.args.retain(|a| a != "--live-restore");
+        if live_restore {
+            self.args.push("--live-restore".into());
+        }
+        let cache = testbed::cache_dir()?;
+        std::fs::create_dir_all(&cache)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cache.join("dockerd.log"))?;
+        // Its own session, so it outlives this test process as the first did.
+        Command::new("setsid")
+            .arg("dockerd")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting dockerd")?;
+        wait_for("dockerd answering", Duration::from_secs(60), || async {
+            answers().then_some(())
+        })
+        .await
+    }
 }
 
 /// Whether the running dockerd keeps containers across its restarts (its

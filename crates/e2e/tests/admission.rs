@@ -1,5 +1,7 @@
-//! Pods a device cannot or will not run end Failed with a reason, as a
-//! kubelet's admission failure does, and never reach its runtime.
+//! Pods a device cannot run end Failed with a reason, as a kubelet's
+//! admission failure does; pods its policy refuses, or that a device
+//! without a runtime is given, wait Pending with a reason (no controller
+//! replaces them in a loop); none reaches the runtime.
 
 use std::time::Duration;
 
@@ -149,9 +151,32 @@ async fn daemon_sets_tolerating_everything_stay_off_the_device() -> anyhow::Resu
         message.contains("spec.pod.admission.daemonSets"),
         "names the rule: {message}"
     );
-    // The refused pods come and go (the DaemonSet controller replaces failed
-    // ones); none of them ever reaches the device's runtime.
+    // The refused pod waits, Pending with the reason: the DaemonSet
+    // controller has nothing to replace, so the same pod stays.
+    let refused = || async {
+        let list = pods
+            .list(&ListParams::default().labels("ds=everything"))
+            .await?;
+        anyhow::Ok(
+            list.items
+                .iter()
+                .map(|p| {
+                    let s = p.status.clone().unwrap_or_default();
+                    (p.uid().unwrap_or_default(), s.phase, s.reason)
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let first = wait_for("the refused pod waiting", TIMEOUT, || async {
+        let seen = refused().await.ok()?;
+        (seen.len() == 1
+            && seen[0].1.as_deref() == Some("Pending")
+            && seen[0].2.as_deref() == Some("EdgeDevicePolicy"))
+        .then_some(seen)
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(refused().await?, first, "no pod replaced");
     let names = device_pod_names(&up.name)?;
     assert!(
         names.iter().any(|n| *n == edge.name_any()),
@@ -160,6 +185,118 @@ async fn daemon_sets_tolerating_everything_stay_off_the_device() -> anyhow::Resu
     assert!(
         !names.iter().any(|n| n.starts_with("everything-")),
         "{names:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_without_a_runtime_is_tainted_and_its_pods_wait() -> anyhow::Result<()> {
+    let env = TestEnv::new("noruntime").await?;
+    let up = env
+        .device_up_configured("a", 10, json!({}), "runtime:\n  kind: none\n")
+        .await?;
+    let node = env.nodes().get(&up.name).await?;
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "aranya.arhat.dev/no-runtime" && t.effect == "NoSchedule"),
+        "{taints:?}"
+    );
+    assert_eq!(
+        env.ready(&up.name).await.map(|r| r.0).as_deref(),
+        Some("True")
+    );
+
+    // A Deployment aimed at the device: the scheduler keeps its pods off it.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(env.client.clone(), &env.name);
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "web" },
+                "spec": {
+                    "replicas": 2,
+                    "selector": { "matchLabels": { "app": "web" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "web" } },
+                        "spec": {
+                            "nodeSelector": { "kubernetes.io/hostname": up.name },
+                            "tolerations": [{ "key": "aranya.arhat.dev/edge-device", "operator": "Exists" }],
+                            "containers": [busybox("app", "sleep 3600")],
+                        },
+                    },
+                },
+            }))?,
+        )
+        .await?;
+    // A pod bound to it by name, past the scheduler: it waits with the reason.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    let bound: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "bound" },
+        "spec": { "nodeName": up.name, "containers": [busybox("app", "sleep 3600")] },
+    }))?;
+    pods.create(&PostParams::default(), &bound).await?;
+    let bound = wait_pod(
+        &env,
+        "bound",
+        "Pending with RuntimeUnavailable",
+        TIMEOUT,
+        |p| {
+            let s = p.status.as_ref()?;
+            (s.phase.as_deref() == Some("Pending")
+                && s.reason.as_deref() == Some("RuntimeUnavailable"))
+            .then(|| p.uid().unwrap_or_default())
+        },
+    )
+    .await?;
+    let web = || async {
+        let list = pods.list(&ListParams::default().labels("app=web")).await?;
+        anyhow::Ok(
+            list.items
+                .iter()
+                .map(|p| {
+                    let scheduled = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                    (p.uid().unwrap_or_default(), scheduled)
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let first = wait_for("the Deployment's two pods", TIMEOUT, || async {
+        web().await.ok().filter(|w| w.len() == 2)
+    })
+    .await?;
+    // Long enough for a storm to show: nothing replaced, nothing placed.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut later = web().await?;
+    let mut expected = first.clone();
+    later.sort();
+    expected.sort();
+    assert_eq!(later, expected, "the same two pods");
+    assert!(
+        later.iter().all(|(_, node)| node.is_none()),
+        "unscheduled: {later:?}"
+    );
+    let now = pods.get("bound").await?;
+    assert_eq!(now.uid().unwrap_or_default(), bound);
+    assert_eq!(
+        now.status.and_then(|s| s.phase).as_deref(),
+        Some("Pending"),
+        "still waiting"
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.name);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("bound"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "RuntimeUnavailable"),
+        "{reasons:?}"
     );
     Ok(())
 }

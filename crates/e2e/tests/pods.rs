@@ -437,10 +437,37 @@ async fn deletion_honours_the_grace_period_and_force(transport) -> anyhow::Resul
             .map(|()| started.elapsed())
         }
     };
+    // A kubelet's order: containers, then sandbox, then the Pod object. The
+    // moment the object is gone, the device runs nothing of the pod.
+    let nothing_left = |name: &'static str, uid: String| {
+        let node = up.name.clone();
+        async move {
+            let running = env.cluster.kubectl(&[
+                "get",
+                "--raw",
+                &format!("/api/v1/nodes/{node}/proxy/runningpods/"),
+            ])?;
+            anyhow::ensure!(
+                !running.contains(&format!("\"{name}\"")),
+                "{name} still in /runningpods after its object went: {running}"
+            );
+            let left = e2e::images::pod_containers(&uid)?;
+            anyhow::ensure!(left.is_empty(), "{name} left {left:?} behind its object");
+            anyhow::Ok(())
+        }
+    };
+    let uid = |name: &'static str| {
+        let api = api.clone();
+        async move { anyhow::Ok(kube::ResourceExt::uid(&api.get(name).await?).unwrap_or_default()) }
+    };
+    let polite_uid = uid("polite").await?;
     api.delete("polite", &DeleteParams::default()).await?;
     let polite_took = gone("polite").await?;
+    nothing_left("polite", polite_uid).await?;
+    let stubborn_uid = uid("stubborn").await?;
     api.delete("stubborn", &DeleteParams::default()).await?;
     let stubborn_took = gone("stubborn").await?;
+    nothing_left("stubborn", stubborn_uid).await?;
     eprintln!("polite pod gone after {polite_took:?}, stubborn after {stubborn_took:?}");
     assert!(
         polite_took < Duration::from_secs(6),

@@ -5,6 +5,10 @@
 //! containers ran; with live-restore nothing restarts. (dockerd is left
 //! without live-restore, as the rest of the suite expects it.)
 //!
+//! While dockerd is down the Node turns NotReady as a kubelet's does
+//! (KubeletNotReady, "container runtime is down"), and Ready again once it
+//! answers.
+//!
 //! This binary restarts the machine's dockerd: its one test runs alone
 //! (cargo runs test binaries one after another).
 
@@ -32,7 +36,15 @@ fn init_restarts(pod: &Pod) -> i32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn sandboxes_come_back_after_dockerd_restarts() -> anyhow::Result<()> {
     let env = TestEnv::new("sandbox").await?;
-    let up = env.device_up("a", 10).await?;
+    // Quick health checks: NotReady 3 s into the outage instead of 30.
+    let up = env
+        .device_up_configured(
+            "a",
+            10,
+            json!({}),
+            "runtime:\n  health:\n    interval: 500ms\n    downAfter: 3s\n",
+        )
+        .await?;
     create_pod(
         &env,
         &up.name,
@@ -66,7 +78,7 @@ async fn sandboxes_come_back_after_dockerd_restarts() -> anyhow::Result<()> {
         !dockerd::live_restore()?,
         "live-restore is set in /etc/docker/daemon.json: this test needs it off"
     );
-    let outcome = restarts_seen(&env, before, never).await;
+    let outcome = restarts_seen(&env, &up.name, before, never).await;
     // Whatever happened, dockerd ends as the rest of the suite expects it.
     dockerd::restart(false).await?;
     outcome
@@ -74,13 +86,30 @@ async fn sandboxes_come_back_after_dockerd_restarts() -> anyhow::Result<()> {
 
 async fn restarts_seen(
     env: &TestEnv,
+    node: &str,
     before: Option<String>,
     never: Option<String>,
 ) -> anyhow::Result<()> {
     // The running dockerd has no live-restore: stopping it, as an upgrade
     // does, kills every container. It comes back with live-restore on.
-    dockerd::restart(true).await?;
+    let stopped = dockerd::stop().await?;
+    let down = env
+        .wait_ready(node, "False", Some("KubeletNotReady"), TIMEOUT)
+        .await;
+    stopped.start(true).await?;
     let answered = Instant::now();
+    let message = down?
+        .status
+        .and_then(|s| s.conditions)
+        .and_then(|cs| cs.into_iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.message)
+        .unwrap_or_default();
+    anyhow::ensure!(
+        message.starts_with("container runtime is down: docker: "),
+        "the Ready message: {message}"
+    );
+    env.wait_ready(node, "True", Some("EdgeDeviceConnected"), TIMEOUT)
+        .await?;
     let (after, app_restarts, init) =
         wait_pod(env, "always", "running in a new sandbox", TIMEOUT, |p| {
             (running_and_ready(p) && container_id(p) != before)

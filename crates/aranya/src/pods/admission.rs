@@ -1,6 +1,9 @@
 //! Which pods a device takes at all, by its EdgeDevice's `spec.pod.admission`,
-//! and how a refused pod ends: phase Failed with a reason and message, as a
-//! kubelet's admission failure, instead of Pending forever.
+//! and how a refused pod ends. One the policy refuses stays Pending with
+//! the reason and a Warning event, as a pod whose RuntimeClass a kubelet
+//! lacks: failed, its controller would replace it, the scheduler would place
+//! the new one on the same device, and so on without end. One whose volumes
+//! the device cannot provide ends Failed, as a kubelet's admission failure.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{ResourceExt, core::SelectorExt};
@@ -87,20 +90,31 @@ pub fn check(policy: &PodAdmission, device: &str, pod: &Pod) -> Result<(), Rejec
 /// A pod refused before it reached the device, or by it, stays refused.
 pub fn is_final(pod: &Pod) -> bool {
     pod.status.as_ref().is_some_and(|s| {
-        s.phase.as_deref() == Some("Failed")
-            && s.reason
-                .as_deref()
-                .is_some_and(|r| FINAL_REASONS.contains(&r) || refusal::REASONS.contains(&r))
+        let reason = s.reason.as_deref().unwrap_or_default();
+        match s.phase.as_deref() {
+            Some("Failed") => FINAL_REASONS.contains(&reason) || refusal::REASONS.contains(&reason),
+            Some("Pending") => reason == REASON_POLICY,
+            _ => false,
+        }
     })
 }
 
-/// The status that ends a refused pod, with the kubelet's Warning event.
+/// The phase a refusal leaves the pod in (see the module's doc).
+fn phase(reason: &str) -> &'static str {
+    if reason == REASON_POLICY {
+        "Pending"
+    } else {
+        "Failed"
+    }
+}
+
+/// The status of a refused pod, with the kubelet's Warning event.
 pub fn rejected(pod: &Pod, rejection: &Rejection) -> PodStatus {
     PodStatus {
         uid: pod.uid().unwrap_or_default(),
         namespace: pod.namespace().unwrap_or_default(),
         name: pod.name_any(),
-        phase: "Failed".into(),
+        phase: phase(rejection.reason).into(),
         reason: rejection.reason.into(),
         message: rejection.message.clone(),
         events: vec![PodEvent {
@@ -212,5 +226,34 @@ mod tests {
                 .message
                 .contains("admission.podSelector")
         );
+    }
+
+    #[test]
+    fn a_policy_refusal_waits_and_a_volume_refusal_fails_and_both_stay_refused() {
+        let mut p = pod("ns", json!({}), false, json!([]));
+        for (reason, phase) in [(REASON_POLICY, "Pending"), (REASON_VOLUME, "Failed")] {
+            let status = rejected(
+                &p,
+                &Rejection {
+                    reason,
+                    message: "why".into(),
+                },
+            );
+            assert_eq!(status.phase, phase);
+            assert_eq!(status.events[0].r#type, "Warning");
+            p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some(status.phase),
+                reason: Some(status.reason),
+                ..Default::default()
+            });
+            assert!(is_final(&p), "{reason}");
+        }
+        // A pod Pending for any other reason is not refused.
+        p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Pending".into()),
+            reason: Some(REASON_VOLUME.into()),
+            ..Default::default()
+        });
+        assert!(!is_final(&p));
     }
 }

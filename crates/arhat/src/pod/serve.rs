@@ -7,13 +7,25 @@ use proto::api::{DeletePodRequest, PodSpec, PodStatus, PodStatusList};
 
 use super::PodManager;
 
-/// What a device without a runtime answers.
+/// What a device without a runtime answers: the pod waits, as one whose
+/// RuntimeClass handler a kubelet lacks, rather than failing, so that its
+/// controller does not replace it again and again (the Node's no-runtime
+/// taint keeps the scheduler away; only a pod bound by name gets here).
 fn no_runtime(uid: &str) -> PodStatus {
+    const REASON: &str = "RuntimeUnavailable";
+    let message = "this device runs no container runtime (arhat config runtime.kind: none)";
     PodStatus {
         uid: uid.to_string(),
-        phase: "Failed".into(),
-        reason: "RuntimeUnavailable".into(),
-        message: "this device runs no container runtime (arhat config runtime.kind)".into(),
+        phase: "Pending".into(),
+        reason: REASON.into(),
+        message: message.into(),
+        events: vec![proto::api::PodEvent {
+            r#type: "Warning".into(),
+            reason: REASON.into(),
+            message: message.into(),
+            time: jiff::Timestamp::now().as_second(),
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }

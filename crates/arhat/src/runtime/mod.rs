@@ -13,6 +13,7 @@ pub mod docker;
 mod error;
 #[cfg(test)]
 pub mod fake;
+pub mod health;
 pub mod labels;
 mod spec;
 mod state;
