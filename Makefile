@@ -16,7 +16,7 @@ HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/host: //p')
 # The pod sandbox's process, linked statically so the infra image needs nothing else.
 export ARANYA_PAUSE_BINARY ?= $(CARGO_TARGET_DIR)/static/$(HOST_TRIPLE)/release/pause
 
-.PHONY: up down test bench fuzz deps docker cni mosquitto build kube pause lint clean
+.PHONY: up down test bench chaos fuzz deps docker cni mosquitto build kube pause lint clean
 
 # `make up TRANSPORT=mqtt`: the device reaches aranya through the demo's own
 # Mosquitto (.local/mosquitto, persistence on) instead of gRPC.
@@ -45,6 +45,11 @@ bench: deps docker cni mosquitto kube pause
 	$(CARGO_TARGET_DIR)/release/bench-reconnect --outages 10
 	$(CARGO) bench -p connectivity --bench throughput
 	$(CARGO) bench -p connectivity --bench handshake
+
+# The fault-injection tests, ARANYA_CHAOS_ROUNDS times each (5 by default;
+# `make test` runs each once), then a table of what they saw (root, iptables).
+chaos: deps docker cni mosquitto build kube pause
+	@scripts/chaos.sh
 
 # Every decoder that reads network bytes, fuzzed to 10 M executions each
 # (FUZZ_RUNS=...; nightly toolchain and cargo-fuzz installed if missing).

@@ -6,6 +6,7 @@
 //! label selector (each test's aranya manages only its own EdgeDevices).
 
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 pub mod dockerd;
 pub mod grpc_health;

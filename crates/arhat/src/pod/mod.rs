@@ -60,6 +60,20 @@ enum Origin {
     Restored(adopt::Found),
 }
 
+/// The Warning event of a pod whose spec could not be saved on the device
+/// (its disk full): it runs, but a restarted agent would not restore it.
+fn unsaved(e: &store::StoreError) -> proto::api::PodEvent {
+    proto::api::PodEvent {
+        r#type: "Warning".into(),
+        reason: "FailedSave".into(),
+        message: format!(
+            "saving the pod on the device: {e}; it runs, but an agent restart would not restore it"
+        ),
+        time: jiff::Timestamp::now().as_second(),
+        ..Default::default()
+    }
+}
+
 /// What every pod's worker is given of the device.
 struct Shared {
     runtime: Arc<dyn Runtime>,
@@ -218,6 +232,7 @@ impl PodManager {
             }
             if let Err(e) = store::save(&self.data_dir, &spec) {
                 warn!(error = %e, "saving the pod");
+                self.report_event(&spec.uid, unsaved(&e));
             }
             return entry.status.borrow().clone();
         }
@@ -259,6 +274,7 @@ impl PodManager {
         if let Err(e) = store::save(&self.data_dir, &spec) {
             // It still runs; only a restart of this agent would forget it.
             warn!(error = %e, "saving the pod");
+            self.report_event(&spec.uid, unsaved(&e));
         }
         let initial = status::initial(&spec, &self.host_ip);
         let (status_tx, status_rx) = watch::channel(initial.clone());
@@ -404,6 +420,21 @@ impl PodManager {
             uid: uid.to_string(),
         })?;
         instance::for_logs(&entry.status.borrow(), container, previous)
+    }
+
+    /// Sends `event` with the pod's next status report.
+    fn report_event(&self, uid: &str, event: proto::api::PodEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(uid.to_string())
+            .or_default()
+            .push(event);
+        self.dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uid.to_string());
+        self.changed.notify_one();
     }
 
     /// A container instance's log entries: the runtime's own log, or the one

@@ -63,10 +63,16 @@ pub fn save(data_dir: &Path, spec: &PodSpec) -> Result<(), StoreError> {
             .open(&tmp)
             .map_err(io)?
     };
-    file.write_all(&spec.encode_to_vec())
+    let written = file
+        .write_all(&spec.encode_to_vec())
         .and_then(|()| file.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        // A full disk: the saved spec stays as it was, and the partial
+        // copy does not keep the space.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io)
 }
 
 /// Every saved spec. One that cannot be read is skipped with a warning (and
