@@ -79,6 +79,9 @@ impl Default for Options {
     }
 }
 
+/// How often the pod manager looks for what pods no longer here left.
+const HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Current {
     handle: SessionHandle,
     epoch: u64,
@@ -162,6 +165,7 @@ impl Agent {
                     },
                 ));
                 let restored = pods.restore().await?;
+                tokio::spawn(pods.clone().housekeeping(HOUSEKEEPING));
                 info!(pods = restored, "saved pods restored");
                 (Some(pods), version, health)
             }

@@ -241,6 +241,7 @@ async fn aranya_killed_amid_pod_churn_converges() -> anyhow::Result<()> {
             )
             .await;
             if left.is_err() {
+                eprintln!("pod {uid} left {:?} on the device", pod_containers(uid));
                 outcome.corrupted += 1;
             }
         }

@@ -201,6 +201,49 @@ impl PodManager {
         Ok(count)
     }
 
+    /// A kubelet's housekeeping: every `every`, what the runtime holds of
+    /// pods this agent does not run is removed (a creation that landed after
+    /// its pod's deletion gave up waiting for it, or anything left by hand).
+    pub async fn housekeeping(self: Arc<Self>, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // A pod leaves the map once its deletion removed everything: one
+            // that was here before the listing is skipped this time (the
+            // listing may show what its deletion removed since).
+            let before: HashSet<String> = self.lock().keys().cloned().collect();
+            let Ok(objects) = self
+                .runtime
+                .list_labelled(&labels::of_device(&self.device))
+                .await
+            else {
+                continue;
+            };
+            // Under the lock: a pod is in the map before it makes anything.
+            let orphans: Vec<_> = {
+                let pods = self.lock();
+                objects
+                    .into_iter()
+                    .filter(|o| {
+                        o.labels
+                            .get(LABEL_POD_UID)
+                            .is_none_or(|uid| !pods.contains_key(uid) && !before.contains(uid))
+                    })
+                    .collect()
+            };
+            for o in orphans {
+                info!(id = %o.id, pod = ?o.labels.get(LABEL_POD_UID), "removing what a pod no longer here left");
+                if let Err(e) = self.runtime.remove_container(&o.id).await {
+                    warn!(id = %o.id, error = %e, "removing a leftover container");
+                }
+                if let Err(e) = self.network.detach(&o.id).await {
+                    warn!(id = %o.id, error = %e, "detaching a leftover sandbox");
+                }
+            }
+        }
+    }
+
     /// Runs the pod if it is not running yet (idempotent by UID) and it fits
     /// on the device; returns its status.
     pub fn ensure(self: &Arc<Self>, spec: PodSpec) -> PodStatus {
@@ -360,6 +403,9 @@ impl PodManager {
                 break;
             }
         }
+        // A create the deletion cut short may still have landed in the
+        // runtime, unknown to the worker: nothing of the pod may outlive it.
+        self.sweep(uid).await;
         self.lock().remove(uid);
         let mut last = status.borrow().clone();
         last.removed = true;

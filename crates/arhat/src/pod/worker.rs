@@ -66,6 +66,15 @@ pub struct Worker {
     pulled: Arc<crate::imagegc::Pulled>,
     /// Container logs, for a runtime that keeps none.
     logs: Arc<super::logsource::LogSource>,
+    /// Sandbox and container creations under way. They run as tasks of
+    /// their own, so that a deletion cutting the pod's work short waits for
+    /// them and then removes what they made, rather than leaving it behind.
+    creations: tokio_util::task::TaskTracker,
+}
+
+/// A creation's task that did not finish (the runtime's call panicked).
+fn cut_short(e: tokio::task::JoinError) -> RuntimeError {
+    RuntimeError::failed("creating", e.to_string())
 }
 
 impl Worker {
@@ -102,6 +111,7 @@ impl Worker {
             adopted: Mutex::default(),
             pulled,
             logs,
+            creations: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -526,7 +536,12 @@ impl Worker {
             false,
             Duration::from_secs(30),
             || async {
-                match self.runtime.create_sandbox(&spec).await {
+                let creating = {
+                    let (runtime, spec) = (self.runtime.clone(), spec.clone());
+                    self.creations
+                        .spawn(async move { runtime.create_sandbox(&spec).await })
+                };
+                match creating.await.unwrap_or_else(|e| Err(cut_short(e))) {
                     Ok(sandbox) if self.spec.host_network => Ok(sandbox),
                     Ok(sandbox) => self.attach(sandbox).await,
                     Err(e) => Err(e.to_string()),
@@ -878,7 +893,12 @@ impl Worker {
         let Some(sandbox) = &self.sandbox else {
             return Err(-1);
         };
-        let id = match self.runtime.create_container(sandbox, &spec).await {
+        let creating = {
+            let (runtime, sandbox, spec) = (self.runtime.clone(), sandbox.clone(), spec.clone());
+            self.creations
+                .spawn(async move { runtime.create_container(&sandbox, &spec).await })
+        };
+        let id = match creating.await.unwrap_or_else(|e| Err(cut_short(e))) {
             Ok(id) => id,
             Err(e) => return Err(self.failed_to_run(kind, i, "CreateContainerError", &e)),
         };
@@ -1384,6 +1404,15 @@ impl Worker {
         }
         if let Some(sandbox) = &self.sandbox {
             self.detach(&sandbox.id).await;
+        }
+        // Creations the deletion cut short finish first; the pod manager
+        // then removes whatever of the pod is left.
+        self.creations.close();
+        if tokio::time::timeout(Duration::from_secs(60), self.creations.wait())
+            .await
+            .is_err()
+        {
+            warn!("creations under way still unfinished after 60 s");
         }
         // Only now: a `logs -f` during the grace period follows to the end.
         self.logs.forget(&ids);

@@ -90,6 +90,8 @@ pub struct Fake {
     /// Exit codes of exec commands (words joined by spaces); 0 if absent.
     exec_codes: Mutex<HashMap<String, i32>>,
     keeps_logs: bool,
+    /// How long a sandbox's creation takes.
+    slow_creates: Mutex<Duration>,
 }
 
 impl std::fmt::Debug for Fake {
@@ -125,7 +127,13 @@ impl Fake {
             calls: Mutex::default(),
             exec_codes: Mutex::default(),
             keeps_logs: true,
+            slow_creates: Mutex::default(),
         }
+    }
+
+    /// Creating a sandbox takes `took` from now on.
+    pub fn slow_creates(&self, took: Duration) {
+        *lock(&self.slow_creates) = took;
     }
 
     /// A runtime that keeps no logs and hands over containers' output.
@@ -328,6 +336,8 @@ impl Runtime for Fake {
 
     async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
         self.call("create_sandbox")?;
+        let slow = *lock(&self.slow_creates);
+        tokio::time::sleep(slow).await;
         let id = self.add(
             true,
             spec.labels.clone(),

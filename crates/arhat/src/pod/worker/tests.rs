@@ -359,6 +359,42 @@ async fn a_sandbox_left_without_its_network_is_replaced() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deletion_amid_a_sandbox_creation_leaves_nothing_behind() {
+    let rig = Rig::new();
+    rig.fake.slow_creates(Duration::from_secs(5));
+    rig.run(pod("Always", vec![], vec![container("app", &[])]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        rig.fake.calls("create_sandbox"),
+        1,
+        "the creation is under way"
+    );
+    let status = rig.pods.delete(UID, Duration::from_secs(5)).await;
+    assert!(status.removed);
+    assert!(
+        rig.fake.find(&[(LABEL_POD_UID, UID)]).is_empty(),
+        "the sandbox the runtime made after the deletion began is gone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn housekeeping_removes_what_no_pod_here_owns() {
+    let rig = Rig::new();
+    rig.run(pod("Always", vec![], vec![container("app", &[])]));
+    rig.until("running", running).await;
+    let stray = Owner {
+        pod_uid: "gone",
+        ..owner()
+    };
+    let left = rig.fake.insert(false, stray.labels("app", 0), false);
+    tokio::spawn(rig.pods.clone().housekeeping(Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rig.fake.state(&left), None, "the stray container is gone");
+    assert_eq!(rig.objects("app").len(), 1, "the pod's own container stays");
+    assert_eq!(rig.objects(SANDBOX).len(), 1, "and its sandbox");
+}
+
+#[tokio::test(start_paused = true)]
 async fn deletion_stops_then_removes_every_object() {
     let rig = Rig::new();
     rig.run(pod("Always", vec![], vec![container("app", &[])]));
