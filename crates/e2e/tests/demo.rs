@@ -21,6 +21,13 @@ fn kubectl(state: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The last lines of a log file, for a failure message.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -43,7 +50,9 @@ async fn make_up_over_mqtt_runs_the_sample_through_its_own_broker() -> anyhow::R
         .arg(&state)
         .args(["--transport", "mqtt"])
         .args(["--grpc-port", &free_port()?.to_string()])
-        .args(["--mqtt-port", &free_port()?.to_string()]);
+        .args(["--mqtt-port", &free_port()?.to_string()])
+        // Its error, not a backtrace, ends its log when it fails.
+        .env("RUST_BACKTRACE", "0");
     let mut demo = Proc::spawn("demo", cmd, &tmp.path().join("demo.log"))?;
 
     // The kubeconfig is written last: the Node was Ready and hello-edge rolled out.
@@ -55,8 +64,10 @@ async fn make_up_over_mqtt_runs_the_sample_through_its_own_broker() -> anyhow::R
     .await;
     ensure!(
         matches!(up, Ok(true)),
-        "the demo did not come up:\n{}",
-        demo.log_tail(40)
+        "the demo did not come up:\n{}\naranya:\n{}\narhat:\n{}",
+        demo.log_tail(40),
+        tail(&state.join("logs/aranya.log")),
+        tail(&state.join("logs/arhat.log"))
     );
     ensure!(
         demo.log()
