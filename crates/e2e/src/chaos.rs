@@ -4,7 +4,7 @@
 //! `<fault>\t<injected>\t<restarted wrongly>\t<lost or corrupted>\t<seconds
 //! back to Ready, comma-separated>`.
 
-use std::{io::Write, time::Duration};
+use std::time::Duration;
 
 /// Rounds each fault test runs.
 pub fn rounds() -> u32 {
@@ -45,13 +45,6 @@ impl Outcome {
             self.corrupted,
             times.join(",")
         );
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = appended {
-            eprintln!("recording a chaos outcome: {e}");
-        }
+        crate::timings::append_line(&path, &line, "a chaos outcome");
     }
 }

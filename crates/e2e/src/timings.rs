@@ -49,12 +49,18 @@ pub fn record(what: &str, took: Duration) {
         }
     }
     let line = format!("{}\t{what}\t{:.3}\n", binary(), took.as_secs_f64());
+    append_line(&path, &line, "a timing");
+}
+
+/// Appends one line to a record file of the harness (timings, chaos
+/// outcomes); a failure is only reported, never fails the test.
+pub(crate) fn append_line(path: &std::ffi::OsStr, line: &str, what: &str) {
     let appended = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = appended {
-        eprintln!("recording a timing: {e}");
+        eprintln!("recording {what}: {e}");
     }
 }

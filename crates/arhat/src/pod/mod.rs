@@ -232,15 +232,10 @@ impl PodManager {
                     })
                     .collect()
             };
-            for o in orphans {
+            for o in &orphans {
                 info!(id = %o.id, pod = ?o.labels.get(LABEL_POD_UID), "removing what a pod no longer here left");
-                if let Err(e) = self.runtime.remove_container(&o.id).await {
-                    warn!(id = %o.id, error = %e, "removing a leftover container");
-                }
-                if let Err(e) = self.network.detach(&o.id).await {
-                    warn!(id = %o.id, error = %e, "detaching a leftover sandbox");
-                }
             }
+            self.remove_leftovers(&orphans).await;
         }
     }
 
@@ -426,17 +421,21 @@ impl PodManager {
             .list_labelled(&labels::of_pod(&self.device, uid))
             .await
         {
-            Ok(objects) => {
-                for o in &objects {
-                    if let Err(e) = self.runtime.remove_container(&o.id).await {
-                        warn!(id = %o.id, error = %e, "removing a leftover container");
-                    }
-                    if let Err(e) = self.network.detach(&o.id).await {
-                        warn!(id = %o.id, error = %e, "detaching a leftover sandbox");
-                    }
-                }
-            }
+            Ok(objects) => self.remove_leftovers(&objects).await,
             Err(e) => warn!(error = %e, "listing runtime objects"),
+        }
+    }
+
+    /// Removes runtime objects no pod here owns, giving back a sandbox's
+    /// network.
+    async fn remove_leftovers(&self, objects: &[crate::runtime::Labelled]) {
+        for o in objects {
+            if let Err(e) = self.runtime.remove_container(&o.id).await {
+                warn!(id = %o.id, error = %e, "removing a leftover container");
+            }
+            if let Err(e) = self.network.detach(&o.id).await {
+                warn!(id = %o.id, error = %e, "detaching a leftover sandbox");
+            }
         }
     }
 
