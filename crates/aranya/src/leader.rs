@@ -1,19 +1,27 @@
 //! One active aranya at a time, through a coordination Lease. A replica that
 //! loses the Lease stops (its supervisor restarts it as a standby), as the
-//! Kubernetes control-plane components do.
+//! Kubernetes control-plane components do. Whether another holder's Lease
+//! lapsed is judged by this replica's own clock (`lease::Observer`), never by
+//! the times in it, so replicas with clocks apart do not take it from each
+//! other.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::MicroTime,
-    jiff::{SignedDuration, Timestamp},
+    jiff::Timestamp,
 };
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
 };
 use tracing::{debug, info, warn};
+
+use crate::lease::{Observer, renew_time};
 
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(2);
@@ -23,6 +31,7 @@ pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
+    observer: Arc<Mutex<Observer>>,
 }
 
 impl Elector {
@@ -31,6 +40,7 @@ impl Elector {
             api: Api::namespaced(client, namespace),
             name: name.to_string(),
             identity: identity.to_string(),
+            observer: Arc::default(),
         }
     }
 
@@ -54,22 +64,41 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease until it is lost; returns when leadership ends.
+    /// Renews the Lease until another replica holds it; returns then.
+    ///
+    /// While the apiserver does not answer, this replica carries on with its
+    /// devices rather than stopping: when the apiserver is down for every
+    /// replica (an upgrade, a restart), none can take the Lease, and stopping
+    /// would only drop every device. Once it answers, a Lease that another
+    /// replica took meanwhile ends this one's leadership.
     pub async fn hold(&self) {
         let mut last_renewed = tokio::time::Instant::now();
+        let mut lapsed = false;
         loop {
             tokio::time::sleep(RENEW_INTERVAL).await;
             match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(true) => {
+                    if lapsed {
+                        info!(
+                            after = ?last_renewed.elapsed(),
+                            "renewed the leader Lease again: the apiserver answers"
+                        );
+                        lapsed = false;
+                    }
+                    last_renewed = tokio::time::Instant::now();
+                }
                 Ok(false) => {
                     warn!("leader Lease taken by another replica");
                     return;
                 }
+                Err(e) if lapsed => debug!(error = %e, "renewing leader Lease"),
                 Err(e) => {
                     warn!(error = %e, "renewing leader Lease");
-                    // Stop before the Lease can have lapsed for the others.
                     if last_renewed.elapsed() > LEASE_DURATION - RENEW_INTERVAL {
-                        return;
+                        warn!(
+                            "the leader Lease lapses: carrying on with the devices until the apiserver answers"
+                        );
+                        lapsed = true;
                     }
                 }
             }
@@ -92,14 +121,13 @@ impl Elector {
     }
 
     async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
-        let now = MicroTime(Timestamp::now());
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
                     ..Default::default()
                 },
-                spec: Some(self.spec(now.clone(), None, 0)),
+                spec: Some(self.spec(renew_time(None, Timestamp::now()), None, 0)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
@@ -111,13 +139,16 @@ impl Elector {
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let transitions = spec.lease_transitions.unwrap_or(0);
         let acquired = spec.acquire_time.clone();
+        let now = renew_time(spec.renew_time.as_ref(), Timestamp::now());
         if holder == self.identity {
             lease.spec = Some(self.spec(now, acquired, transitions));
         } else {
-            let expired = spec.renew_time.as_ref().is_none_or(|t| {
-                let duration = spec.lease_duration_seconds.unwrap_or(15);
-                t.0 + SignedDuration::from_secs(i64::from(duration)) < Timestamp::now()
-            });
+            let expired = spec.renew_time.is_none()
+                || self
+                    .observer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .expired(&spec, Instant::now());
             if !holder.is_empty() && !expired {
                 debug!(%holder, "Lease held");
                 return Ok(false);

@@ -10,6 +10,7 @@
 //! - [`kubelet`]: the kubelet endpoint of every virtual node.
 //! - [`pods`]: pods bound to a virtual node, run on its device.
 //! - [`leader`]: one active replica at a time.
+//! - [`lease`]: Leases judged by this replica's clock, not their writer's.
 
 pub mod config;
 pub mod controller;
@@ -18,6 +19,7 @@ pub mod hub;
 pub mod identity;
 pub mod kubelet;
 pub mod leader;
+pub mod lease;
 pub mod mqtt;
 pub mod pods;
 pub mod resources;

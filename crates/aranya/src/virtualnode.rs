@@ -770,7 +770,7 @@ impl VirtualNode {
         let Some(uid) = self.node_uid.clone() else {
             return;
         };
-        let now = MicroTime(Timestamp::now());
+        let now = Timestamp::now();
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
@@ -787,7 +787,7 @@ impl VirtualNode {
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(self.name.clone());
                 spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
-                spec.renew_time = Some(now);
+                spec.renew_time = Some(crate::lease::renew_time(spec.renew_time.as_ref(), now));
                 if let Err(e) = self
                     .leases
                     .replace(&self.name, &PostParams::default(), &lease)
@@ -807,7 +807,7 @@ impl VirtualNode {
                     spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
                         holder_identity: Some(self.name.clone()),
                         lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
-                        renew_time: Some(now),
+                        renew_time: Some(MicroTime(now)),
                         ..Default::default()
                     }),
                 };

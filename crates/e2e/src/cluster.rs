@@ -113,10 +113,21 @@ impl Cluster {
         grpc_port: u16,
         log: &str,
     ) -> anyhow::Result<Command> {
+        self.aranya_command_with(namespace, grpc_port, log, &self.aranya_kubeconfig)
+    }
+
+    /// Like [`Self::aranya_command`], reaching the apiserver as `kubeconfig` says.
+    pub fn aranya_command_with(
+        &self,
+        namespace: &str,
+        grpc_port: u16,
+        log: &str,
+        kubeconfig: &Path,
+    ) -> anyhow::Result<Command> {
         let mut cmd = Command::new(crate::process::binary("aranya")?);
         cmd.env("RUST_LOG", log)
             .arg("--kubeconfig")
-            .arg(&self.aranya_kubeconfig)
+            .arg(kubeconfig)
             .args(["--namespace", namespace])
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
             // Not loopback: the apiserver refuses to proxy to loopback nodes.
@@ -407,10 +418,20 @@ impl TestEnv {
     }
 
     pub fn aranya_command(&self, identity: &str) -> anyhow::Result<Command> {
-        let mut cmd = self.cluster.aranya_command(
+        self.aranya_command_with(identity, &self.cluster.aranya_kubeconfig)
+    }
+
+    /// Like [`Self::aranya_command`], reaching the apiserver as `kubeconfig` says.
+    pub fn aranya_command_with(
+        &self,
+        identity: &str,
+        kubeconfig: &Path,
+    ) -> anyhow::Result<Command> {
+        let mut cmd = self.cluster.aranya_command_with(
             &self.name,
             self.grpc_port,
             "info,aranya=debug,connectivity=debug",
+            kubeconfig,
         )?;
         cmd.args(["--identity", identity])
             .args([
@@ -424,7 +445,70 @@ impl TestEnv {
     }
 
     pub fn start_aranya(&self, identity: &str) -> anyhow::Result<Proc> {
-        let cmd = self.aranya_command(identity)?;
+        self.start_aranya_with(identity, &self.cluster.aranya_kubeconfig)
+    }
+
+    /// aranya reaching the apiserver as `kubeconfig` says.
+    pub fn start_aranya_with(&self, identity: &str, kubeconfig: &Path) -> anyhow::Result<Proc> {
+        let cmd = self.aranya_command_with(identity, kubeconfig)?;
+        Proc::spawn(
+            &format!("aranya-{identity}"),
+            cmd,
+            &self.dir.join(format!("aranya-{identity}.log")),
+        )
+    }
+
+    /// aranya's kubeconfig, with the apiserver reached on loopback `port`
+    /// instead (an [`crate::impair::Impairer`] in front of it).
+    pub fn aranya_kubeconfig_through(&self, port: u16) -> anyhow::Result<PathBuf> {
+        let mut config: serde_norway::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&self.cluster.aranya_kubeconfig)?)?;
+        let clusters = config
+            .get_mut("clusters")
+            .and_then(|c| c.as_sequence_mut())
+            .context("aranya's kubeconfig has no clusters")?;
+        for c in clusters {
+            if let Some(cluster) = c.get_mut("cluster").and_then(|c| c.as_mapping_mut()) {
+                cluster.insert("server".into(), format!("https://127.0.0.1:{port}").into());
+            }
+        }
+        let path = self.dir.join(format!("aranya-through-{port}.kubeconfig"));
+        std::fs::write(&path, serde_norway::to_string(&config)?)?;
+        Ok(path)
+    }
+
+    /// The apiserver's address on loopback, as aranya's kubeconfig names it.
+    pub fn apiserver_address(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let config: serde_norway::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&self.cluster.aranya_kubeconfig)?)?;
+        let server = config["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .context("aranya's kubeconfig names no server")?;
+        let authority = server.trim_start_matches("https://");
+        authority
+            .trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("the apiserver address {server}"))
+    }
+
+    /// aranya with its clock `offset` from this machine's (Debian's
+    /// libfaketime preloaded, e.g. `+1h`; not the `faketime` wrapper, which
+    /// would stand between the test and the process it kills); its
+    /// monotonic clock is left alone.
+    pub fn start_aranya_skewed(&self, identity: &str, offset: &str) -> anyhow::Result<Proc> {
+        let lib = PathBuf::from(format!(
+            "/usr/lib/{}-linux-gnu/faketime/libfaketimeMT.so.1",
+            std::env::consts::ARCH
+        ));
+        anyhow::ensure!(
+            lib.exists(),
+            "{} is missing: scripts/deps.sh installs Debian's faketime",
+            lib.display()
+        );
+        let mut cmd = self.aranya_command(identity)?;
+        cmd.env("LD_PRELOAD", &lib)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         Proc::spawn(
             &format!("aranya-{identity}"),
             cmd,

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod dockerd;
 pub mod grpc_health;
 pub mod images;
+pub mod impair;
 pub mod impostor;
 pub mod kubelet;
 pub mod netcut;

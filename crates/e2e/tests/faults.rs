@@ -13,6 +13,7 @@ use e2e::{
     TestEnv,
     chaos::{Outcome, rounds},
     images::pod_containers,
+    impair::{Impairer, Link},
     netcut::LinkCut,
     pods::{busybox, container_id, create_pod, restarts, running_and_ready, wait_pod},
     wait_for,
@@ -81,10 +82,22 @@ async fn exec_is_exact(env: &TestEnv, pod: &str) -> anyhow::Result<bool> {
     Ok(out.stdout == expected.as_bytes())
 }
 
+/// arhat config YAML dialing aranya through loopback `port` (an impairer).
+fn dial_through(env: &TestEnv, port: u16) -> String {
+    format!(
+        "connectivity:\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {}\n        serverName: localhost\n",
+        env.cluster.ca_file.display()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_degraded_link_restarts_nothing_and_corrupts_no_stream() -> anyhow::Result<()> {
     let env = TestEnv::new("lossy").await?;
-    let up = env.device_up("a", 10).await?;
+    // arhat reaches aranya through an impairer, for latency.
+    let link = Impairer::start(([127, 0, 0, 1], env.grpc_port).into()).await?;
+    let up = env
+        .device_up_configured("a", 10, json!({}), &dial_through(&env, link.port))
+        .await?;
     create_pod(
         &env,
         &up.name,
@@ -110,6 +123,27 @@ async fn a_degraded_link_restarts_nothing_and_corrupts_no_stream() -> anyhow::Re
         outcome
             .back_to_ready
             .push(back_to_ready(&env, &up.name).await?);
+        // 500 ms more each way (up to 100 ms of jitter on top): the Node
+        // stays Ready through it, and a stream stays exact.
+        {
+            let watch = ReadyWatch::start(&env, &up.name);
+            link.set(Link::Late {
+                latency: Duration::from_millis(500),
+                jitter: Duration::from_millis(100),
+            });
+            outcome.injected += 1;
+            let started = Instant::now();
+            if !exec_is_exact(&env, "steady").await? {
+                outcome.corrupted += 1;
+            }
+            tokio::time::sleep(Duration::from_secs(15).saturating_sub(started.elapsed())).await;
+            link.set(Link::Pass);
+            let seen = watch.stop().await;
+            anyhow::ensure!(
+                seen.is_empty(),
+                "the Node left Ready under 500 ms of latency: {seen:?}"
+            );
+        }
         // The link flaps: down 2.5 s, up 2.5 s.
         for _ in 0..flaps {
             let cut = LinkCut::new(env.grpc_port)?;
@@ -129,7 +163,7 @@ async fn a_degraded_link_restarts_nothing_and_corrupts_no_stream() -> anyhow::Re
     if after != before {
         outcome.restarted += 1;
     }
-    outcome.record("link: 20% loss, then flapping every 5 s");
+    outcome.record("link: 20% loss, 500 ms latency, then flapping every 5 s");
     assert_eq!(after, before, "the pod, its container and restart count");
     assert_eq!(outcome.corrupted, 0, "streams through the degraded link");
     for took in &outcome.back_to_ready {
@@ -139,6 +173,69 @@ async fn a_degraded_link_restarts_nothing_and_corrupts_no_stream() -> anyhow::Re
             outcome.back_to_ready
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apiserver_gone_30_s_leaves_devices_and_nodes_alone() -> anyhow::Result<()> {
+    let env = TestEnv::new("noapi").await?;
+    // aranya reaches the apiserver through an impairer; the test does not.
+    let apiserver = Impairer::start(env.apiserver_address()?).await?;
+    let kubeconfig = env.aranya_kubeconfig_through(apiserver.port)?;
+    let name = env.device("a");
+    env.create_device(&name, 10).await?;
+    let mut aranya = env.start_aranya_with("a", &kubeconfig)?;
+    let _arhat = env.start_arhat(&name, "1", &[])?;
+    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), RUN_TIMEOUT)
+        .await?;
+    create_pod(
+        &env,
+        &name,
+        "steady",
+        json!({ "containers": [busybox("app", "exec sleep 3600")] }),
+    )
+    .await?;
+    let before = identity(&env, "steady").await?;
+    let watch = ReadyWatch::start(&env, &name);
+    let mut outcome = Outcome::default();
+    for round in 0..rounds() {
+        apiserver.set(Link::Down);
+        outcome.injected += 1;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        apiserver.set(Link::Pass);
+        // Back to work: a pod created now runs.
+        let back = Instant::now();
+        let fresh = format!("after-{round}");
+        create_pod(
+            &env,
+            &name,
+            &fresh,
+            json!({ "containers": [busybox("app", "exec sleep 3600")] }),
+        )
+        .await?;
+        identity(&env, &fresh).await?;
+        outcome.back_to_ready.push(back.elapsed());
+        // Long enough for a flap after the return to show.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let seen = watch.stop().await;
+    let after = identity(&env, "steady").await?;
+    if after != before {
+        outcome.restarted += 1;
+    }
+    let sessions = aranya.log().matches("device connected").count();
+    if !seen.is_empty() || sessions != 1 {
+        outcome.corrupted += 1;
+    }
+    outcome.record("apiserver unreachable for aranya 30 s");
+    anyhow::ensure!(
+        aranya.is_running(),
+        "aranya stopped: {}",
+        aranya.log_tail(30)
+    );
+    assert!(seen.is_empty(), "the Node left Ready: {seen:?}");
+    assert_eq!(sessions, 1, "the device's session was dropped");
+    assert_eq!(after, before, "the pod, its container and restart count");
     Ok(())
 }
 
@@ -384,5 +481,120 @@ async fn a_full_data_dir_says_why_keeps_the_saved_pods_and_recovers() -> anyhow:
         "the saved pod spec changed while the disk was full"
     );
     assert_eq!(outcome.restarted, 0, "the running pod restarted");
+    Ok(())
+}
+
+/// Every Ready status other than True that `node` showed while this ran
+/// (polled twice a second): (status, reason).
+struct ReadyWatch(
+    tokio::task::JoinHandle<Vec<(String, String)>>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+impl ReadyWatch {
+    fn start(env: &TestEnv, node: &str) -> ReadyWatch {
+        let nodes = env.nodes();
+        let node = node.to_string();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        ReadyWatch(
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while stopped.try_recv().is_err() {
+                    if let Ok(n) = nodes.get(&node).await
+                        && let Some(ready) = e2e::cluster::node_ready(&n)
+                        && ready.0 != "True"
+                        && seen.last() != Some(&ready)
+                    {
+                        seen.push(ready);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                seen
+            }),
+            stop,
+        )
+    }
+
+    async fn stop(self) -> Vec<(String, String)> {
+        let _ = self.1.send(());
+        self.0.await.unwrap_or_default()
+    }
+}
+
+/// How long after the leader's death `standby` leads and the device is back
+/// on it: a Lease lapses after its 15 s unchanged, plus a renew interval or
+/// two and the device's reconnection.
+async fn takes_over(standby: &e2e::Proc, killed: Instant) -> anyhow::Result<Duration> {
+    const LAPSE: Duration = Duration::from_secs(15 + 2 * 2 + 5);
+    standby
+        .wait_log("became leader", LAPSE.saturating_sub(killed.elapsed()))
+        .await
+        .map_err(|e| e.context(standby.log_tail(20)))?;
+    standby.wait_log("device connected", RUN_TIMEOUT).await?;
+    Ok(killed.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aranya_an_hour_ahead_keeps_leader_election_and_leases_working() -> anyhow::Result<()> {
+    let env = TestEnv::new("skew").await?;
+    let name = env.device("a");
+    env.create_device(&name, 3).await?;
+    let mut on_time = env.start_aranya("on-time-0")?;
+    on_time
+        .wait_log("became leader", Duration::from_secs(30))
+        .await?;
+    let _arhat = env.start_arhat(&name, "1", &[])?;
+    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), RUN_TIMEOUT)
+        .await?;
+    let watch = ReadyWatch::start(&env, &name);
+    let mut outcome = Outcome::default();
+    for round in 0..rounds() {
+        // A standby an hour ahead reads the leader's renewals as an hour
+        // old: it must see them stop, not take the Lease from a live leader.
+        let mut ahead = env.start_aranya_skewed(&format!("ahead-{round}"), "+1h")?;
+        outcome.injected += 1;
+        tokio::time::sleep(Duration::from_secs(15 + 5)).await;
+        anyhow::ensure!(
+            ahead.log().contains("standing by") && !ahead.log().contains("became leader"),
+            "the standby an hour ahead: {}",
+            ahead.log_tail(20)
+        );
+        on_time.kill();
+        outcome
+            .back_to_ready
+            .push(takes_over(&ahead, Instant::now()).await?);
+        // Back: a standby on time takes over from the leader an hour ahead
+        // once it dies, though its renew times lie an hour in the future.
+        on_time = env.start_aranya(&format!("on-time-{}", round + 1))?;
+        on_time
+            .wait_log("standing by", Duration::from_secs(30))
+            .await?;
+        ahead.kill();
+        outcome
+            .back_to_ready
+            .push(takes_over(&on_time, Instant::now()).await?);
+    }
+    // Past the node-monitor grace period (50 s) after the last takeover: the
+    // node Lease's renew times went back an hour with it, and yet the
+    // node-lifecycle controller saw it renewed throughout.
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    // The device reconnecting to each new leader may show; a stale Lease
+    // (the node-lifecycle controller's Unknown) must not.
+    let stale: Vec<_> = watch
+        .stop()
+        .await
+        .into_iter()
+        .filter(|(status, _)| status == "Unknown")
+        .collect();
+    if !stale.is_empty() {
+        outcome.corrupted += 1;
+    }
+    outcome.record("aranya's clock an hour ahead, leadership handed back and forth");
+    assert!(
+        stale.is_empty(),
+        "the node went Unknown (its Lease judged stale): {stale:?}"
+    );
+    env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), RUN_TIMEOUT)
+        .await?;
     Ok(())
 }
