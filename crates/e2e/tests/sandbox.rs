@@ -9,19 +9,30 @@
 //! (KubeletNotReady, "container runtime is down"), and Ready again once it
 //! answers.
 //!
-//! This binary restarts the machine's dockerd: its one test runs alone
-//! (cargo runs test binaries one after another).
+//! A device rebooted while its link is down (agent and runtime stopped,
+//! every container gone) runs its saved pods again before the link returns,
+//! and gets fresh service-account tokens once it does.
+//!
+//! This binary restarts the machine's dockerd: cargo runs test binaries one
+//! after another, and its tests take turns ([`DOCKERD`]).
 
 use std::time::{Duration, Instant};
 
 use e2e::{
     TestEnv, dockerd,
+    images::{container_started, exec, pod_containers, remove_device_containers},
+    netcut::LinkCut,
     pods::{busybox, container_id, create_pod, restarts, running_and_ready, wait_events, wait_pod},
+    wait_for,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{authentication::v1::TokenReview, core::v1::Pod};
+use kube::{Api, ResourceExt, api::PostParams};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Held by each test for its whole run: they all restart dockerd.
+static DOCKERD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// What the issue promises after dockerd answers again.
 const BACK_WITHIN: Duration = Duration::from_secs(30);
 
@@ -35,6 +46,7 @@ fn init_restarts(pod: &Pod) -> i32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sandboxes_come_back_after_dockerd_restarts() -> anyhow::Result<()> {
+    let _turn = DOCKERD.lock().await;
     let env = TestEnv::new("sandbox").await?;
     // Quick health checks: NotReady 3 s into the outage instead of 30.
     let up = env
@@ -166,5 +178,117 @@ async fn restarts_seen(
         ..Default::default()
     }
     .record("dockerd stopped and started (without, then with live-restore)");
+    Ok(())
+}
+
+/// Where every pod's service-account token is.
+const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// The pod's containers on the device, when all of them run (its sandbox
+/// and its one app container) and none is among `old`.
+fn running_anew(uid: &str, old: &[String]) -> Option<Vec<String>> {
+    let ids = pod_containers(uid).ok()?;
+    (ids.len() == 2
+        && ids.iter().all(|id| !old.contains(id))
+        && ids
+            .iter()
+            .all(|id| container_started(id).is_ok_and(|(running, _)| running)))
+    .then_some(ids)
+}
+
+async fn token_accepted(env: &TestEnv, token: &str) -> anyhow::Result<bool> {
+    let reviews: Api<TokenReview> = Api::all(env.client.clone());
+    let review: TokenReview = serde_json::from_value(json!({ "spec": { "token": token } }))?;
+    let answer = reviews.create(&PostParams::default(), &review).await?;
+    Ok(answer.status.and_then(|s| s.authenticated) == Some(true))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_rebooted_offline_runs_its_saved_pods_before_the_link_returns()
+-> anyhow::Result<()> {
+    let _turn = DOCKERD.lock().await;
+    let env = TestEnv::new("reboot").await?;
+    let mut up = env.device_up("a", 10).await?;
+    create_pod(
+        &env,
+        &up.name,
+        "saved",
+        json!({ "containers": [busybox("app", "trap 'exit 0' TERM; while true; do sleep 1; done")] }),
+    )
+    .await?;
+    let (uid, before) = wait_pod(&env, "saved", "running", TIMEOUT, |p| {
+        running_and_ready(p).then(|| (p.uid().unwrap_or_default(), container_id(p)))
+    })
+    .await?;
+    let old = pod_containers(&uid)?;
+    let old_token = exec(before.as_deref().unwrap_or_default(), &["cat", TOKEN])?;
+
+    // The reboot: the agent dies, the runtime stops (and every container
+    // with it), the containers are gone when it is back, and the agent
+    // starts with the link down. (The cut comes after dockerd's restart,
+    // which rewrites the machine's iptables rules.)
+    up.arhat.kill();
+    dockerd::stop().await?.start(false).await?;
+    remove_device_containers(&up.name);
+    let cut = LinkCut::new(env.grpc_port)?;
+    let booted = Instant::now();
+    let arhat = env.start_arhat(&up.name, "2", &[])?;
+    let offline = wait_for("the saved pod running again offline", TIMEOUT, || async {
+        running_anew(&uid, &old)
+    })
+    .await
+    .map_err(|e| e.context(arhat.log_tail(30)))?;
+    anyhow::ensure!(
+        !arhat.log().contains("connected to aranya"),
+        "the agent was not offline: {}",
+        arhat.log_tail(30)
+    );
+    eprintln!(
+        "the saved pod ran again {:?} after the boot, offline",
+        booted.elapsed()
+    );
+
+    // The link returns: the pod is the same, running in what the device
+    // made offline (nothing made twice), and its token is a fresh one.
+    drop(cut);
+    let back = Instant::now();
+    env.wait_ready(&up.name, "True", Some("EdgeDeviceConnected"), TIMEOUT)
+        .await?;
+    let ready_after = back.elapsed();
+    let (uid_after, id) = wait_pod(
+        &env,
+        "saved",
+        "running in its new container",
+        TIMEOUT,
+        |p| {
+            (running_and_ready(p) && container_id(p) != before)
+                .then(|| (p.uid().unwrap_or_default(), container_id(p)))
+        },
+    )
+    .await?;
+    anyhow::ensure!(uid_after == uid, "the pod was replaced");
+    let id = id.unwrap_or_default();
+    anyhow::ensure!(
+        offline.contains(&id),
+        "the pod's container {id} is not the one made offline ({offline:?})"
+    );
+    let token = wait_for("a fresh token in the pod", TIMEOUT, || async {
+        exec(&id, &["cat", TOKEN]).ok().filter(|t| *t != old_token)
+    })
+    .await?;
+    anyhow::ensure!(
+        token_accepted(&env, &token).await?,
+        "the renewed token is refused"
+    );
+    anyhow::ensure!(
+        pod_containers(&uid)? == offline,
+        "the device made the pod's containers again after the link returned"
+    );
+    e2e::chaos::Outcome {
+        injected: 1,
+        back_to_ready: vec![ready_after],
+        ..Default::default()
+    }
+    .record("device rebooted while offline");
     Ok(())
 }
