@@ -208,7 +208,7 @@ async fn a_device_rebooted_offline_runs_its_saved_pods_before_the_link_returns()
 -> anyhow::Result<()> {
     let _turn = DOCKERD.lock().await;
     let env = TestEnv::new("reboot").await?;
-    let mut up = env.device_up("a", 10).await?;
+    let up = env.device_up("a", 10).await?;
     create_pod(
         &env,
         &up.name,
@@ -216,79 +216,83 @@ async fn a_device_rebooted_offline_runs_its_saved_pods_before_the_link_returns()
         json!({ "containers": [busybox("app", "trap 'exit 0' TERM; while true; do sleep 1; done")] }),
     )
     .await?;
-    let (uid, before) = wait_pod(&env, "saved", "running", TIMEOUT, |p| {
+    let (uid, mut current) = wait_pod(&env, "saved", "running", TIMEOUT, |p| {
         running_and_ready(p).then(|| (p.uid().unwrap_or_default(), container_id(p)))
     })
     .await?;
-    let old = pod_containers(&uid)?;
-    let old_token = exec(before.as_deref().unwrap_or_default(), &["cat", TOKEN])?;
+    let mut arhat = up.arhat;
+    let mut outcome = e2e::chaos::Outcome::default();
+    for round in 0..e2e::chaos::rounds() {
+        let old = pod_containers(&uid)?;
+        let old_token = exec(current.as_deref().unwrap_or_default(), &["cat", TOKEN])?;
 
-    // The reboot: the agent dies, the runtime stops (and every container
-    // with it), the containers are gone when it is back, and the agent
-    // starts with the link down. (The cut comes after dockerd's restart,
-    // which rewrites the machine's iptables rules.)
-    up.arhat.kill();
-    dockerd::stop().await?.start(false).await?;
-    remove_device_containers(&up.name);
-    let cut = LinkCut::new(env.grpc_port)?;
-    let booted = Instant::now();
-    let arhat = env.start_arhat(&up.name, "2", &[])?;
-    let offline = wait_for("the saved pod running again offline", TIMEOUT, || async {
-        running_anew(&uid, &old)
-    })
-    .await
-    .map_err(|e| e.context(arhat.log_tail(30)))?;
-    anyhow::ensure!(
-        !arhat.log().contains("connected to aranya"),
-        "the agent was not offline: {}",
-        arhat.log_tail(30)
-    );
-    eprintln!(
-        "the saved pod ran again {:?} after the boot, offline",
-        booted.elapsed()
-    );
+        // The reboot: the agent dies, the runtime stops (and every
+        // container with it), the containers are gone when it is back, and
+        // the agent starts with the link down. (The cut comes after
+        // dockerd's restart, which rewrites the machine's iptables rules.)
+        arhat.kill();
+        dockerd::stop().await?.start(false).await?;
+        remove_device_containers(&up.name);
+        let cut = LinkCut::new(env.grpc_port)?;
+        outcome.injected += 1;
+        let booted = Instant::now();
+        arhat = env.start_arhat(&up.name, &format!("boot-{round}"), &[])?;
+        let offline = wait_for("the saved pod running again offline", TIMEOUT, || async {
+            running_anew(&uid, &old)
+        })
+        .await
+        .map_err(|e| e.context(arhat.log_tail(30)))?;
+        anyhow::ensure!(
+            !arhat.log().contains("connected to aranya"),
+            "the agent was not offline: {}",
+            arhat.log_tail(30)
+        );
+        eprintln!(
+            "the saved pod ran again {:?} after the boot, offline",
+            booted.elapsed()
+        );
 
-    // The link returns: the pod is the same, running in what the device
-    // made offline (nothing made twice), and its token is a fresh one.
-    drop(cut);
-    let back = Instant::now();
-    env.wait_ready(&up.name, "True", Some("EdgeDeviceConnected"), TIMEOUT)
+        // The link returns: the pod is the same, running in what the device
+        // made offline (nothing made twice), and its token is a fresh one.
+        drop(cut);
+        let back = Instant::now();
+        env.wait_ready(&up.name, "True", Some("EdgeDeviceConnected"), TIMEOUT)
+            .await?;
+        outcome.back_to_ready.push(back.elapsed());
+        let (uid_after, id) = wait_pod(
+            &env,
+            "saved",
+            "running in its new container",
+            TIMEOUT,
+            |p| {
+                (running_and_ready(p) && container_id(p) != current)
+                    .then(|| (p.uid().unwrap_or_default(), container_id(p)))
+            },
+        )
         .await?;
-    let ready_after = back.elapsed();
-    let (uid_after, id) = wait_pod(
-        &env,
-        "saved",
-        "running in its new container",
-        TIMEOUT,
-        |p| {
-            (running_and_ready(p) && container_id(p) != before)
-                .then(|| (p.uid().unwrap_or_default(), container_id(p)))
-        },
-    )
-    .await?;
-    anyhow::ensure!(uid_after == uid, "the pod was replaced");
-    let id = id.unwrap_or_default();
-    anyhow::ensure!(
-        offline.contains(&id),
-        "the pod's container {id} is not the one made offline ({offline:?})"
-    );
-    let token = wait_for("a fresh token in the pod", TIMEOUT, || async {
-        exec(&id, &["cat", TOKEN]).ok().filter(|t| *t != old_token)
-    })
-    .await?;
-    anyhow::ensure!(
-        token_accepted(&env, &token).await?,
-        "the renewed token is refused"
-    );
-    anyhow::ensure!(
-        pod_containers(&uid)? == offline,
+        anyhow::ensure!(uid_after == uid, "the pod was replaced");
+        let id = id.unwrap_or_default();
+        anyhow::ensure!(
+            offline.contains(&id),
+            "the pod's container {id} is not the one made offline ({offline:?})"
+        );
+        let token = wait_for("a fresh token in the pod", TIMEOUT, || async {
+            exec(&id, &["cat", TOKEN]).ok().filter(|t| *t != old_token)
+        })
+        .await?;
+        anyhow::ensure!(
+            token_accepted(&env, &token).await?,
+            "the renewed token is refused"
+        );
+        if pod_containers(&uid)? != offline {
+            outcome.restarted += 1;
+        }
+        current = Some(id);
+    }
+    outcome.record("device rebooted while offline");
+    assert_eq!(
+        outcome.restarted, 0,
         "the device made the pod's containers again after the link returned"
     );
-    e2e::chaos::Outcome {
-        injected: 1,
-        back_to_ready: vec![ready_after],
-        ..Default::default()
-    }
-    .record("device rebooted while offline");
     Ok(())
 }
