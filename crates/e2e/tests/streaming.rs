@@ -1059,10 +1059,22 @@ async fn mqtt_broker_restarted_five_times_in_a_minute_under_exec_and_port_forwar
     let mut outcome = e2e::chaos::Outcome::default();
     for _ in 0..e2e::chaos::rounds() {
         for _ in 0..5 {
-            tokio::time::sleep(Duration::from_secs(12)).await;
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let resumed = up.arhat.log().matches("session resumed").count();
             env.with_broker(|b| b.restart())
                 .context("the test's broker")??;
             outcome.injected += 1;
+            let restarted = std::time::Instant::now();
+            wait_for(
+                "the device's session resumed",
+                Duration::from_secs(60),
+                || async {
+                    (up.arhat.log().matches("session resumed").count() > resumed).then_some(())
+                },
+            )
+            .await?;
+            outcome.back_to_ready.push(restarted.elapsed());
+            tokio::time::sleep(Duration::from_secs(6).saturating_sub(restarted.elapsed())).await;
         }
     }
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -28,7 +28,7 @@ use std::{
 
 use proto::api::{PodSpec, PodStatus};
 use tokio::sync::{Notify, oneshot, watch};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::network::PodNetwork;
 use crate::runtime::{LABEL_POD_UID, Runtime, labels};
@@ -99,6 +99,10 @@ pub struct PodManager {
     /// Container logs, for a runtime that keeps none.
     logs: Arc<logsource::LogSource>,
     pods: Mutex<HashMap<String, Entry>>,
+    /// UIDs deleted lately: a pod's messages travel on streams of their own,
+    /// so its create can arrive after its delete, and must not run it again
+    /// (a UID never comes back).
+    deleted: Mutex<std::collections::VecDeque<String>>,
     /// UIDs whose status changed since the last report.
     dirty: Arc<Mutex<HashSet<String>>>,
     /// Events not reported yet, by UID.
@@ -137,6 +141,7 @@ impl PodManager {
             data_dir,
             capacity: admit::Capacity::of_host(),
             pods: Mutex::new(HashMap::new()),
+            deleted: Mutex::default(),
             dirty: Arc::default(),
             events: Arc::default(),
             changed: Arc::default(),
@@ -258,6 +263,16 @@ impl PodManager {
             };
         }
         let mut pods = self.lock();
+        if matches!(origin, Origin::Sent) && self.was_deleted(&spec.uid) {
+            debug!(uid = %spec.uid, "a create after the pod's delete: ignored");
+            return PodStatus {
+                uid: spec.uid,
+                namespace: spec.namespace,
+                name: spec.name,
+                removed: true,
+                ..Default::default()
+            };
+        }
         if let Some(entry) = pods.get(&spec.uid) {
             // Being torn down: writing now would leave files behind.
             if entry.delete.is_none() {
@@ -377,6 +392,7 @@ impl PodManager {
     /// Stops the pod's containers (SIGTERM, SIGKILL after `grace`) and removes
     /// them; returns once they are gone. Unknown pods are swept from the runtime.
     pub async fn delete(&self, uid: &str, grace: Duration) -> PodStatus {
+        self.mark_deleted(uid);
         let found = {
             let mut pods = self.lock();
             pods.get_mut(uid)
@@ -401,7 +417,14 @@ impl PodManager {
         // A create the deletion cut short may still have landed in the
         // runtime, unknown to the worker: nothing of the pod may outlive it.
         self.sweep(uid).await;
-        self.lock().remove(uid);
+        {
+            // Only the entry waited on: another delete of the pod may have
+            // removed it already.
+            let mut pods = self.lock();
+            if pods.get(uid).is_some_and(|e| e.done.same_channel(&done)) {
+                pods.remove(uid);
+            }
+        }
         let mut last = status.borrow().clone();
         last.removed = true;
         // The teardown's events (Killing) go with the final status.
@@ -412,6 +435,31 @@ impl PodManager {
             .remove(uid)
             .unwrap_or_default();
         last
+    }
+
+    /// How many deleted UIDs are remembered: far more than a device has
+    /// deletes in flight, at some 40 bytes each.
+    const DELETED_KEPT: usize = 4096;
+
+    fn mark_deleted(&self, uid: &str) {
+        let mut deleted = self
+            .deleted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !deleted.iter().any(|d| d == uid) {
+            if deleted.len() == Self::DELETED_KEPT {
+                deleted.pop_front();
+            }
+            deleted.push_back(uid.to_string());
+        }
+    }
+
+    fn was_deleted(&self, uid: &str) -> bool {
+        self.deleted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|d| d == uid)
     }
 
     /// Removes runtime objects of a pod this agent does not know (left from before a restart).

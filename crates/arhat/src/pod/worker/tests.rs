@@ -377,6 +377,28 @@ async fn a_deletion_amid_a_sandbox_creation_leaves_nothing_behind() {
     );
 }
 
+/// A pod's messages come on streams of their own: two deletes (a controller
+/// restarted between them) and a create that arrived late run it no more.
+#[tokio::test(start_paused = true)]
+async fn a_create_after_the_delete_runs_nothing_and_leaves_nothing() {
+    let rig = Rig::new();
+    rig.fake.slow_creates(Duration::from_secs(5));
+    let spec = pod("Always", vec![], vec![container("app", &[])]);
+    rig.run(spec.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (first, second) = tokio::join!(
+        rig.pods.delete(UID, Duration::from_secs(5)),
+        rig.pods.delete(UID, Duration::from_secs(5)),
+    );
+    assert!(first.removed && second.removed);
+    let late = rig.pods.ensure(spec);
+    assert!(late.removed, "the late create is answered as removed");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(rig.fake.calls("create_sandbox"), 1, "nothing made again");
+    assert!(rig.fake.find(&[(LABEL_POD_UID, UID)]).is_empty());
+    assert!(rig.pods.status(UID).is_none());
+}
+
 #[tokio::test(start_paused = true)]
 async fn housekeeping_removes_what_no_pod_here_owns() {
     let rig = Rig::new();
