@@ -458,11 +458,17 @@ impl TestEnv {
         )
     }
 
+    fn aranya_kubeconfig(&self) -> anyhow::Result<serde_norway::Value> {
+        let path = &self.cluster.aranya_kubeconfig;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_norway::from_str(&text)?)
+    }
+
     /// aranya's kubeconfig, with the apiserver reached on loopback `port`
     /// instead (an [`crate::impair::Impairer`] in front of it).
     pub fn aranya_kubeconfig_through(&self, port: u16) -> anyhow::Result<PathBuf> {
-        let mut config: serde_norway::Value =
-            serde_norway::from_str(&std::fs::read_to_string(&self.cluster.aranya_kubeconfig)?)?;
+        let mut config = self.aranya_kubeconfig()?;
         let clusters = config
             .get_mut("clusters")
             .and_then(|c| c.as_sequence_mut())
@@ -479,8 +485,7 @@ impl TestEnv {
 
     /// The apiserver's address on loopback, as aranya's kubeconfig names it.
     pub fn apiserver_address(&self) -> anyhow::Result<std::net::SocketAddr> {
-        let config: serde_norway::Value =
-            serde_norway::from_str(&std::fs::read_to_string(&self.cluster.aranya_kubeconfig)?)?;
+        let config = self.aranya_kubeconfig()?;
         let server = config["clusters"][0]["cluster"]["server"]
             .as_str()
             .context("aranya's kubeconfig names no server")?;

@@ -131,3 +131,22 @@ pub async fn wait_events(env: &TestEnv, pod: &str, want: &[&str]) -> anyhow::Res
         anyhow::anyhow!("{e}\nevents in the namespace:\n{all}")
     })
 }
+
+/// Whether the apiserver accepts `token` (a TokenReview).
+pub async fn token_accepted(env: &TestEnv, token: &str) -> anyhow::Result<bool> {
+    Ok(review_token(env, token).await?.authenticated == Some(true))
+}
+
+/// What the apiserver says of `token` (a TokenReview's status).
+pub async fn review_token(
+    env: &TestEnv,
+    token: &str,
+) -> anyhow::Result<k8s_openapi::api::authentication::v1::TokenReviewStatus> {
+    use k8s_openapi::api::authentication::v1::TokenReview;
+    let reviews: kube::Api<TokenReview> = kube::Api::all(env.client.clone());
+    let review: TokenReview = serde_json::from_value(json!({ "spec": { "token": token } }))?;
+    let answer = reviews
+        .create(&kube::api::PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.unwrap_or_default())
+}

@@ -503,7 +503,7 @@ async fn deletion_honours_the_grace_period_and_force(transport) -> anyhow::Resul
 
 e2e::over_transports! {
 async fn volumes_carry_configmaps_secrets_init_output_and_the_token(transport) -> anyhow::Result<()> {
-    use k8s_openapi::api::{authentication::v1::TokenReview, core::v1::Secret};
+    use k8s_openapi::api::core::v1::Secret;
     let env = TestEnv::over("volumes", transport).await?;
     let up = env.device_up("a", 10).await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.name);
@@ -580,10 +580,7 @@ async fn volumes_carry_configmaps_secrets_init_output_and_the_token(transport) -
     assert_eq!(read(&format!("{sa}/namespace"))?, env.name);
     assert!(read(&format!("{sa}/ca.crt"))?.contains("BEGIN CERTIFICATE"));
     let token = read(&format!("{sa}/token"))?;
-    let reviews: Api<TokenReview> = Api::all(env.client.clone());
-    let review: TokenReview = serde_json::from_value(json!({ "spec": { "token": token } }))?;
-    let answer = reviews.create(&PostParams::default(), &review).await?;
-    let status = answer.status.expect("review status");
+    let status = e2e::pods::review_token(&env, &token).await?;
     assert_eq!(status.authenticated, Some(true), "{status:?}");
     let user = status.user.and_then(|u| u.username).unwrap_or_default();
     assert_eq!(user, format!("system:serviceaccount:{}:default", env.name));

@@ -22,11 +22,14 @@ use e2e::{
     TestEnv, dockerd,
     images::{container_started, exec, pod_containers, remove_device_containers},
     netcut::LinkCut,
-    pods::{busybox, container_id, create_pod, restarts, running_and_ready, wait_events, wait_pod},
+    pods::{
+        busybox, container_id, create_pod, restarts, running_and_ready, token_accepted,
+        wait_events, wait_pod,
+    },
     wait_for,
 };
-use k8s_openapi::api::{authentication::v1::TokenReview, core::v1::Pod};
-use kube::{Api, ResourceExt, api::PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -194,13 +197,6 @@ fn running_anew(uid: &str, old: &[String]) -> Option<Vec<String>> {
             .iter()
             .all(|id| container_started(id).is_ok_and(|(running, _)| running)))
     .then_some(ids)
-}
-
-async fn token_accepted(env: &TestEnv, token: &str) -> anyhow::Result<bool> {
-    let reviews: Api<TokenReview> = Api::all(env.client.clone());
-    let review: TokenReview = serde_json::from_value(json!({ "spec": { "token": token } }))?;
-    let answer = reviews.create(&PostParams::default(), &review).await?;
-    Ok(answer.status.and_then(|s| s.authenticated) == Some(true))
 }
 
 #[tokio::test(flavor = "multi_thread")]
