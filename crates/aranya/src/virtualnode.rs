@@ -213,10 +213,9 @@ impl VirtualNode {
     ) {
         let mut lease_tick = tokio::time::interval(LEASE_RENEW_INTERVAL);
         let mut refresh = tokio::time::interval(STATUS_REFRESH);
-        let mut state: watch::Receiver<LinkState> = watch::channel(LinkState::Closed {
-            reason: "never connected".into(),
-        })
-        .1;
+        // The link state of the current session; none between sessions, so the
+        // loop waits for the next Connected instead of polling a closed channel.
+        let mut state: Option<watch::Receiver<LinkState>> = None;
         let grace = tokio::time::sleep(self.env.reconnect_grace);
         tokio::pin!(grace);
         let mut grace_over = false;
@@ -243,7 +242,7 @@ impl VirtualNode {
                         }
                     }
                     Some(NodeCmd::Connected(connected)) => {
-                        state = connected.session.state();
+                        state = Some(connected.session.state());
                         self.accept_streams(connected.incoming);
                         self.request_status(connected.session.clone());
                         self.pods.session.send_replace(Some(connected.session.clone()));
@@ -265,10 +264,10 @@ impl VirtualNode {
                         self.write_status().await;
                     }
                 }
-                changed = state.changed() => {
+                changed = link_changed(&mut state) => {
                     if changed.is_err() {
                         // The session is gone: wait for the next Connected.
-                        state = watch::channel(LinkState::Closed { reason: "session ended".into() }).1;
+                        state = None;
                     }
                     self.write_status().await;
                 }
@@ -821,6 +820,17 @@ impl VirtualNode {
 }
 
 /// Reads the one report a device stream carries and hands it on.
+/// Resolves when the session's link state changes or the session ends; never
+/// while there is no session.
+async fn link_changed(
+    state: &mut Option<watch::Receiver<LinkState>>,
+) -> Result<(), watch::error::RecvError> {
+    match state {
+        Some(state) => state.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn forward<M: prost::Message + Default>(
     stream: &mut Stream,
     to: &mpsc::Sender<M>,

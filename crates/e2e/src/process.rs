@@ -121,6 +121,29 @@ impl Proc {
         }
     }
 
+    /// The CPU time the process has used so far (user + system), read from
+    /// `/proc/<pid>/stat` in clock ticks of 1/100 s (Linux's `USER_HZ`).
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // Fields after the command, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("/proc/<pid>/stat without a command")?
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of stat(5); 12 and 13 here.
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .context("/proc/<pid>/stat is short")?
+                .parse()?)
+        };
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.guard.try_wait(), Ok(None))
     }

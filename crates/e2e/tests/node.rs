@@ -235,6 +235,33 @@ async fn arhat_killed_goes_not_ready_and_back() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A device that is offline costs aranya (nearly) nothing: its virtual node
+/// once polled a closed channel until the device connected, a core each.
+#[tokio::test(flavor = "multi_thread")]
+async fn aranya_idles_while_a_device_is_offline() -> anyhow::Result<()> {
+    let env = TestEnv::new("offline").await?;
+    let name = env.device("a");
+    env.create_device(&name, 3).await?;
+    let aranya = env.start_aranya("a")?;
+    env.wait_ready(
+        &name,
+        "False",
+        Some("EdgeDeviceDisconnected"),
+        READY_TIMEOUT,
+    )
+    .await?;
+    let (before, from) = (aranya.cpu_time()?, std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (busy, idle) = (aranya.cpu_time()? - before, from.elapsed());
+    eprintln!("aranya used {busy:?} of CPU in {idle:?} with its device never connected");
+    assert!(
+        busy < idle / 4,
+        "aranya used {busy:?} of CPU in {idle:?} with its only device offline:\n{}",
+        aranya.log_tail(20)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn aranya_restart_keeps_nodes_consistent() -> anyhow::Result<()> {
     let env = TestEnv::new("restart").await?;

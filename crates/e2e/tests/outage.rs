@@ -184,6 +184,9 @@ async fn a_dropped_link_leaves_pods_running_and_restarting() -> anyhow::Result<(
     )
     .await?;
     eprintln!("Ready=False {:?} after the cut", cut_at.elapsed());
+    // aranya waits for the device without spinning: its virtual node once
+    // polled a closed channel between sessions, a core per offline device.
+    let (cpu_before, idle_from) = (up.aranya.cpu_time()?, Instant::now());
     // Restarts go on by the pod's policy with nobody in the cloud watching:
     // each one is a new container instance on the device.
     wait_for(
@@ -199,6 +202,12 @@ async fn a_dropped_link_leaves_pods_running_and_restarting() -> anyhow::Result<(
     let left = LEASE_WINDOW.saturating_sub(cut_at.elapsed());
     tokio::time::sleep(left).await;
     assert!(up.arhat.is_running(), "the agent rides out the partition");
+    let (busy, idle) = (up.aranya.cpu_time()? - cpu_before, idle_from.elapsed());
+    eprintln!("aranya used {busy:?} of CPU in {idle:?} with its device offline");
+    assert!(
+        busy < idle / 4,
+        "aranya used {busy:?} of CPU in {idle:?} with its only device offline"
+    );
 
     cut.restore();
     let back = Instant::now();
