@@ -17,6 +17,7 @@ use arhat::{
     runtime::{
         self, ContainerSpec, ContainerState, ExecSpec, LABEL_CONTAINER, LogEntry, LogOptions,
         LogOutput, Process, PullAuth, Runtime, RuntimeError, SANDBOX, Sandbox, SandboxSpec,
+        TerminalSize,
         labels::{self, Owner},
     },
 };
@@ -265,6 +266,17 @@ e2e::over_runtimes! {
         assert_eq!(exec_code(&rt, &runs, "exit 5", true).await, 5);
         let mut tty = exec(&rt, &runs, "tty", true).await;
         output_until(&mut tty, "/dev/pts/").await;
+        // A terminal takes the size asked. (Docker before 23 cannot start an
+        // exec at a size, only resize it once it runs: hence the pause.)
+        let sized = ExecSpec {
+            command: vec!["sh".into(), "-c".into(), "sleep 0.5; stty size".into()],
+            stdout: true,
+            tty: true,
+            size: Some(TerminalSize { width: 91, height: 17 }),
+            ..Default::default()
+        };
+        let mut sized = rt.exec(&runs, &sized).await.expect("exec");
+        output_until(&mut sized, "17 91").await;
         assert!(rt.network_namespace(&runs).await.is_ok());
 
         // Everything is found again by its labels, as a restarted agent finds it.

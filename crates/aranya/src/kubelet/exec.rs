@@ -7,8 +7,9 @@ use connectivity::Stream;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proto::api::{
-    ExecInput, ExecOutput, ExecRequest, Open, TerminalSize, exec_input, exec_output, open::Kind,
+use proto::{
+    api::{ExecOutput, ExecRequest, Open, open::Kind},
+    exec::{self, ClientEvent, Ending},
 };
 use streaming::{ExecIo, ExecOptions, Outcome, negotiate};
 use tokio::sync::mpsc;
@@ -90,22 +91,8 @@ async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     }
 }
 
-fn input(kind: exec_input::Kind) -> ExecInput {
-    ExecInput { kind: Some(kind) }
-}
-
-fn resize_to(s: streaming::TerminalSize) -> exec_input::Kind {
-    exec_input::Kind::Resize(TerminalSize {
-        width: u32::from(s.width),
-        height: u32::from(s.height),
-    })
-}
-
-/// How long a terminal session waits for the client's size before its
-/// process starts anyway.
-const FIRST_SIZE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Carries the client's channels to the device's process and back.
+/// Carries the client's channels to the device's process and back, in the
+/// sequence [`proto::exec`] defines.
 async fn bridge(io: ExecIo, stream: Stream) {
     let ExecIo {
         tty,
@@ -117,70 +104,64 @@ async fn bridge(io: ExecIo, stream: Stream) {
         done,
     } = io;
     let (mut tx, mut rx) = stream.split();
+    let (client, first) = exec::Client::new(tty && resize.is_some());
     let to_device = tokio::spawn(async move {
-        let (mut stdin, mut resize) = (stdin, resize);
-        // kubectl sends the terminal's size on its own channel, which can
-        // trail the first keystrokes: the process starts at that size, or a
-        // shell's first `stty size` would read 0 0.
-        if tty && resize.is_some() {
-            match tokio::time::timeout(FIRST_SIZE, next(&mut resize)).await {
-                Ok(Some(s)) => tx.send_message(&input(resize_to(s))).await?,
-                Ok(None) => resize = None,
-                Err(_) => debug!("no terminal size before the start"),
-            }
+        let (mut client, mut stdin, mut resize) = (client, stdin, resize);
+        if let Some(start) = first {
+            tx.send_message(&start).await?;
         }
-        tx.send_message(&input(exec_input::Kind::Start(true)))
-            .await?;
+        let size_wait = tokio::time::sleep(exec::FIRST_SIZE);
+        tokio::pin!(size_wait);
         loop {
-            let message = tokio::select! {
-                data = next(&mut stdin), if stdin.is_some() => match data {
-                    Some(data) => exec_input::Kind::Stdin(data),
-                    None => {
-                        stdin = None;
-                        exec_input::Kind::StdinClosed(true)
-                    }
-                },
+            let messages = tokio::select! {
+                () = &mut size_wait, if !client.started() => {
+                    debug!("no terminal size before the start");
+                    client.size_wait_over().into_iter().collect()
+                }
                 size = next(&mut resize), if resize.is_some() => match size {
-                    Some(s) => resize_to(s),
+                    Some(s) => client.resize(s.width, s.height),
                     None => {
                         resize = None;
-                        continue;
+                        client.size_wait_over().into_iter().collect()
+                    }
+                },
+                data = next(&mut stdin), if stdin.is_some() && client.started() => match data {
+                    Some(data) => vec![client.stdin(data)],
+                    None => {
+                        stdin = None;
+                        vec![client.stdin_closed()]
                     }
                 },
                 // Nothing more to send; the stream stays open for the output.
                 else => std::future::pending().await,
             };
-            tx.send_message(&input(message)).await?;
+            for message in messages {
+                tx.send_message(&message).await?;
+            }
         }
         #[allow(unreachable_code)]
         Ok::<_, connectivity::StreamError>(())
     });
     let from_device = async {
+        let mut receiver = exec::ClientReceiver::default();
         loop {
-            let message = match rx.recv_message::<ExecOutput>().await {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    return Outcome::Failed(
-                        "the edge device ended the session without an exit status".into(),
-                    );
-                }
+            let received = match rx.recv_message::<ExecOutput>().await {
+                Ok(m) => m,
                 Err(e) => return Outcome::Failed(format!("edge device: {e}")),
             };
-            match message.kind {
-                Some(exec_output::Kind::Stdout(data)) => {
+            match receiver.receive(received) {
+                Some(ClientEvent::Stdout(data)) => {
                     if let Some(out) = &stdout {
                         let _ = out.send(data).await;
                     }
                 }
-                Some(exec_output::Kind::Stderr(data)) => {
+                Some(ClientEvent::Stderr(data)) => {
                     if let Some(err) = stderr.as_ref().or(stdout.as_ref()) {
                         let _ = err.send(data).await;
                     }
                 }
-                Some(exec_output::Kind::Exit(exit)) if !exit.error.is_empty() => {
-                    return Outcome::Failed(exit.error);
-                }
-                Some(exec_output::Kind::Exit(exit)) => return Outcome::Exited(exit.code),
+                Some(ClientEvent::Ended(Ending::Exited(code))) => return Outcome::Exited(code),
+                Some(ClientEvent::Ended(Ending::Failed(why))) => return Outcome::Failed(why),
                 None => {}
             }
         }

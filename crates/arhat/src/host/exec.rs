@@ -9,7 +9,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use tokio::{process::Child, sync::Mutex};
 use tokio_util::io::ReaderStream;
 
-use crate::runtime::{ExecSpec, LogOutput, Process, ProcessHandle, RuntimeError};
+use crate::runtime::{ExecSpec, LogOutput, Process, ProcessHandle, RuntimeError, TerminalSize};
 
 /// What attach on the host runs, and exec without a command.
 const SHELL: [&str; 2] = ["/bin/sh", "-l"];
@@ -26,7 +26,7 @@ pub fn spawn(spec: &ExecSpec) -> Result<Process, RuntimeError> {
         return Err(RuntimeError::failed("running on the host", "no command"));
     };
     if spec.tty {
-        return spawn_in_terminal(program, args);
+        return spawn_in_terminal(program, args, spec.size);
     }
     let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
     let mut child = tokio::process::Command::new(program)
@@ -75,10 +75,17 @@ fn pty_error(e: impl Into<crate::runtime::Cause>) -> RuntimeError {
 /// The command as the session leader of a new pseudo-terminal, which is its
 /// controlling terminal (so job control and `stty` work); its output is the
 /// terminal's, all on stdout as a kubelet sends a tty's.
-fn spawn_in_terminal(program: &str, args: &[String]) -> Result<Process, RuntimeError> {
+fn spawn_in_terminal(
+    program: &str,
+    args: &[String],
+    size: Option<TerminalSize>,
+) -> Result<Process, RuntimeError> {
     use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
     let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
         .map_err(pty_error)?;
+    if let Some(size) = size {
+        set_size(&master, size)?;
+    }
     grantpt(&master).map_err(pty_error)?;
     unlockpt(&master).map_err(pty_error)?;
     let name = ptsname(&master, Vec::new()).map_err(pty_error)?;
@@ -131,6 +138,16 @@ fn spawn_in_terminal(program: &str, args: &[String]) -> Result<Process, RuntimeE
     })
 }
 
+fn set_size(master: &OwnedFd, size: TerminalSize) -> Result<(), RuntimeError> {
+    let size = rustix::termios::Winsize {
+        ws_row: size.height,
+        ws_col: size.width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(master, size).map_err(pty_error)
+}
+
 struct HostProcess {
     child: Mutex<Child>,
     /// The pseudo-terminal's master side, for resizes.
@@ -140,16 +157,7 @@ struct HostProcess {
 impl ProcessHandle for HostProcess {
     fn resize(&self, width: u16, height: u16) -> BoxFuture<'_, Result<(), RuntimeError>> {
         let resized = match &self.terminal {
-            Some(master) => rustix::termios::tcsetwinsize(
-                master,
-                rustix::termios::Winsize {
-                    ws_row: height,
-                    ws_col: width,
-                    ws_xpixel: 0,
-                    ws_ypixel: 0,
-                },
-            )
-            .map_err(pty_error),
+            Some(master) => set_size(master, TerminalSize { width, height }),
             // No terminal: pipes have no size.
             None => Ok(()),
         };

@@ -5,12 +5,11 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use connectivity::{Stream, StreamError, StreamReceiver, StreamSender};
 use futures::StreamExt;
-use proto::api::{
-    ExecInput, ExecOutput, ExecRequest, ExitStatus, TerminalSize, exec_input, exec_output,
-    stream_reply::Code,
+use proto::{
+    api::{ExecInput, ExecRequest, stream_reply::Code},
+    exec::{self, DeviceEvent},
 };
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
@@ -21,11 +20,8 @@ use super::{
 };
 use crate::{
     config::HostConfig,
-    runtime::{ExecSpec, LogOutput, Process, ProcessHandle, Runtime},
+    runtime::{ExecSpec, LogOutput, Process, ProcessHandle, Runtime, TerminalSize},
 };
-
-/// Largest output message: a few session frames.
-const CHUNK: usize = 32 * 1024;
 
 /// What will run: a container's command or attach, or a host command.
 enum Target {
@@ -52,23 +48,23 @@ pub async fn serve(
     };
     accept(&mut stream).await?;
     let (mut tx, mut rx) = stream.split();
-    // A terminal's size may come before the start; it is set before any
-    // input reaches the process.
-    let mut size = None;
-    loop {
-        match rx.recv_message::<ExecInput>().await?.and_then(|m| m.kind) {
-            Some(exec_input::Kind::Start(_)) => break,
-            Some(exec_input::Kind::Resize(s)) => size = Some(s),
+    let mut device = exec::Device::default();
+    let size = loop {
+        match device.receive(rx.recv_message::<ExecInput>().await?) {
+            Some(DeviceEvent::Start { size }) => break size,
+            // A size held for the start.
+            None => {}
             // The client never got ready.
-            _ => return Ok(()),
+            Some(_) => return Ok(()),
         }
-    }
+    };
     let spec = ExecSpec {
         command: request.command.clone(),
         stdin: request.stdin,
         stdout: request.stdout,
         stderr: request.stderr,
         tty: request.tty,
+        size: size.as_ref().map(TerminalSize::from),
     };
     let started = match &target {
         Target::Container { runtime, id } if request.attach => runtime.attach(id, &spec).await,
@@ -83,25 +79,14 @@ pub async fn serve(
             None => crate::host::exec::spawn(&spec),
         },
     };
-    let process = match started {
-        Ok(p) => {
-            if let Some(size) = size {
-                resize(p.handle.as_ref(), size).await;
-            }
-            p
-        }
+    match started {
+        Ok(process) => run(process, device, tx, rx).await,
         Err(e) => {
-            let exit = ExitStatus {
-                code: 0,
-                error: e.to_string(),
-            };
-            tx.send_message(&output(exec_output::Kind::Exit(exit)))
-                .await?;
+            tx.send_message(&exec::exit(Err(e.to_string()))).await?;
             tx.finish();
-            return Ok(());
+            Ok(())
         }
-    };
-    run(process, tx, rx).await
+    }
 }
 
 fn target(
@@ -139,13 +124,10 @@ fn target(
     })
 }
 
-fn output(kind: exec_output::Kind) -> ExecOutput {
-    ExecOutput { kind: Some(kind) }
-}
-
 /// Carries the process's I/O until it exits or aranya goes away.
 async fn run(
     process: Process,
+    device: exec::Device,
     mut tx: StreamSender,
     rx: StreamReceiver,
 ) -> Result<(), StreamError> {
@@ -154,19 +136,14 @@ async fn run(
         output: mut out,
         handle,
     } = process;
-    let mut input = tokio::spawn(feed(rx, stdin, handle.clone()));
+    let mut input = tokio::spawn(feed(device, rx, stdin, handle.clone()));
     let mut fed = false;
     loop {
         tokio::select! {
             item = out.next() => match item {
                 Some(Ok((which, data))) => {
-                    for chunk in data.chunks(CHUNK) {
-                        let chunk = Bytes::copy_from_slice(chunk);
-                        let kind = match which {
-                            LogOutput::Stdout => exec_output::Kind::Stdout(chunk),
-                            LogOutput::Stderr => exec_output::Kind::Stderr(chunk),
-                        };
-                        if let Err(e) = tx.send_message(&output(kind)).await {
+                    for message in exec::output(which == LogOutput::Stderr, &data) {
+                        if let Err(e) = tx.send_message(&message).await {
                             let _ = handle.kill().await;
                             input.abort();
                             return Err(e);
@@ -189,18 +166,8 @@ async fn run(
             }
         }
     }
-    let exit = match handle.exit_code().await {
-        Ok(code) => ExitStatus {
-            code,
-            error: String::new(),
-        },
-        Err(e) => ExitStatus {
-            code: 0,
-            error: e.to_string(),
-        },
-    };
-    tx.send_message(&output(exec_output::Kind::Exit(exit)))
-        .await?;
+    let exit = handle.exit_code().await.map_err(|e| e.to_string());
+    tx.send_message(&exec::exit(exit)).await?;
     tx.finish();
     // Hold the stream until aranya ends its side: dropping it sooner would
     // reset it, and a reset discards what is still in flight (the exit).
@@ -214,20 +181,15 @@ async fn run(
 /// aranya's input to the process. Ok when aranya finished its side; Err
 /// when the stream was reset.
 async fn feed(
+    mut device: exec::Device,
     mut rx: StreamReceiver,
     mut stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
     handle: Arc<dyn ProcessHandle>,
 ) -> Result<(), StreamError> {
     loop {
-        let Some(message) = rx.recv_message::<ExecInput>().await? else {
-            if let Some(mut s) = stdin.take() {
-                let _ = s.shutdown().await;
-            }
-            // aranya finished its side: nothing more will come.
-            return Ok(());
-        };
-        match message.kind {
-            Some(exec_input::Kind::Stdin(data)) => {
+        let message = rx.recv_message::<ExecInput>().await?;
+        match device.receive(message) {
+            Some(DeviceEvent::Stdin(data)) => {
                 if let Some(s) = &mut stdin
                     && s.write_all(&data).await.is_err()
                 {
@@ -235,20 +197,25 @@ async fn feed(
                     stdin = None;
                 }
             }
-            Some(exec_input::Kind::StdinClosed(_)) => {
+            Some(DeviceEvent::StdinClosed) => {
                 if let Some(mut s) = stdin.take() {
                     let _ = s.shutdown().await;
                 }
             }
-            Some(exec_input::Kind::Resize(size)) => resize(handle.as_ref(), size).await,
-            Some(exec_input::Kind::Start(_)) | None => {}
+            Some(DeviceEvent::Resize(size)) => {
+                let size = TerminalSize::from(&size);
+                if let Err(e) = handle.resize(size.width, size.height).await {
+                    debug!(error = %e, "resize failed");
+                }
+            }
+            Some(DeviceEvent::InputEnded | DeviceEvent::Abandoned) => {
+                if let Some(mut s) = stdin.take() {
+                    let _ = s.shutdown().await;
+                }
+                // aranya finished its side: nothing more will come.
+                return Ok(());
+            }
+            Some(DeviceEvent::Start { .. }) | None => {}
         }
-    }
-}
-
-async fn resize(handle: &dyn ProcessHandle, size: TerminalSize) {
-    let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
-    if let Err(e) = handle.resize(clamp(size.width), clamp(size.height)).await {
-        debug!(error = %e, "resize failed");
     }
 }

@@ -27,7 +27,7 @@ pub use labels::{
 };
 pub use spec::{
     ContainerSpec, ExecSpec, LogOptions, LogRotation, Mount, PortMapping, PullAuth, SandboxSpec,
-    Security,
+    Security, TerminalSize,
 };
 pub use state::{
     ContainerInfo, ContainerState, Labelled, LogEntry, LogOutput, LogStream, Output, Process,
@@ -160,9 +160,11 @@ pub trait Runtime: Send + Sync + 'static {
             format!("{} keeps its own logs ({id})", self.name()),
         ))
     }
-    /// Runs a command in a running container, with a tty if asked.
+    /// Runs a command in a running container, with a tty if asked, sized
+    /// as `spec.size` says before it runs.
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError>;
-    /// Attaches to a running container's own process.
+    /// Attaches to a running container's own process (its terminal resized
+    /// to `spec.size`, if given).
     async fn attach(&self, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError>;
     /// The network namespace (a path to open) a running sandbox or container
     /// is in: arhat attaches a new sandbox's to the pod network, and

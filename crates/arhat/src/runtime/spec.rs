@@ -133,4 +133,25 @@ pub struct ExecSpec {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
+    /// With a tty: the terminal size the process starts at. Every runtime
+    /// starts it at that size, so its first `stty size` is right (Docker
+    /// refuses a resize until the process runs: its module handles that).
+    pub size: Option<TerminalSize>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+impl From<&proto::api::TerminalSize> for TerminalSize {
+    fn from(size: &proto::api::TerminalSize) -> Self {
+        let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+        Self {
+            width: clamp(size.width),
+            height: clamp(size.height),
+        }
+    }
 }

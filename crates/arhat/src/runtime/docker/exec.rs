@@ -5,13 +5,15 @@ use std::{path::PathBuf, time::Duration};
 use bollard::{
     Docker as Client,
     container::LogOutput as DockerOutput,
-    exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults},
+    exec::{ResizeExecOptions, StartExecOptions, StartExecResults},
+    models::ExecConfig,
     query_parameters::{AttachContainerOptions, ResizeContainerTTYOptions},
 };
 use futures::{FutureExt, StreamExt, future::BoxFuture};
+use tracing::debug;
 
 use super::not_found_or;
-use crate::runtime::{ExecSpec, LogOutput, Process, ProcessHandle, RuntimeError};
+use crate::runtime::{ExecSpec, LogOutput, Process, ProcessHandle, RuntimeError, TerminalSize};
 
 fn output(
     item: Result<DockerOutput, bollard::errors::Error>,
@@ -28,15 +30,17 @@ fn output(
 }
 
 pub async fn exec(client: &Client, id: &str, spec: &ExecSpec) -> Result<Process, RuntimeError> {
+    let size = spec.size.filter(|_| spec.tty);
     let created = client
         .create_exec(
             id,
-            CreateExecOptions {
+            ExecConfig {
                 attach_stdin: Some(spec.stdin),
                 attach_stdout: Some(spec.stdout),
                 attach_stderr: Some(spec.stderr && !spec.tty),
                 tty: Some(spec.tty),
                 cmd: Some(spec.command.clone()),
+                console_size: size.map(|s| vec![usize::from(s.height), usize::from(s.width)]),
                 ..Default::default()
             },
         )
@@ -59,44 +63,68 @@ pub async fn exec(client: &Client, id: &str, spec: &ExecSpec) -> Result<Process,
             "docker started it detached",
         ));
     };
+    let handle = DockerExec {
+        client: client.clone(),
+        exec_id: created.id,
+    };
+    // Before API 1.42 (Docker 23) the daemon ignores ConsoleSize and refuses
+    // a resize until the process runs: resize as soon as it takes one. A
+    // process that reads its size at once may still see 0x0 there.
+    let version = client.client_version();
+    if let Some(size) = size
+        && (version.major_version, version.minor_version) < CONSOLE_SIZE_SINCE
+    {
+        handle.resize_once_running(size).await;
+    }
     Ok(Process {
         stdin: spec.stdin.then_some(input),
         output: out.map(output).boxed(),
-        handle: std::sync::Arc::new(DockerExec {
-            client: client.clone(),
-            exec_id: created.id,
-        }),
+        handle: std::sync::Arc::new(handle),
     })
 }
+
+/// The API version (major, minor) from which exec creation takes the
+/// terminal's size.
+const CONSOLE_SIZE_SINCE: (usize, usize) = (1, 42);
 
 struct DockerExec {
     client: Client,
     exec_id: String,
 }
 
+impl DockerExec {
+    async fn resize_once_running(&self, size: TerminalSize) {
+        for _ in 0..50 {
+            match self
+                .client
+                .resize_exec(
+                    &self.exec_id,
+                    ResizeExecOptions {
+                        height: size.height,
+                        width: size.width,
+                    },
+                )
+                .await
+            {
+                Ok(()) => return,
+                // It already ended.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        debug!(exec = %self.exec_id, "the exec took no terminal size");
+    }
+}
+
 impl ProcessHandle for DockerExec {
     fn resize(&self, width: u16, height: u16) -> BoxFuture<'_, Result<(), RuntimeError>> {
         async move {
-            // The first size comes right after the start, and Docker refuses
-            // a resize until the process is up: retry briefly, or the
-            // terminal would stay 0x0.
-            let mut tries = 0;
-            loop {
-                match self
-                    .client
-                    .resize_exec(&self.exec_id, ResizeExecOptions { height, width })
-                    .await
-                {
-                    Ok(()) => return Ok(()),
-                    Err(_) if tries < 50 => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Err(e) => {
-                        return Err(RuntimeError::failed("resizing exec", e));
-                    }
-                }
-            }
+            self.client
+                .resize_exec(&self.exec_id, ResizeExecOptions { height, width })
+                .await
+                .map_err(|e| RuntimeError::failed("resizing exec", e))
         }
         .boxed()
     }
@@ -161,13 +189,18 @@ pub async fn attach(client: &Client, id: &str, spec: &ExecSpec) -> Result<Proces
         )
         .await
         .map_err(|e| not_found_or("attaching", id, e))?;
+    let handle = DockerAttach {
+        client: client.clone(),
+        id: id.to_string(),
+    };
+    // The container's process already runs: its terminal takes a size now.
+    if let Some(size) = spec.size.filter(|_| spec.tty) {
+        handle.resize(size.width, size.height).await?;
+    }
     Ok(Process {
         stdin: spec.stdin.then_some(attached.input),
         output: attached.output.map(output).boxed(),
-        handle: std::sync::Arc::new(DockerAttach {
-            client: client.clone(),
-            id: id.to_string(),
-        }),
+        handle: std::sync::Arc::new(handle),
     })
 }
 
