@@ -2,7 +2,8 @@
 //! current link, hands out [`Stream`]s, and survives the link being replaced.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +19,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     link::{Link, MIN_PAYLOAD, TransportError},
-    stream::{Stream, StreamError, StreamEvent},
+    stream::{DROPPED, SendFailure, SendGate, Stream, StreamError, StreamEvent},
 };
 
 /// Settings of one session driver.
@@ -62,12 +63,17 @@ pub(crate) enum Cmd {
         idle_timeout: Option<Duration>,
         reply: oneshot::Sender<Result<Stream, StreamError>>,
     },
+    /// A write; `taken` is the room it holds in the stream's [`SendGate`].
     Send {
         id: StreamId,
         data: Bytes,
-        reply: oneshot::Sender<Result<(), StreamError>>,
+        taken: usize,
     },
     Finish {
+        id: StreamId,
+    },
+    /// Dropped after its finish: reset once the peer acknowledged it all.
+    Abandon {
         id: StreamId,
     },
     Reset {
@@ -94,6 +100,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Open { .. } => "Open",
             Cmd::Send { .. } => "Send",
             Cmd::Finish { .. } => "Finish",
+            Cmd::Abandon { .. } => "Abandon",
             Cmd::Reset { .. } => "Reset",
             Cmd::Consume { .. } => "Consume",
             Cmd::Attach { .. } => "Attach",
@@ -211,6 +218,7 @@ pub fn spawn(
         incoming: incoming_tx,
         state: state_tx,
         streams: HashMap::new(),
+        abandoned: Vec::new(),
         link_tx: Some(link.tx),
         link_rx: Some(link.rx),
         transport: link.transport,
@@ -231,8 +239,12 @@ pub fn spawn(
 
 struct Slot {
     events: mpsc::UnboundedSender<StreamEvent>,
-    /// At most one write waits per stream: the writer awaits its reply.
-    pending: Option<(Bytes, oneshot::Sender<Result<(), StreamError>>)>,
+    gate: Arc<SendGate>,
+    /// Writes handed over that the session has not taken yet (no more than
+    /// the gate's room), oldest first, each with the room it holds.
+    pending: VecDeque<(Bytes, usize)>,
+    /// The writer finished after `pending`: the session's finish follows them.
+    finish_after_pending: bool,
 }
 
 struct Driver {
@@ -243,6 +255,8 @@ struct Driver {
     incoming: mpsc::UnboundedSender<Stream>,
     state: watch::Sender<LinkState>,
     streams: HashMap<StreamId, Slot>,
+    /// Streams dropped after finishing, until the peer acknowledged them.
+    abandoned: Vec<StreamId>,
     link_tx: Option<mpsc::Sender<Bytes>>,
     link_rx: Option<BoxStream<'static, Result<Bytes, TransportError>>>,
     transport: &'static str,
@@ -290,6 +304,7 @@ impl Driver {
                     if let Err(reason) = self.handle_inbound(bytes) {
                         break reason;
                     }
+                    self.settle_abandoned();
                 }
                 Step::Inbound(Some(Err(e))) => self.link_lost(e.to_string()),
                 Step::Inbound(None) => self.link_lost("link closed by peer".to_string()),
@@ -306,9 +321,7 @@ impl Driver {
         };
         info!(%reason, "session closed");
         for (_, slot) in self.streams.drain() {
-            if let Some((_, reply)) = slot.pending {
-                let _ = reply.send(Err(StreamError::SessionClosed(reason.clone())));
-            }
+            slot.gate.fail(SendFailure::Closed(reason.clone()));
         }
         let _ = self.state.send(LinkState::Closed { reason });
     }
@@ -356,22 +369,27 @@ impl Driver {
                     .map_err(|e| StreamError::SessionClosed(format!("cannot open stream: {e}")));
                 let _ = reply.send(result);
             }
-            Cmd::Send { id, data, reply } => {
+            // A write to a stream already gone is dropped: its gate was
+            // closed with the cause, which the writer sees next.
+            Cmd::Send { id, data, taken } => {
                 if let Some(slot) = self.streams.get_mut(&id) {
-                    slot.pending = Some((data, reply));
+                    slot.pending.push_back((data, taken));
                     self.flush_pending(id);
-                } else {
-                    let _ = reply.send(Err(StreamError::SessionClosed("stream is gone".into())));
                 }
             }
-            Cmd::Finish { id } => {
-                if let Err(e) = self.session.finish(id, now) {
-                    debug!(stream = %id, error = %e, "finish on a stream that is gone");
+            Cmd::Finish { id } => match self.streams.get_mut(&id) {
+                Some(slot) if !slot.pending.is_empty() => slot.finish_after_pending = true,
+                _ => self.finish(id, now),
+            },
+            Cmd::Abandon { id } => {
+                if self.streams.contains_key(&id) {
+                    self.abandoned.push(id);
+                    self.settle_abandoned();
                 }
             }
             Cmd::Reset { id, code, reason } => {
                 self.session.reset(id, code, &reason, now);
-                self.remove(id);
+                self.remove(id, SendFailure::Reset { code, reason });
             }
             Cmd::Consume { id, n } => self.session.consume(id, n),
             Cmd::Attach { link, epoch } => {
@@ -394,54 +412,83 @@ impl Driver {
 
     fn new_stream(&mut self, id: StreamId, header: Bytes) -> Stream {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(SendGate::new());
         self.streams.insert(
             id,
             Slot {
                 events: events_tx,
-                pending: None,
+                gate: gate.clone(),
+                pending: VecDeque::new(),
+                finish_after_pending: false,
             },
         );
         let span = tracing::debug_span!(parent: &self.span, "stream", stream = %id);
-        Stream::new(id, header, self.cmd_tx.clone(), events_rx, span)
+        Stream::new(id, header, self.cmd_tx.clone(), events_rx, gate, span)
     }
 
-    /// Queues as much of the stream's waiting write as the peer has credit for;
-    /// the writer is released once all of it is queued.
+    fn finish(&mut self, id: StreamId, now: Instant) {
+        if let Err(e) = self.session.finish(id, now) {
+            debug!(stream = %id, error = %e, "finish on a stream that is gone");
+        }
+    }
+
+    /// Gives the session as much of the stream's waiting writes as the
+    /// peer has credit for, in order, handing their room back to the writer
+    /// as each is taken whole; then the finish, if it waits for them.
     fn flush_pending(&mut self, id: StreamId) {
+        let now = Instant::now();
         let Some(slot) = self.streams.get_mut(&id) else {
             return;
         };
-        let Some((mut data, reply)) = slot.pending.take() else {
-            return;
-        };
-        let capacity = self.session.send_capacity(id);
-        let now = Instant::now();
-        let chunk = if capacity >= data.len() {
-            std::mem::take(&mut data)
-        } else {
-            data.split_to(capacity)
-        };
-        if !chunk.is_empty()
-            && let Err(e) = self.session.send(id, chunk, now)
-        {
-            let _ = reply.send(Err(StreamError::SessionClosed(format!("send failed: {e}"))));
-            return;
+        while let Some((data, taken)) = slot.pending.front_mut() {
+            let capacity = self.session.send_capacity(id);
+            if capacity == 0 {
+                return;
+            }
+            let chunk = data.split_to(capacity.min(data.len()));
+            if let Err(e) = self.session.send(id, chunk, now) {
+                slot.gate
+                    .fail(SendFailure::Closed(format!("send failed: {e}")));
+                slot.pending.clear();
+                return;
+            }
+            if data.is_empty() {
+                slot.gate.release(*taken);
+                slot.pending.pop_front();
+            }
         }
-        if data.is_empty() {
-            let _ = reply.send(Ok(()));
-        } else {
-            slot.pending = Some((data, reply));
+        if std::mem::take(&mut slot.finish_after_pending) {
+            self.finish(id, now);
         }
     }
 
-    fn remove(&mut self, id: StreamId) {
-        if let Some(slot) = self.streams.remove(&id)
-            && let Some((_, reply)) = slot.pending
-        {
-            let _ = reply.send(Err(StreamError::Reset {
-                code: ResetCode::Cancelled,
-                reason: "stream reset".to_string(),
-            }));
+    /// Resets the dropped streams whose every byte and finish the peer has
+    /// acknowledged (those already gone are forgotten).
+    fn settle_abandoned(&mut self) {
+        if self.abandoned.is_empty() {
+            return;
+        }
+        let (settled, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.abandoned)
+            .into_iter()
+            .filter(|id| self.streams.contains_key(id))
+            .partition(|id| {
+                self.streams[id].pending.is_empty()
+                    && !self.streams[id].finish_after_pending
+                    && self.session.finish_acked(*id)
+            });
+        self.abandoned = waiting;
+        let now = Instant::now();
+        for id in settled {
+            self.session.reset(id, ResetCode::Cancelled, DROPPED, now);
+            self.remove(id, SendFailure::Closed(DROPPED.to_string()));
+        }
+    }
+
+    /// Forgets a stream that ended other than by both sides finishing; its
+    /// writer is told `why`.
+    fn remove(&mut self, id: StreamId, why: SendFailure) {
+        if let Some(slot) = self.streams.remove(&id) {
+            slot.gate.fail(why);
         }
     }
 
@@ -461,9 +508,16 @@ impl Driver {
                         .get(&id)
                         .is_some_and(|s| s.events.send(StreamEvent::Data(data)).is_ok());
                     if !delivered {
+                        let reason = "reader gone";
                         self.session
-                            .reset(id, ResetCode::Cancelled, "reader gone", Instant::now());
-                        self.remove(id);
+                            .reset(id, ResetCode::Cancelled, reason, Instant::now());
+                        self.remove(
+                            id,
+                            SendFailure::Reset {
+                                code: ResetCode::Cancelled,
+                                reason: reason.to_string(),
+                            },
+                        );
                     }
                 }
                 Event::Finished { id } => {
@@ -473,15 +527,18 @@ impl Driver {
                 }
                 Event::Reset { id, code, reason } => {
                     if let Some(slot) = self.streams.get(&id) {
-                        let _ = slot.events.send(StreamEvent::Reset { code, reason });
+                        let _ = slot.events.send(StreamEvent::Reset {
+                            code,
+                            reason: reason.clone(),
+                        });
                     }
-                    self.remove(id);
+                    self.remove(id, SendFailure::Reset { code, reason });
                 }
                 Event::Writable { id } => self.flush_pending(id),
+                // Both directions ended (so nothing waits to be sent): the
+                // reader's channel keeps what it has not read yet.
                 Event::Closed { id } => {
-                    // Keep the slot while the app may still read buffered events:
-                    // the channel holds them; the slot itself is no longer needed.
-                    self.streams.remove(&id);
+                    self.remove(id, SendFailure::Closed("stream closed".to_string()));
                 }
                 Event::PeerTimedOut => self.link_lost("peer silent past its timeout".to_string()),
             }

@@ -6,7 +6,7 @@ use proto::{
     api::{DecodeError, MessageReader, encode_message},
     session::{ResetCode, StreamId},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::session::Cmd;
 
@@ -31,6 +31,96 @@ pub enum StreamError {
     Header(#[from] prost::DecodeError),
 }
 
+/// How far a stream's writer may run ahead of the session: bytes handed to
+/// the driver that the session has not taken yet (it takes them as the peer's
+/// credit allows). Writers hand chunks over without waiting for the driver
+/// to answer each one, which held a bulk transfer to one chunk per round
+/// trip through the driver's task; this keeps the memory a stream can pin
+/// bounded all the same.
+pub(crate) const SEND_AHEAD: usize = 256 << 10;
+
+/// Why a stream takes no more writes, as the writer is told.
+#[derive(Debug, Clone)]
+pub(crate) enum SendFailure {
+    Closed(String),
+    Reset { code: ResetCode, reason: String },
+}
+
+impl From<SendFailure> for StreamError {
+    fn from(failure: SendFailure) -> Self {
+        match failure {
+            SendFailure::Closed(reason) => StreamError::SessionClosed(reason),
+            SendFailure::Reset { code, reason } => StreamError::Reset { code, reason },
+        }
+    }
+}
+
+/// The room a stream's writer has ([`SEND_AHEAD`] bytes), shared with the
+/// driver, which gives room back as the session takes the bytes, and closes
+/// it, with the cause, when the stream can take no more.
+#[derive(Debug)]
+pub(crate) struct SendGate {
+    room: Semaphore,
+    failure: std::sync::Mutex<Option<SendFailure>>,
+}
+
+impl SendGate {
+    pub(crate) fn new() -> Self {
+        Self {
+            room: Semaphore::new(SEND_AHEAD),
+            failure: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits for room for `len` bytes (a write larger than the whole room
+    /// waits for all of it); returns the room taken.
+    async fn reserve(&self, len: usize) -> Result<usize, StreamError> {
+        let taken = len.min(SEND_AHEAD);
+        let permits = u32::try_from(taken).unwrap_or(u32::MAX);
+        match self.room.acquire_many(permits).await {
+            Ok(permit) => {
+                permit.forget();
+                Ok(taken)
+            }
+            Err(_) => Err(self.failure()),
+        }
+    }
+
+    /// Fails once the stream takes no more writes.
+    fn check(&self) -> Result<(), StreamError> {
+        if self.room.is_closed() {
+            return Err(self.failure());
+        }
+        Ok(())
+    }
+
+    /// The session took a write that held `taken` of the room.
+    pub(crate) fn release(&self, taken: usize) {
+        self.room.add_permits(taken);
+    }
+
+    /// No more writes: each writer, waiting or next, is told `failure`
+    /// (the first cause given stays).
+    pub(crate) fn fail(&self, failure: SendFailure) {
+        let mut slot = self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(failure);
+        }
+        self.room.close();
+    }
+
+    fn failure(&self) -> StreamError {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .map_or_else(closed, StreamError::from)
+    }
+}
+
 /// What the driver hands a stream.
 #[derive(Debug)]
 pub(crate) enum StreamEvent {
@@ -40,7 +130,8 @@ pub(crate) enum StreamEvent {
 }
 
 /// A stream: ordered exactly-once bytes each way, with back-pressure. Dropping
-/// it before both directions ended resets it on both sides. It is its two
+/// it before both directions ended resets it on both sides; once this side
+/// finished, only after the peer has acknowledged all of it. It is its two
 /// halves ([`Stream::split`] hands them out for concurrent use).
 #[derive(Debug)]
 pub struct Stream {
@@ -57,11 +148,13 @@ impl Stream {
         header: Bytes,
         cmds: mpsc::UnboundedSender<Cmd>,
         events: mpsc::UnboundedReceiver<StreamEvent>,
+        gate: std::sync::Arc<SendGate>,
         span: tracing::Span,
     ) -> Self {
         let shared = std::sync::Arc::new(Shared {
             id,
             cmds,
+            gate,
             state: std::sync::Mutex::new(Ends::default()),
         });
         Self {
@@ -103,7 +196,9 @@ impl Stream {
         (self.tx, self.rx)
     }
 
-    /// Sends bytes; waits while the peer has no room for them.
+    /// Sends bytes; waits while the stream has no room for them (the peer
+    /// is behind). A failure shows at a later send: the stream was reset or
+    /// its session ended.
     pub async fn send(&mut self, data: Bytes) -> Result<(), StreamError> {
         self.tx.send(data).await
     }
@@ -171,6 +266,7 @@ fn closed() -> StreamError {
 struct Shared {
     id: StreamId,
     cmds: mpsc::UnboundedSender<Cmd>,
+    gate: std::sync::Arc<SendGate>,
     state: std::sync::Mutex<Ends>,
 }
 
@@ -204,15 +300,26 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         let ends = self.ends();
-        if !(ends.ended || (ends.local_finished && ends.peer_finished)) {
-            let _ = self.cmds.send(Cmd::Reset {
+        if ends.ended || (ends.local_finished && ends.peer_finished) {
+            return;
+        }
+        // Finished but the peer has not: what was sent still arrives, then
+        // the reset (the writer may have run ahead of the session).
+        let cmd = if ends.local_finished {
+            Cmd::Abandon { id: self.id }
+        } else {
+            Cmd::Reset {
                 id: self.id,
                 code: ResetCode::Cancelled,
-                reason: "stream dropped".to_string(),
-            });
-        }
+                reason: DROPPED.to_string(),
+            }
+        };
+        let _ = self.cmds.send(cmd);
     }
 }
+
+/// The reset of a stream dropped before both directions ended.
+pub(crate) const DROPPED: &str = "stream dropped";
 
 /// The sending half of a split [`Stream`].
 #[derive(Debug)]
@@ -233,16 +340,19 @@ impl StreamSender {
         if self.shared.ends().local_finished {
             return Err(StreamError::Finished);
         }
-        let (reply, done) = oneshot::channel();
+        if data.is_empty() {
+            // Nothing to send, but it tells whether the stream still is.
+            return self.shared.gate.check();
+        }
+        let taken = self.shared.gate.reserve(data.len()).await?;
         self.shared
             .cmds
             .send(Cmd::Send {
                 id: self.shared.id,
                 data,
-                reply,
+                taken,
             })
-            .map_err(|_| closed())?;
-        done.await.map_err(|_| closed())?
+            .map_err(|_| closed())
     }
 
     pub async fn send_message<M: Message>(&mut self, message: &M) -> Result<(), StreamError> {

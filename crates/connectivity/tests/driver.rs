@@ -103,9 +103,11 @@ async fn a_slow_reader_holds_the_writer_back() {
             total += 64 * 1024;
             let _ = progress_tx.send(total);
         }
+        stream.finish();
     });
     let mut stream = incoming.recv().await.expect("incoming");
-    // Nobody reads: the writer must stop near the window, not queue 4 MiB.
+    // Nobody reads: the writer must stop near the window (and the room it
+    // may run ahead of the session), not queue 4 MiB.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut written = 0;
     while let Ok(n) = progress.try_recv() {
@@ -120,6 +122,32 @@ async fn a_slow_reader_holds_the_writer_back() {
     while read < 64 * 64 * 1024 {
         read += stream.recv().await.expect("ok").expect("data").len();
     }
+}
+
+/// A writer hands its chunks over without waiting for the session to take
+/// each, then finishes and drops the stream at once: the peer still reads
+/// every byte, in order, then the end.
+#[tokio::test]
+async fn a_stream_dropped_after_its_finish_delivers_everything() {
+    let ((cloud, _), (_device, mut incoming)) = start(16 * 1024);
+    let data = pattern(2 << 20);
+    let sent = data.clone();
+    tokio::spawn(async move {
+        let mut stream = cloud.open_raw(Bytes::new(), None).await.expect("open");
+        for piece in sent.chunks(48 * 1024) {
+            stream
+                .send(Bytes::copy_from_slice(piece))
+                .await
+                .expect("send");
+        }
+        stream.finish();
+    });
+    let mut stream = incoming.recv().await.expect("incoming");
+    // The writer is long gone before anything is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = read_all(&mut stream).await;
+    assert_eq!(got.len(), data.len(), "bytes lost");
+    assert!(got == data.as_ref(), "bytes differ");
 }
 
 #[tokio::test]

@@ -560,6 +560,12 @@ impl Session {
         }
     }
 
+    /// Whether everything this side sent on `id`, its finish included, is
+    /// acknowledged (or the stream is gone).
+    pub fn finish_acked(&self, id: StreamId) -> bool {
+        self.streams.get(&id).is_none_or(|s| s.fin_acked)
+    }
+
     /// Live streams (opened and not yet closed or reset).
     pub fn stream_count(&self) -> usize {
         self.streams.len()
