@@ -60,6 +60,58 @@ pub fn start_arhat(name: &str, config: &Path, log: &Path) -> anyhow::Result<Proc
     Proc::spawn(name, cmd, log)
 }
 
+/// The CPU time a process has used so far (user + system), read from
+/// `/proc/<pid>/stat` in clock ticks of 1/100 s (Linux's `USER_HZ`).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc/<pid>/stat without a command")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat(5); 12 and 13 here.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .context("/proc/<pid>/stat is short")?
+            .parse()?)
+    };
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// A process's resident memory, KiB, from `/proc/<pid>/status`: now, and
+/// its peak since it started or since [`reset_peak_memory`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub peak_kib: u64,
+}
+
+pub fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .with_context(|| format!("/proc/{pid}/status has no {name}"))?;
+        Ok(value.trim().trim_end_matches("kB").trim().parse()?)
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS:")?,
+        peak_kib: field("VmHWM:")?,
+    })
+}
+
+/// Starts a new peak for [`memory`] (`5` written to `/proc/<pid>/clear_refs`).
+pub fn reset_peak_memory(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of {pid}"))
+}
+
 /// A running aranya or arhat, stopped when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -121,27 +173,9 @@ impl Proc {
         }
     }
 
-    /// The CPU time the process has used so far (user + system), read from
-    /// `/proc/<pid>/stat` in clock ticks of 1/100 s (Linux's `USER_HZ`).
+    /// The CPU time the process has used so far (see [`cpu_time`]).
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let pid = self.pid();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("reading /proc/{pid}/stat"))?;
-        // Fields after the command, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("/proc/<pid>/stat without a command")?
-            .1
-            .split_whitespace()
-            .collect();
-        // utime and stime are fields 14 and 15 of stat(5); 12 and 13 here.
-        let ticks = |i: usize| -> anyhow::Result<u64> {
-            Ok(fields
-                .get(i)
-                .context("/proc/<pid>/stat is short")?
-                .parse()?)
-        };
-        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+        cpu_time(self.pid())
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -32,16 +32,9 @@ struct Cli {
     slow_seconds: u64,
 }
 
-/// Resident set size of a process, KiB.
+/// Resident set size of a process, KiB (0 once it is gone).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    e2e::process::memory(pid).map_or(0, |m| m.rss_kib)
 }
 
 const DEVICE: &str = "bench-logs-device";

@@ -30,6 +30,7 @@ use e2e::{
     images::BUSYBOX,
     kubelet::{self, Caller},
     pods::merge,
+    process::{Memory, cpu_time},
     spdy_client::PortForward,
     transport::Transport,
     wait_for,
@@ -67,6 +68,11 @@ struct Report {
     direct: Duration,
     segment: Duration,
     tunneled: Duration,
+    /// aranya's and arhat's resident memory before the downloads, and
+    /// their peaks over them.
+    memory: [Memory; 2],
+    /// CPU per MiB moved on the segment: aranya, arhat, the client.
+    segment_cpu_per_mib: [Duration; 3],
     docker_exec: Duration,
     segment_exec: Duration,
     kubectl_exec: Duration,
@@ -296,12 +302,31 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
     )
     .await?;
 
+    // Memory under bulk: each process's peak over the downloads, against
+    // what it held before them.
+    let (aranya, arhat) = bed.pids();
+    let pids = [aranya, arhat.context("the bench's agent is not running")?];
+    let mut memory = [Memory::default(); 2];
+    for (pid, m) in pids.iter().zip(&mut memory) {
+        e2e::process::reset_peak_memory(*pid)?;
+        *m = e2e::process::memory(*pid)?;
+    }
     let (mut direct, mut tunneled, mut segment) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    // Where the segment's CPU goes: aranya, arhat, and this client.
+    let cpu = |pids: &[u32; 3]| -> anyhow::Result<[Duration; 3]> {
+        Ok([cpu_time(pids[0])?, cpu_time(pids[1])?, cpu_time(pids[2])?])
+    };
+    let cpu_pids = [pids[0], pids[1], std::process::id()];
+    let mut segment_cpu = [Duration::ZERO; 3];
     for _ in 0..cli.rounds {
+        let before = cpu(&cpu_pids)?;
         let started = Instant::now();
         let got = segment_client
             .exchange(8080, b"GET /big HTTP/1.0\r\n\r\n")
             .await?;
+        for ((total, after), before) in segment_cpu.iter_mut().zip(cpu(&cpu_pids)?).zip(before) {
+            *total += after - before;
+        }
         anyhow::ensure!(
             got.data > size,
             "segment download short: {} ({})",
@@ -315,6 +340,9 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
         let (n, t) = download(("127.0.0.1", local))?;
         anyhow::ensure!(n > size, "port-forward download short: {n}");
         tunneled = tunneled.min(t);
+    }
+    for (pid, m) in pids.iter().zip(&mut memory) {
+        m.peak_kib = e2e::process::memory(*pid)?.peak_kib;
     }
     let _ = forward.kill();
     let _ = forward.wait();
@@ -363,6 +391,9 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
         direct,
         segment,
         tunneled,
+        memory,
+        segment_cpu_per_mib: segment_cpu
+            .map(|t| t / u32::try_from(cli.mib * cli.rounds as u64).unwrap_or(u32::MAX)),
         docker_exec: via_docker,
         segment_exec: via_segment,
         kubectl_exec: via_kubectl,
@@ -394,6 +425,20 @@ fn print(cli: &Cli, r: &Report) {
         println!(
             "  throughput ratio, {what} / direct: {:.3}",
             ratio(r.direct, t)
+        );
+    }
+    println!(
+        "  segment CPU per MiB: aranya {:.2} ms, arhat {:.2} ms, the SPDY client {:.2} ms",
+        ms(r.segment_cpu_per_mib[0]),
+        ms(r.segment_cpu_per_mib[1]),
+        ms(r.segment_cpu_per_mib[2])
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for (name, m) in ["aranya", "arhat"].iter().zip(&r.memory) {
+        println!(
+            "  {name} resident memory: {:.1} MiB before the downloads, {:.1} MiB at their peak",
+            mib(m.rss_kib),
+            mib(m.peak_kib)
         );
     }
     for (title, n, docker, segment, kubectl) in [
