@@ -22,6 +22,11 @@ fuzz() { # <dir holding fuzz/> <target>
   local start=$SECONDS
   if ! (cd "$dir" && cargo +nightly fuzz run -O "$target" "$corpus" -- \
         -runs="$RUNS" -print_final_stats=1 >"$log" 2>&1); then
+    if grep -q 'failed to build fuzz script' "$log"; then
+      grep -E '^error' "$log" >&2 || tail -20 "$log" >&2
+      echo "fuzz: $target did not build; see $log" >&2
+      exit 1
+    fi
     grep -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" >&2 || tail -20 "$log" >&2
     echo "fuzz: $target crashed; input under $dir/fuzz/artifacts/$target/" >&2
     exit 1
