@@ -20,6 +20,7 @@ pub mod pods;
 pub mod process;
 pub mod pty;
 pub mod registry;
+pub mod relay;
 pub mod runtimes;
 pub mod spdy_client;
 pub mod timings;

@@ -67,8 +67,14 @@ fn timed_read(mut cmd: Command) -> anyhow::Result<(u64, Duration)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let bed = BenchBed::start(DEVICE, 5, "").await?;
     let size = cli.mib << 20;
+    // Keep the whole log: the default rotation (10 MiB × 5 files of
+    // json-file lines, about 1.5 bytes per byte logged) keeps a third of it.
+    let rotation = format!(
+        "runtime:\n  logs:\n    maxSize: {}\n    maxFiles: 2\n",
+        2 * size + (16 << 20)
+    );
+    let bed = BenchBed::start(DEVICE, 5, &rotation).await?;
     // 100-byte lines, then a marker once everything is written.
     let script = format!(
         "yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvw | head -c {size}; echo DONE; exec sleep 3600"

@@ -11,6 +11,12 @@
 //!   path) and a WebSocket exec on aranya's kubelet endpoint (the segment),
 //!   against `docker exec` of the same container.
 //!
+//! Beside them, the floor under the segment ([`e2e::relay`]): two TLS
+//! relays in a row with nothing in them but copies, the hops the segment
+//! cannot do without (TLS to the kubelet endpoint, TLS between aranya and
+//! arhat). The download runs through them to the same container; a line is
+//! echoed through them by a TCP echo server, against the same echo direct.
+//!
 //! Each transport (gRPC; MQTT through a local Mosquitto at 128 KiB and at
 //! 8 KiB payloads) gets its own bed, measured against its own baselines.
 //!
@@ -18,7 +24,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    net::{SocketAddr, TcpStream},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -31,6 +37,7 @@ use e2e::{
     kubelet::{self, Caller},
     pods::merge,
     process::{Memory, cpu_time},
+    relay::{Echo, RelayChain},
     spdy_client::PortForward,
     transport::Transport,
     wait_for,
@@ -38,6 +45,10 @@ use e2e::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
 use serde_json::json;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream as TokioTcp,
+};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -68,6 +79,8 @@ struct Report {
     direct: Duration,
     segment: Duration,
     tunneled: Duration,
+    /// Through two TLS relays and nothing else.
+    floor: Duration,
     /// aranya's and arhat's resident memory before the downloads, and
     /// their peaks over them.
     memory: [Memory; 2],
@@ -79,6 +92,16 @@ struct Report {
     docker_echo: Duration,
     segment_echo: Duration,
     kubectl_echo: Duration,
+    /// A line through a TCP echo server, direct and through the two relays.
+    echo_direct: Duration,
+    echo_floor: Duration,
+}
+
+impl Report {
+    /// The floor's echo: docker's, plus what two TLS relays add to a round trip.
+    fn floor_echo(&self) -> Duration {
+        self.docker_echo + self.echo_floor.saturating_sub(self.echo_direct)
+    }
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
@@ -203,6 +226,48 @@ fn download(addr: (&str, u16)) -> anyhow::Result<(u64, Duration)> {
     Ok((total, started.elapsed()))
 }
 
+/// `GET /big` through `chain`; (bytes, time).
+async fn download_through(chain: &RelayChain) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let mut s = chain.connect().await?;
+    s.write_all(b"GET /big HTTP/1.0\r\n\r\n").await?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    Ok((total, started.elapsed()))
+}
+
+/// Median time from writing a line into `s` to reading it back.
+async fn line_rtt<S>(mut s: S, rounds: usize) -> anyhow::Result<Duration>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut samples = Vec::with_capacity(rounds);
+    let mut buf = [0u8; 64];
+    for i in 0..=rounds {
+        let line = format!("echo {i}\n");
+        let started = Instant::now();
+        s.write_all(line.as_bytes()).await?;
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n") {
+            let n = s.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "the echo ended");
+            got.extend_from_slice(&buf[..n]);
+        }
+        anyhow::ensure!(got == line.as_bytes(), "echoed {got:?}");
+        if i > 0 {
+            samples.push(started.elapsed());
+        }
+    }
+    Ok(median(samples))
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -228,16 +293,18 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\nsummary: the aranya↔arhat segment against each bed's own direct baseline");
     println!(
-        "  {:<9} {:>22} {:>22} {:>26}",
-        "transport", "throughput seg/direct", "exec time seg/direct", "echo time seg/direct"
+        "  {:<9} {:>14} {:>14} {:>14} {:>14} {:>14}",
+        "transport", "tput seg/dir", "floor/dir", "exec seg/dir", "echo seg/dir", "floor/dir"
     );
     for r in &reports {
         println!(
-            "  {:<9} {:>22.3} {:>22.2} {:>26.2}",
+            "  {:<9} {:>14.3} {:>14.3} {:>14.2} {:>14.2} {:>14.2}",
             r.transport,
             ratio(r.direct, r.segment),
+            ratio(r.direct, r.floor),
             ratio(r.segment_exec, r.docker_exec),
             ratio(r.segment_echo, r.docker_echo),
+            ratio(r.floor_echo(), r.docker_echo),
         );
     }
     Ok(())
@@ -311,7 +378,9 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
         e2e::process::reset_peak_memory(*pid)?;
         *m = e2e::process::memory(*pid)?;
     }
+    let chain = RelayChain::start(bed.cp.ca(), SocketAddr::new(ip.parse()?, 8080))?;
     let (mut direct, mut tunneled, mut segment) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let mut floor = Duration::MAX;
     // Where the segment's CPU goes: aranya, arhat, and this client.
     let cpu = |pids: &[u32; 3]| -> anyhow::Result<[Duration; 3]> {
         Ok([cpu_time(pids[0])?, cpu_time(pids[1])?, cpu_time(pids[2])?])
@@ -340,7 +409,11 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
         let (n, t) = download(("127.0.0.1", local))?;
         anyhow::ensure!(n > size, "port-forward download short: {n}");
         tunneled = tunneled.min(t);
+        let (n, t) = download_through(&chain).await?;
+        anyhow::ensure!(n > size, "download through the relays short: {n}");
+        floor = floor.min(t);
     }
+    drop(chain);
     for (pid, m) in pids.iter().zip(&mut memory) {
         m.peak_kib = e2e::process::memory(*pid)?.peak_kib;
     }
@@ -386,11 +459,18 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
     let docker_echo = echo_rtt(docker_cat, cli.echoes)?;
     let segment_echo = segment_echo_rtt(&endpoint, cli.echoes).await?;
     let kubectl_echo = echo_rtt(kubectl_cat, cli.echoes)?;
+    let echo = Echo::start()?;
+    let chain = RelayChain::start(bed.cp.ca(), echo.addr)?;
+    let tcp = TokioTcp::connect(echo.addr).await?;
+    tcp.set_nodelay(true)?;
+    let echo_direct = line_rtt(tcp, cli.echoes).await?;
+    let echo_floor = line_rtt(chain.connect().await?, cli.echoes).await?;
     Ok(Report {
         transport: name.to_string(),
         direct,
         segment,
         tunneled,
+        floor,
         memory,
         segment_cpu_per_mib: segment_cpu
             .map(|t| t / u32::try_from(cli.mib * cli.rounds as u64).unwrap_or(u32::MAX)),
@@ -400,6 +480,8 @@ async fn measure(cli: &Cli, name: &str) -> anyhow::Result<Report> {
         docker_echo,
         segment_echo,
         kubectl_echo,
+        echo_direct,
+        echo_floor,
     })
 }
 
@@ -418,15 +500,24 @@ fn print(cli: &Cli, r: &Report) {
             r.segment,
         ),
         ("kubectl port-forward (whole path)", r.tunneled),
+        ("two TLS relays, nothing else (the floor)", r.floor),
     ] {
         println!("  {what:<52} {:>8.1} MiB/s", mibs(t));
     }
-    for (what, t) in [("segment", r.segment), ("whole path", r.tunneled)] {
+    for (what, t) in [
+        ("segment", r.segment),
+        ("whole path", r.tunneled),
+        ("floor", r.floor),
+    ] {
         println!(
             "  throughput ratio, {what} / direct: {:.3}",
             ratio(r.direct, t)
         );
     }
+    println!(
+        "  throughput ratio, segment / floor: {:.3}",
+        ratio(r.floor, r.segment)
+    );
     println!(
         "  segment CPU per MiB: aranya {:.2} ms, arhat {:.2} ms, the SPDY client {:.2} ms",
         ms(r.segment_cpu_per_mib[0]),
@@ -474,4 +565,14 @@ fn print(cli: &Cli, r: &Report) {
             ratio(kubectl, docker)
         );
     }
+    println!(
+        "  a line through a TCP echo, direct {:.2} ms, through two TLS relays {:.2} ms: \
+         the floor for the segment is docker's {:.2} ms + {:.2} ms = {:.2} ms ({:.2} of direct)",
+        ms(r.echo_direct),
+        ms(r.echo_floor),
+        ms(r.docker_echo),
+        ms(r.echo_floor.saturating_sub(r.echo_direct)),
+        ms(r.floor_echo()),
+        ratio(r.floor_echo(), r.docker_echo)
+    );
 }
