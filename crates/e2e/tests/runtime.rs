@@ -156,7 +156,7 @@ impl Pod {
                 let done = Box::pin(async move {
                     let _ = done.wait_for(|d| *d).await;
                 });
-                arhat::containerlog::read(path, options, done)
+                arhat::containerlog::read(path, arhat::containerlog::Format::Cri, options, done)
                     .await
                     .map_err(|e| RuntimeError::failed("reading the kept log", e))
             }

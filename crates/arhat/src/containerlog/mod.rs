@@ -1,5 +1,7 @@
 //! Container logs kept by arhat itself, for runtimes that keep none (such as
-//! containerd driven without CRI, whose tasks only hand over their output).
+//! containerd driven without CRI, whose tasks only hand over their output),
+//! and log files read as a kubelet reads them: arhat's own, and Docker's
+//! json-file logs ([`Format`]).
 //!
 //! The files are in the CRI log format a kubelet reads, one line per piece of
 //! output:
@@ -22,9 +24,11 @@ use std::{io, path::PathBuf};
 
 use crate::runtime::RuntimeError;
 
+mod format;
 mod reader;
 mod writer;
 
+pub use format::Format;
 pub use reader::{POLL, read};
 pub use writer::keep;
 

@@ -1,4 +1,4 @@
-//! A CRI log read back as [`LogEntry`]s: the rotated files oldest first, then
+//! A container log file read back as [`LogEntry`]s, in either [`Format`]: the rotated files oldest first, then
 //! the current one; optionally only the last lines; optionally followed.
 //!
 //! Following polls the current file. When `path` names another file, the one
@@ -16,12 +16,16 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::{StreamExt, future::BoxFuture};
 use jiff::Timestamp;
 use tracing::{debug, warn};
 
-use super::{ContainerLogError, MAX_PIECE, rotated};
+use super::{
+    ContainerLogError, MAX_PIECE,
+    format::{Format, HEAD},
+    rotated,
+};
 use crate::runtime::{LogEntry, LogOptions, LogOutput, LogStream, RuntimeError};
 
 /// How often a followed log is looked at when nothing is new.
@@ -32,13 +36,13 @@ const CHUNK: usize = 64 * 1024;
 const BATCH: usize = 32 * 1024;
 /// Block size when scanning backwards for the last lines.
 const TAIL_BLOCK: usize = 64 * 1024;
-/// Enough of a line to hold "<time> <stream> <tag> ".
-const HEAD: usize = 64;
-/// Longer than any line the writer writes: a line longer than this is not a
-/// log line, and is skipped rather than buffered without bound.
-const MAX_LINE: usize = MAX_PIECE + 1024;
+/// Longer than any line a writer writes (a piece of [`MAX_PIECE`] bytes,
+/// escaped in JSON at worst as `\u00XX`): a line longer than this is not a log
+/// line, and is skipped rather than buffered without bound.
+const MAX_LINE: usize = 6 * MAX_PIECE + 1024;
 
-/// Reads the container log at `path` (with its rotated files `path.1`, …).
+/// Reads the container log at `path` (with its rotated files `path.1`, …),
+/// written in `format`.
 ///
 /// `tail_lines` counts entries that end a line (`F`); the `P` pieces before
 /// such an entry belong to its line and come with it. `since` is honoured per
@@ -55,12 +59,13 @@ const MAX_LINE: usize = MAX_PIECE + 1024;
 /// log at all.
 pub async fn read(
     path: PathBuf,
+    format: Format,
     options: &LogOptions,
     exited: BoxFuture<'static, ()>,
 ) -> Result<LogStream, ContainerLogError> {
     let opened = {
         let (path, options) = (path.clone(), options.clone());
-        tokio::task::spawn_blocking(move || Reader::open(path, &options))
+        tokio::task::spawn_blocking(move || Reader::open(path, format, &options))
     };
     let reader = opened.await.map_err(|e| ContainerLogError::Read {
         path: path.clone(),
@@ -193,6 +198,7 @@ struct Line {
 #[derive(Debug)]
 struct Reader {
     path: PathBuf,
+    format: Format,
     follow: bool,
     since: Option<Timestamp>,
     /// The files left to read, the one being read first; never empty. While
@@ -209,7 +215,11 @@ struct Reader {
 }
 
 impl Reader {
-    fn open(path: PathBuf, options: &LogOptions) -> Result<Self, ContainerLogError> {
+    fn open(
+        path: PathBuf,
+        format: Format,
+        options: &LogOptions,
+    ) -> Result<Self, ContainerLogError> {
         // The current file first: rotated while the others are opened, it
         // shows up again as `path.1`, and is recognised.
         let current = match Opened::open(path.clone()) {
@@ -247,10 +257,11 @@ impl Reader {
             return Err(ContainerLogError::NotFound { path });
         }
         if let Some(n) = options.tail_lines {
-            tail(&mut files, n)?;
+            tail(&mut files, format, n)?;
         }
         Ok(Self {
             path,
+            format,
             follow: options.follow,
             since: options.since,
             files,
@@ -442,48 +453,42 @@ impl Reader {
     }
 
     /// `line`: one line of the file, with its newline when `terminated`.
-    fn entry(&mut self, line: Bytes, terminated: bool, out: &mut Vec<LogEntry>, size: &mut usize) {
-        let body = if terminated {
-            &line[..line.len() - 1]
-        } else {
-            &line[..]
-        };
-        let Some(head) = parse_head(body) else {
-            let shown = String::from_utf8_lossy(&body[..body.len().min(HEAD)]);
-            warn!(path = %self.path.display(), line = %shown, "container log line not in the CRI format; skipped");
+    fn entry(
+        &mut self,
+        line: bytes::Bytes,
+        terminated: bool,
+        out: &mut Vec<LogEntry>,
+        size: &mut usize,
+    ) {
+        if !terminated && self.format == Format::DockerJson {
+            // Docker writes each entry whole: this one was being written.
+            debug!(path = %self.path.display(), "json-file line still being written; not read");
+            return;
+        }
+        let Some(piece) = self.format.parse(&line, terminated) else {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(HEAD)]);
+            warn!(path = %self.path.display(), line = %shown, format = self.format.name(), "container log line not in its format; skipped");
             return;
         };
-        let body_len = body.len();
-        let text = match (head.full, terminated) {
-            // The file's newline is the line's.
-            (true, true) => line.slice(head.text..),
-            (true, false) => {
-                let mut text = BytesMut::with_capacity(body_len - head.text + 1);
-                text.extend_from_slice(&line[head.text..]);
-                text.extend_from_slice(b"\n");
-                text.freeze()
-            }
-            (false, _) => line.slice(head.text..body_len),
-        };
-        let state = &mut self.lines[match head.output {
+        let state = &mut self.lines[match piece.output {
             LogOutput::Stdout => 0,
             LogOutput::Stderr => 1,
         }];
         let time = if state.continued {
             None
         } else {
-            state.dropped = self.since.is_some_and(|since| head.time < since);
-            Some(head.time)
+            state.dropped = self.since.is_some_and(|since| piece.time < since);
+            Some(piece.time)
         };
-        state.continued = !head.full;
+        state.continued = !piece.full;
         if state.dropped {
             return;
         }
-        *size += text.len();
+        *size += piece.text.len();
         out.push(LogEntry {
             time,
-            output: head.output,
-            text,
+            output: piece.output,
+            text: piece.text,
         });
     }
 }
@@ -516,51 +521,12 @@ fn rotated_files(path: &Path) -> Vec<(u32, io::Result<(u64, u64)>)> {
     found
 }
 
-/// The fields before a line's text.
-#[derive(Debug, PartialEq, Eq)]
-struct Head {
-    time: Timestamp,
-    output: LogOutput,
-    /// `F`: the piece ends its line.
-    full: bool,
-    /// Where the text starts.
-    text: usize,
-}
-
-/// Parses `<time> <stdout|stderr> <F|P>[:more tags] <text>` (a line without
-/// its newline, or its start). An empty text may lack its separating space.
-fn parse_head(line: &[u8]) -> Option<Head> {
-    let space = line.iter().position(|b| *b == b' ')?;
-    let time = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
-    let rest = &line[space + 1..];
-    let output = match rest.get(..7)? {
-        b"stdout " => LogOutput::Stdout,
-        b"stderr " => LogOutput::Stderr,
-        _ => return None,
-    };
-    let tags = &rest[7..];
-    let tags_len = tags.iter().position(|b| *b == b' ').unwrap_or(tags.len());
-    // The tag list is ':'-separated; the first says full or partial.
-    let full = match tags[..tags_len].split(|b| *b == b':').next()? {
-        b"F" => true,
-        b"P" => false,
-        _ => return None,
-    };
-    let text = (space + 1 + 7 + tags_len + 1).min(line.len());
-    Some(Head {
-        time,
-        output,
-        full,
-        text,
-    })
-}
-
 /// Moves the read offsets so that only the last `n` lines remain: the content
 /// after the `n+1`th `F` from the end (so the `P` pieces of the `n`th come
 /// along). Scans backwards from the end, so a large log costs only the blocks
 /// holding those lines. Files wholly before the start are dropped, but the
 /// last file stays.
-fn tail(files: &mut VecDeque<Opened>, n: u64) -> Result<(), ContainerLogError> {
+fn tail(files: &mut VecDeque<Opened>, format: Format, n: u64) -> Result<(), ContainerLogError> {
     let mut start = None;
     if n == 0 {
         if let Some(last) = files.back() {
@@ -570,7 +536,7 @@ fn tail(files: &mut VecDeque<Opened>, n: u64) -> Result<(), ContainerLogError> {
     } else {
         let mut full = 0;
         'files: for (i, f) in files.iter().enumerate().rev() {
-            if let Some(end) = tail_in(f, n, &mut full).map_err(|e| f.read_error(e))? {
+            if let Some(end) = tail_in(f, format, n, &mut full).map_err(|e| f.read_error(e))? {
                 start = Some((i, end));
                 break 'files;
             }
@@ -587,7 +553,7 @@ fn tail(files: &mut VecDeque<Opened>, n: u64) -> Result<(), ContainerLogError> {
 
 /// Scans `f` backwards counting `F` lines in `full`; where the line after the
 /// `n+1`th (from the end, over all files scanned) starts, if it is in `f`.
-fn tail_in(f: &Opened, n: u64, full: &mut u64) -> io::Result<Option<u64>> {
+fn tail_in(f: &Opened, format: Format, n: u64, full: &mut u64) -> io::Result<Option<u64>> {
     let len = f.file.metadata()?.len();
     let mut window = Vec::with_capacity(TAIL_BLOCK + HEAD);
     // The start of what follows the block being scanned, for a line that
@@ -596,20 +562,17 @@ fn tail_in(f: &Opened, n: u64, full: &mut u64) -> io::Result<Option<u64>> {
     // The end (after its newline) of the line whose start is looked for.
     let mut line_end = len;
     let mut end = len;
-    // Whether the line at `start` (ending at `line_end`) is the one wanted.
-    let mut counts = |start_head: &[u8]| {
-        let line = start_head
-            .iter()
-            .position(|b| *b == b'\n')
-            .map_or(start_head, |i| &start_head[..i]);
-        if !parse_head(line).is_some_and(|h| h.full) {
-            return false;
+    // Whether the line at `start..end`, its first bytes `start_head`, is
+    // the one wanted.
+    let mut counts = |start: u64, end: u64, start_head: &[u8]| -> io::Result<bool> {
+        if !format.ends_line(&f.file, start, end, start_head)? {
+            return Ok(false);
         }
         if *full == n {
-            return true;
+            return Ok(true);
         }
         *full += 1;
-        false
+        Ok(false)
     };
     while end > 0 {
         let begin = end.saturating_sub(TAIL_BLOCK as u64);
@@ -623,7 +586,13 @@ fn tail_in(f: &Opened, n: u64, full: &mut u64) -> io::Result<Option<u64>> {
                 continue;
             }
             let start = begin + j as u64 + 1;
-            if start < line_end && counts(&window[j + 1..(j + 1 + HEAD).min(window.len())]) {
+            if start < line_end
+                && counts(
+                    start,
+                    line_end,
+                    &window[j + 1..(j + 1 + HEAD).min(window.len())],
+                )?
+            {
                 return Ok(Some(line_end));
             }
             line_end = start;
@@ -632,7 +601,7 @@ fn tail_in(f: &Opened, n: u64, full: &mut u64) -> io::Result<Option<u64>> {
         end = begin;
     }
     // The file's first line.
-    if line_end > 0 && counts(&head) {
+    if line_end > 0 && counts(0, line_end, &head)? {
         return Ok(Some(line_end));
     }
     Ok(None)
@@ -642,6 +611,7 @@ fn tail_in(f: &Opened, n: u64, full: &mut u64) -> io::Result<Option<u64>> {
 mod tests {
     use std::io::Write;
 
+    use bytes::Bytes;
     use futures::{FutureExt, future, stream};
 
     use super::*;
@@ -693,9 +663,18 @@ mod tests {
     }
 
     async fn read_all(path: &Path, options: &LogOptions) -> Vec<LogEntry> {
-        let entries = read(path.to_path_buf(), options, future::ready(()).boxed())
-            .await
-            .expect("read");
+        read_all_as(path, Format::Cri, options).await
+    }
+
+    async fn read_all_as(path: &Path, format: Format, options: &LogOptions) -> Vec<LogEntry> {
+        let entries = read(
+            path.to_path_buf(),
+            format,
+            options,
+            future::ready(()).boxed(),
+        )
+        .await
+        .expect("read");
         tokio::time::timeout(WAIT, entries.map(|e| e.expect("entry")).collect())
             .await
             .expect("the read ends")
@@ -868,6 +847,53 @@ mod tests {
         assert_eq!(summary(&read_all(&path, &options(false, None)).await), all);
     }
 
+    /// A line as Docker's json-file driver writes it.
+    fn json(s: u32, output: &str, log: &str) -> String {
+        let log = serde_json::to_string(log).expect("a string");
+        format!(
+            "{{\"log\":{log},\"stream\":\"{output}\",\"time\":\"{}\"}}\n",
+            time(s)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_json_file_log_reads_like_a_cri_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("id-json.log");
+        write(&rotated(&path, 2), &json(1, "stdout", "a\n"));
+        write(
+            &rotated(&path, 1),
+            &[json(2, "stderr", "b \"q\"\n"), json(3, "stdout", "c1")].concat(),
+        );
+        // The last entry is still being written.
+        write(
+            &path,
+            &[
+                json(4, "stdout", "c2\n"),
+                json(5, "stdout", "d\n"),
+                "{\"log\":\"e".into(),
+            ]
+            .concat(),
+        );
+        let tail = async |n| {
+            summary(&read_all_as(&path, Format::DockerJson, &options(false, Some(n))).await)
+        };
+        assert_eq!(tail(0).await, Vec::<String>::new());
+        assert_eq!(tail(1).await, ["out@ d\n"]);
+        assert_eq!(tail(2).await, ["out@ c1", "out+ c2\n", "out@ d\n"]);
+        let all = [
+            "out@ a\n",
+            "err@ b \"q\"\n",
+            "out@ c1",
+            "out+ c2\n",
+            "out@ d\n",
+        ];
+        assert_eq!(tail(50).await, all);
+        let entries = read_all_as(&path, Format::DockerJson, &options(false, None)).await;
+        assert_eq!(summary(&entries), all);
+        assert_eq!(entries[0].time, Some(time(1).parse().expect("time")));
+    }
+
     #[tokio::test]
     async fn tail_of_a_large_log_spans_blocks_and_files() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -963,6 +989,7 @@ mod tests {
         for follow in [false, true] {
             let got = read(
                 path.clone(),
+                Format::Cri,
                 &options(follow, None),
                 future::pending().boxed(),
             )
@@ -983,6 +1010,7 @@ mod tests {
         let (exit, exited) = futures::channel::oneshot::channel::<()>();
         let mut entries = read(
             path.clone(),
+            Format::Cri,
             &options(true, None),
             exited.map(|_| ()).boxed(),
         )
@@ -1017,6 +1045,7 @@ mod tests {
         let (exit, exited) = futures::channel::oneshot::channel::<()>();
         let mut entries = read(
             path.clone(),
+            Format::Cri,
             &options(true, Some(5)),
             exited.map(|_| ()).boxed(),
         )
@@ -1072,9 +1101,14 @@ mod tests {
         let exited = async move {
             let _ = writer.await;
         };
-        let reading = read(path.clone(), &options(true, None), exited.boxed())
-            .await
-            .expect("read");
+        let reading = read(
+            path.clone(),
+            Format::Cri,
+            &options(true, None),
+            exited.boxed(),
+        )
+        .await
+        .expect("read");
         let reading = tokio::spawn(reading.map(|e| e.expect("entry")).collect::<Vec<_>>());
         for i in 1..300 {
             tx.unbounded_send(Ok(out(format!("line {i:04}\n"))))
@@ -1090,22 +1124,5 @@ mod tests {
             .expect("reader task");
         assert_eq!(summary(&entries), numbered_lines(0..300));
         assert!(rotated(&path, 10).exists());
-    }
-
-    #[test]
-    fn heads_parse() {
-        let head = parse_head(b"2026-12-06T20:03:00.5+01:00 stderr P x y").expect("parses");
-        assert_eq!(
-            head,
-            Head {
-                time: "2026-12-06T19:03:00.5Z".parse().expect("time"),
-                output: LogOutput::Stderr,
-                full: false,
-                text: 37,
-            }
-        );
-        assert_eq!(parse_head(b"2026-12-06T20:03:00Z stdout  x"), None);
-        assert_eq!(parse_head(b"2026-12-06T20:03:00Z stdout FP x"), None);
-        assert_eq!(parse_head(b"2026-12-06T20:03:00Z"), None);
     }
 }

@@ -112,7 +112,7 @@ impl LogSource {
             }
         }
         .boxed();
-        containerlog::read(self.path(uid, id), options, done)
+        containerlog::read(self.path(uid, id), containerlog::Format::Cri, options, done)
             .await
             .map_err(|e| {
                 if e.is_not_found() {
