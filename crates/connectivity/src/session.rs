@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, stream::BoxStream};
 use prost::Message;
 use proto::{
@@ -21,6 +21,9 @@ use crate::{
     link::{Link, MIN_PAYLOAD, TransportError},
     stream::{DROPPED, SendFailure, SendGate, Stream, StreamError, StreamEvent},
 };
+
+/// Most encoding buffer a session keeps while it has nothing to send.
+const IDLE_BUFFER: usize = 64 * 1024;
 
 /// Settings of one session driver.
 #[derive(Debug, Clone)]
@@ -223,6 +226,7 @@ pub fn spawn(
         link_rx: Some(link.rx),
         transport: link.transport,
         outbound: None,
+        tx_buf: BytesMut::new(),
         resume_deadline: None,
         span: span.clone(),
     };
@@ -262,6 +266,10 @@ struct Driver {
     transport: &'static str,
     /// A frame pulled from the session, waiting for room on the link.
     outbound: Option<Bytes>,
+    /// Where frames are encoded, each in its envelope. Its memory is used
+    /// again once the link has dropped the frames cut from it, rather than
+    /// every large frame costing a fresh allocation and its page faults.
+    tx_buf: BytesMut,
     resume_deadline: Option<tokio::time::Instant>,
     span: tracing::Span,
 }
@@ -279,10 +287,22 @@ impl Driver {
         let reason = loop {
             self.pump_events();
             if self.link_tx.is_some() && self.outbound.is_none() {
-                self.outbound = self
-                    .session
-                    .poll_transmit(Instant::now())
-                    .map(|f| Envelope::frame(f).to_bytes());
+                let buf = &mut self.tx_buf;
+                let head = |len, buf: &mut BytesMut| {
+                    // Room for the next frame as well, so it finds this
+                    // memory free again when the link has sent this one.
+                    buf.reserve(2 * (len + FRAME_OVERHEAD));
+                    Envelope::frame_head(len, buf);
+                };
+                self.outbound = if self.session.poll_transmit_into(Instant::now(), buf, head) {
+                    Some(buf.split().freeze())
+                } else {
+                    // Idle: an idle session keeps no large buffer.
+                    if buf.capacity() > IDLE_BUFFER {
+                        *buf = BytesMut::new();
+                    }
+                    None
+                };
             }
             let timer = self
                 .session
@@ -332,7 +352,7 @@ impl Driver {
         match envelope.body {
             Some(Body::Frame(frame)) => self
                 .session
-                .handle_frame(&frame, Instant::now())
+                .handle_frame_bytes(&frame, Instant::now())
                 .map_err(|e| format!("session protocol error: {e}")),
             // A stray handshake message mid-session is a peer bug; the link goes.
             _ => {

@@ -64,6 +64,13 @@ impl Envelope {
         }
     }
 
+    /// Writes the start of a frame's envelope, for a frame of `len` bytes:
+    /// the frame's bytes complete it (see [`crate::session::Session::poll_transmit_into`]).
+    pub fn frame_head(len: usize, buf: &mut bytes::BytesMut) {
+        prost::encoding::encode_key(4, prost::encoding::WireType::LengthDelimited, buf);
+        prost::encoding::encode_varint(len as u64, buf);
+    }
+
     pub fn to_bytes(&self) -> Bytes {
         self.encode_to_vec().into()
     }
@@ -76,6 +83,18 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_head_and_its_frame_are_the_frames_envelope() {
+        for len in [0, 1, 127, 128, 70_000, 1 << 20] {
+            let frame = Bytes::from(vec![7u8; len]);
+            let mut buf = bytes::BytesMut::new();
+            Envelope::frame_head(len, &mut buf);
+            assert!(buf.len() <= FRAME_OVERHEAD);
+            buf.extend_from_slice(&frame);
+            assert_eq!(buf.freeze(), Envelope::frame(frame).to_bytes());
+        }
+    }
 
     #[test]
     fn frame_overhead_is_enough() {

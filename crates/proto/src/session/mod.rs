@@ -82,7 +82,7 @@ mod tests;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tracing::{debug, trace, warn};
 
@@ -109,6 +109,10 @@ const MIN_CHUNK_DATA: usize = 32;
 /// Control items waiting for transmission beyond this are dropped (each is either
 /// regenerated or repaired by a retransmission).
 const MAX_CTRL_QUEUE: usize = 8192;
+/// A received chunk smaller than its frame by this factor is copied out
+/// rather than kept as a view, so waiting data holds at most this many times
+/// its size of frame memory.
+const PIN_RATIO: usize = 4;
 
 /// Something the application must learn about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -588,8 +592,16 @@ impl Session {
     /// One received transport message. An error means the peer is broken or hostile:
     /// the caller should end the whole session. Never panics on any input.
     pub fn handle_frame(&mut self, frame: &[u8], now: Instant) -> Result<(), FrameError> {
+        self.handle_frame_bytes(&Bytes::copy_from_slice(frame), now)
+    }
+
+    /// [`Session::handle_frame`] without copying: the data it delivers are
+    /// views of `frame` (small ones excepted).
+    pub fn handle_frame_bytes(&mut self, frame: &Bytes, now: Instant) -> Result<(), FrameError> {
         self.last_now = now;
-        let frame = wire::Frame::decode(frame).map_err(Malformed::Decode)?;
+        let frame_len = frame.len();
+        // Decoded from `Bytes`, each chunk's data is a view of the frame.
+        let frame = wire::Frame::decode(frame.clone()).map_err(Malformed::Decode)?;
         if frame.epoch != self.epoch {
             trace!(role = ?self.role, epoch = frame.epoch, current = self.epoch, "discarded frame of another epoch");
             return Ok(());
@@ -599,7 +611,14 @@ impl Session {
         for item in frame.items {
             use wire::item::Kind;
             match item.kind {
-                Some(Kind::Chunk(c)) => self.on_chunk(c, now)?,
+                Some(Kind::Chunk(mut c)) => {
+                    // A small view would hold the whole frame's memory while
+                    // it waits for its reader: small ones get their own.
+                    if c.data.len() * PIN_RATIO < frame_len {
+                        c.data = Bytes::copy_from_slice(&c.data);
+                    }
+                    self.on_chunk(c, now)?
+                }
                 Some(Kind::Ack(a)) => self.on_ack(a, now)?,
                 Some(Kind::Reset(r)) => self.on_reset(r, now)?,
                 Some(Kind::ResetAck(r)) => self.tombs.confirm(StreamId(r.stream_id)),
@@ -627,6 +646,21 @@ impl Session {
     /// `None` when there is nothing to send. Control items come first; data chunks
     /// are taken round-robin across streams.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        let mut buf = BytesMut::new();
+        self.poll_transmit_into(now, &mut buf, |_, _| {})
+            .then(|| buf.freeze())
+    }
+
+    /// [`Session::poll_transmit`], encoding the frame at the end of `buf`,
+    /// after what `head` writes there for a frame of the given length (a
+    /// transport's own header, so the frame is copied only once). Whether
+    /// there was a frame.
+    pub fn poll_transmit_into(
+        &mut self,
+        now: Instant,
+        buf: &mut BytesMut,
+        head: impl FnOnce(usize, &mut BytesMut),
+    ) -> bool {
         self.last_now = now;
         if due(after(self.last_sent, self.config.keepalive_interval), now) {
             self.ping_due = true;
@@ -671,10 +705,12 @@ impl Session {
         }
         self.transmit_data(&mut fb, now);
         if fb.is_empty() {
-            return None;
+            return false;
         }
         self.last_sent = now;
-        Some(fb.finish())
+        head(fb.len(), buf);
+        fb.finish_into(buf);
+        true
     }
 
     /// The next application event.

@@ -4,6 +4,10 @@ use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// A queued write with at least this much left is sent as a view of itself;
+/// smaller ones are gathered into one chunk (a copy, but fewer items).
+const SLICE_FROM: usize = 8 * 1024;
+
 /// Outgoing bytes of one stream from the first unacknowledged offset to the end of
 /// what the app queued. Offsets are absolute positions in the stream.
 ///
@@ -96,6 +100,10 @@ impl SendBuf {
             let avail = b.len().saturating_sub(rel);
             if avail >= want {
                 b.slice(rel..rel + want)
+            } else if avail >= SLICE_FROM {
+                // A large write goes as it is, without a copy; the frame
+                // takes the next one as another chunk.
+                b.slice(rel..rel + avail)
             } else {
                 // Small app writes: coalesce several segments into one chunk.
                 let mut out = BytesMut::with_capacity(want);
@@ -141,6 +149,19 @@ mod tests {
         assert_eq!(b.high(), 11);
         let (_, d) = b.take(u64::MAX, 100);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn large_writes_go_as_views_of_themselves() {
+        let big = Bytes::from(vec![1u8; SLICE_FROM + 10]);
+        let mut b = SendBuf::default();
+        b.push(big.clone());
+        b.push(Bytes::from(vec![2u8; SLICE_FROM]));
+        let (o, d) = b.take(u64::MAX, 1 << 20);
+        assert_eq!((o, d.len()), (0, big.len()));
+        assert_eq!(d.as_ptr(), big.as_ptr(), "not copied");
+        let (o, d) = b.take(u64::MAX, 1 << 20);
+        assert_eq!((o, d.len()), (big.len() as u64, SLICE_FROM));
     }
 
     #[test]

@@ -97,9 +97,23 @@ impl FrameBuilder {
         Ok(())
     }
 
-    pub(crate) fn finish(self) -> bytes::Bytes {
+    /// The frame's exact encoded length.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Encodes the frame at the end of `buf`.
+    pub(crate) fn finish_into(self, buf: &mut bytes::BytesMut) {
         debug_assert_eq!(self.frame.encoded_len(), self.len);
-        bytes::Bytes::from(self.frame.encode_to_vec())
+        buf.reserve(self.len);
+        self.frame.encode_raw(buf);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn finish(self) -> bytes::Bytes {
+        let mut buf = bytes::BytesMut::new();
+        self.finish_into(&mut buf);
+        buf.freeze()
     }
 }
 
