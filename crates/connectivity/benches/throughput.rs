@@ -1,6 +1,8 @@
 //! One stream's bulk throughput through the session layer, each way, over an
 //! in-memory link and over the gRPC tunnel on loopback, against a plain
-//! loopback TCP connection carrying the same bytes in the same run.
+//! loopback TCP connection carrying the same bytes in the same run, and
+//! against a plain TLS connection (the same rustls, certificates and
+//! runtime): what the tunnel cannot do without.
 //!
 //! `cargo bench -p connectivity --bench throughput [-- MiB]` (`make bench` runs
 //! it). Under `cargo test` (no `--bench` argument) it moves 4 MiB once each
@@ -130,6 +132,59 @@ async fn tcp_baseline(total: usize) -> Duration {
     started.elapsed()
 }
 
+/// [`tcp_baseline`] through TLS, with the tunnel's certificates.
+async fn tls_baseline(total: usize, pki: &grpc_loopback::Pki) -> Duration {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let chain = CertificateDer::pem_slice_iter(&pki.server.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(&pki.server.key_pem).unwrap();
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let writer = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let chunk = vec![7u8; CHUNK];
+        let mut sent = 0;
+        while sent < total {
+            tls.write_all(&chunk).await.unwrap();
+            sent += CHUNK;
+        }
+        tls.shutdown().await.unwrap();
+    });
+    let started = Instant::now();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0;
+    loop {
+        let n = tls.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    writer.await.unwrap();
+    assert!(got >= total);
+    started.elapsed()
+}
+
 async fn best(rounds: usize, mut run: impl AsyncFnMut() -> Duration) -> Duration {
     let mut best = Duration::MAX;
     for _ in 0..rounds {
@@ -150,10 +205,17 @@ async fn main() {
     };
     let total = mib << 20;
     let tcp = best(rounds, async || tcp_baseline(total).await).await;
+    let pki = grpc_loopback::pki();
+    let tls = best(rounds, async || tls_baseline(total, &pki).await).await;
     let rate = |t: Duration| mib as f64 / t.as_secs_f64();
     let mut report = vec![
         format!("one stream, {mib} MiB, best of {rounds}, {CHUNK} B writes"),
         format!("  loopback TCP (baseline):      {:8.1} MiB/s", rate(tcp)),
+        format!(
+            "  loopback TLS (baseline):      {:8.1} MiB/s  ratio to TCP {:.3}",
+            rate(tls),
+            tcp.as_secs_f64() / tls.as_secs_f64()
+        ),
     ];
     for (name, pair) in [
         ("memory link", sessions(memory_pair())),
@@ -170,9 +232,10 @@ async fn main() {
         .await;
         for (way, t) in [("cloud→device", down), ("device→cloud", up)] {
             report.push(format!(
-                "  {name:14} {way}: {:8.1} MiB/s  ratio to TCP {:.3}",
+                "  {name:14} {way}: {:8.1} MiB/s  ratio to TCP {:.3}, to TLS {:.3}",
                 rate(t),
-                tcp.as_secs_f64() / t.as_secs_f64()
+                tcp.as_secs_f64() / t.as_secs_f64(),
+                tls.as_secs_f64() / t.as_secs_f64()
             ));
         }
     }
