@@ -586,3 +586,42 @@ impl Runtime for Docker {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::ContainerConfig;
+
+    use super::*;
+
+    fn inspected(kind: &str, tty: bool, path: &str) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            log_path: Some(path.to_string()),
+            config: Some(ContainerConfig {
+                tty: Some(tty),
+                ..Default::default()
+            }),
+            host_config: Some(HostConfig {
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some(kind.to_string()),
+                    config: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_json_file_of_lines_is_read_from_disk() {
+        let path = "/var/lib/docker/containers/c/c-json.log";
+        assert_eq!(
+            json_file(&inspected("json-file", false, path)),
+            Some(PathBuf::from(path))
+        );
+        // A terminal's chunks, another driver, or no file: the daemon.
+        assert_eq!(json_file(&inspected("json-file", true, path)), None);
+        assert_eq!(json_file(&inspected("journald", false, path)), None);
+        assert_eq!(json_file(&inspected("json-file", false, "")), None);
+        assert_eq!(json_file(&ContainerInspectResponse::default()), None);
+    }
+}
