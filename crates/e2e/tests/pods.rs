@@ -699,6 +699,26 @@ async fn host_ports_are_published_on_the_device(runtime) -> anyhow::Result<()> {
     )
     .await?;
     assert!(body.starts_with("HTTP/1."), "{body}");
+    // A deleted pod's host port is released, as a kubelet releases it: no
+    // rule is left to send a later connection on the port to a dead address.
+    let published = || -> anyhow::Result<bool> {
+        let rules = std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat", "-S"])
+            .output()?;
+        anyhow::ensure!(rules.status.success(), "iptables -t nat -S failed");
+        Ok(String::from_utf8_lossy(&rules.stdout).contains(&format!("--dports {port} ")))
+    };
+    assert!(published()?, "the host port has no DNAT rule");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.name);
+    pods.delete("web", &DeleteParams::default()).await?;
+    wait_for("the pod gone", RUN_TIMEOUT, || async {
+        pods.get_opt("web").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    wait_for("the host port released", Duration::from_secs(20), || async {
+        (!published().ok()?).then_some(())
+    })
+    .await?;
     Ok(())
 }
 }
