@@ -104,6 +104,19 @@ async fn transfer(
     started.elapsed()
 }
 
+/// Reads `from` to its end; the bytes read.
+async fn drain(from: &mut (impl tokio::io::AsyncRead + Unpin)) -> usize {
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0;
+    loop {
+        let n = from.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return got;
+        }
+        got += n;
+    }
+}
+
 async fn tcp_baseline(total: usize) -> Duration {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -118,15 +131,7 @@ async fn tcp_baseline(total: usize) -> Duration {
     });
     let started = Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut buf = vec![0u8; CHUNK];
-    let mut got = 0;
-    loop {
-        let n = tcp.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
+    let got = drain(&mut tcp).await;
     writer.await.unwrap();
     assert!(got >= total);
     started.elapsed()
@@ -171,15 +176,7 @@ async fn tls_baseline(total: usize, pki: &grpc_loopback::Pki) -> Duration {
     tcp.set_nodelay(true).unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
-    let mut buf = vec![0u8; CHUNK];
-    let mut got = 0;
-    loop {
-        let n = tls.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
+    let got = drain(&mut tls).await;
     writer.await.unwrap();
     assert!(got >= total);
     started.elapsed()

@@ -62,13 +62,7 @@ impl RelayChain {
         let mut next = Next::Plain(target);
         // The far relay first: the near one dials it.
         for _ in 0..2 {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-            listener.set_nonblocking(true)?;
-            let addr = listener.local_addr()?;
+            let (runtime, listener, addr) = serving(2)?;
             runtime.spawn(relay(listener, acceptor.clone(), next));
             runtimes.push(runtime);
             next = Next::Tls(addr, connector.clone());
@@ -104,6 +98,20 @@ impl Drop for RelayChain {
             runtime.shutdown_background();
         }
     }
+}
+
+/// A runtime of `workers` threads of its own, and a loopback listener for it.
+fn serving(
+    workers: usize,
+) -> anyhow::Result<(tokio::runtime::Runtime, std::net::TcpListener, SocketAddr)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    Ok((runtime, listener, addr))
 }
 
 async fn dial_tls(
@@ -168,13 +176,7 @@ pub struct Echo {
 
 impl Echo {
     pub fn start() -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let (runtime, listener, addr) = serving(1)?;
         runtime.spawn(async move {
             let Ok(listener) = TcpListener::from_std(listener) else {
                 return;
