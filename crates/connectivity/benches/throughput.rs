@@ -2,7 +2,9 @@
 //! in-memory link and over the gRPC tunnel on loopback, against a plain
 //! loopback TCP connection carrying the same bytes in the same run, and
 //! against a plain TLS connection (the same rustls, certificates and
-//! runtime): what the tunnel cannot do without.
+//! runtime): what the tunnel cannot do without. The gRPC link alone (messages
+//! straight over the transport, no session layer) is the floor under the
+//! session layer's figure on that link.
 //!
 //! `cargo bench -p connectivity --bench throughput [-- MiB]` (`make bench` runs
 //! it). Under `cargo test` (no `--bench` argument) it moves 4 MiB once each
@@ -24,6 +26,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 #[path = "../tests/support/grpc_loopback.rs"]
 mod grpc_loopback;
+#[path = "../tests/support/proof.rs"]
+mod proof;
 
 const CHUNK: usize = 32 << 10;
 
@@ -50,6 +54,64 @@ async fn grpc_pair() -> (Link, Link) {
         .expect("dial");
     let cloud = links.recv().await.expect("a link");
     (cloud, device)
+}
+
+/// Both ends of an MQTT link through `broker` at its default payload,
+/// handshaken (aranya only opens a link on a Hello). Each pair needs a
+/// `device` name of its own: aranya's side of an earlier pair still listens.
+async fn mqtt_pair(broker: &testbed::Broker, device: &str) -> (Link, Link) {
+    use connectivity::{
+        handshake,
+        mqtt::{self, MqttDialer, Settings},
+    };
+    use proto::envelope::{Hello, Welcome};
+    const T: Duration = Duration::from_secs(10);
+    let settings = |client: &str| Settings {
+        broker: broker.address(),
+        topic_namespace: mqtt::DEFAULT_NAMESPACE.into(),
+        client_id: client.into(),
+        keepalive: Duration::from_secs(5),
+        max_payload: mqtt::DEFAULT_MAX_PAYLOAD,
+        connect_timeout: T,
+        tls: None,
+        credentials: None,
+    };
+    let (links_tx, mut links) = mpsc::channel(1);
+    tokio::spawn(mqtt::serve_device(
+        settings("aranya-bench"),
+        device.into(),
+        links_tx,
+        std::future::pending(),
+    ));
+    // aranya subscribes before the device says Hello.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dialer = MqttDialer {
+        settings: settings("arhat-bench"),
+        device: device.into(),
+    };
+    let mut device_link = dialer.dial().await.expect("dial the broker");
+    let hello = Hello {
+        device: device.into(),
+        protocol_version: 1,
+        ..Default::default()
+    };
+    let cloud = async {
+        let mut link = links.recv().await.expect("a link");
+        proof::accept(&mut link, T).await.expect("hello");
+        let welcome = Welcome {
+            session_id: 1,
+            epoch: 1,
+            resumed: false,
+            protocol_version: 1,
+        };
+        handshake::welcome(&mut link, welcome)
+            .await
+            .expect("welcome");
+        link
+    };
+    let (cloud, welcomed) = tokio::join!(cloud, proof::hello(&mut device_link, hello, T));
+    welcomed.expect("welcomed");
+    (cloud, device_link)
 }
 
 type Ends = (
@@ -182,6 +244,34 @@ async fn tls_baseline(total: usize, pki: &grpc_loopback::Pki) -> Duration {
     started.elapsed()
 }
 
+/// `total` bytes in `frame`-sized messages straight over a link, with no
+/// session layer: what the transport itself costs, the floor under the
+/// session layer's figure on the same link.
+async fn link_floor(from: &Link, to: &mut Link, total: usize, frame: usize) -> Duration {
+    let started = Instant::now();
+    let tx = from.tx.clone();
+    let writer = tokio::spawn(async move {
+        let message = Bytes::from(vec![7u8; frame]);
+        let mut sent = 0;
+        while sent < total {
+            tx.send(message.clone()).await.expect("link send");
+            sent += frame;
+        }
+    });
+    let mut got = 0;
+    while got < total {
+        got += to
+            .rx
+            .next()
+            .await
+            .expect("link open")
+            .expect("link recv")
+            .len();
+    }
+    writer.await.expect("writer");
+    started.elapsed()
+}
+
 async fn best(rounds: usize, mut run: impl AsyncFnMut() -> Duration) -> Duration {
     let mut best = Duration::MAX;
     for _ in 0..rounds {
@@ -214,9 +304,45 @@ async fn main() {
             tcp.as_secs_f64() / tls.as_secs_f64()
         ),
     ];
+    let dir = tempfile::tempdir().expect("broker dir");
+    let broker = testbed::Broker::start(dir.path(), &testbed::BrokerOptions::default())
+        .expect("mosquitto (scripts/mosquitto.sh installs it)");
+    for (name, (mut cloud, mut device), frames) in [
+        (
+            "gRPC",
+            grpc_pair().await,
+            [CHUNK, connectivity::grpc::MAX_PAYLOAD],
+        ),
+        (
+            "MQTT",
+            mqtt_pair(&broker, "floor").await,
+            [CHUNK, connectivity::mqtt::DEFAULT_MAX_PAYLOAD],
+        ),
+    ] {
+        for frame in frames {
+            let down = best(rounds, async || {
+                link_floor(&cloud, &mut device, total, frame).await
+            })
+            .await;
+            let up = best(rounds, async || {
+                link_floor(&device, &mut cloud, total, frame).await
+            })
+            .await;
+            for (way, t) in [("cloud→device", down), ("device→cloud", up)] {
+                report.push(format!(
+                    "  {name} link alone, {:4} KiB messages, {way}: {:8.1} MiB/s  ratio to TCP {:.3}, to TLS {:.3}",
+                    frame >> 10,
+                    rate(t),
+                    tcp.as_secs_f64() / t.as_secs_f64(),
+                    tls.as_secs_f64() / t.as_secs_f64()
+                ));
+            }
+        }
+    }
     for (name, pair) in [
         ("memory link", sessions(memory_pair())),
         ("gRPC over TLS", sessions(grpc_pair().await)),
+        ("MQTT", sessions(mqtt_pair(&broker, "session").await)),
     ] {
         let ((cloud, mut cloud_in), (device, mut device_in)) = pair;
         let down = best(rounds, async || {
