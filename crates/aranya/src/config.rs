@@ -81,6 +81,14 @@ pub struct RunConfig {
     /// aranya's kubelet listener.
     #[arg(long, default_value = "127.0.0.1")]
     pub node_address: std::net::IpAddr,
+    /// The cluster's pod CIDR (kube-controller-manager `--cluster-cidr`; one
+    /// per family, comma-separated). A pod CIDR an EdgeDevice asks for must
+    /// lie inside it. Unset: not checked.
+    #[arg(long, value_parser = parse_cluster_cidr, default_value = "")]
+    pub cluster_cidr: ClusterCidr,
+    /// The cluster's DNS domain, for the names devices resolve.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Ports of the kubelet endpoint, one per virtual node (advertised in its
     /// Node's daemonEndpoints): `first-last`, or `0` for any free port.
     #[arg(long, value_parser = PortRange::parse, default_value = "10250-10999")]
@@ -147,6 +155,16 @@ impl PortRange {
             Self::Range(a, b) => Box::new(a..=b),
         }
     }
+}
+
+/// `--cluster-cidr`, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterCidr(pub Vec<crate::podcidr::Cidr>);
+
+fn parse_cluster_cidr(s: &str) -> Result<ClusterCidr, String> {
+    crate::podcidr::parse_list(s)
+        .map(ClusterCidr)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

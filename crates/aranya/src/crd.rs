@@ -48,6 +48,32 @@ pub struct EdgeDeviceSpec {
     /// How the device proves who it is.
     #[serde(default)]
     pub identity: IdentitySettings,
+    /// What of the cluster network the device reaches.
+    #[serde(default)]
+    pub network: NetworkSettings,
+}
+
+/// The cluster network as the device sees it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSettings {
+    /// The Services the device may reach (by DNS name and ClusterIP): those
+    /// any rule matches. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub services: Vec<ServiceRule>,
+}
+
+/// Services of some namespaces, chosen by their labels.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRule {
+    /// Only Services of these namespaces; empty: any namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Only Services whose labels match; unset: any Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
 }
 
 /// The device's certificates: how they are approved, and revoking them.
@@ -274,7 +300,7 @@ fn default_allocatable() -> u32 {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EdgeDeviceStatus {
-    /// `Connected`, `Identity` and `NodeReady`.
+    /// `Connected`, `Identity`, `NodeReady` and `PodCIDR`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The transport the device is connected over.
@@ -285,6 +311,11 @@ pub struct EdgeDeviceStatus {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityStatus>,
+    /// The pod CIDRs the device's Node was given (from `spec.pod` or the
+    /// cluster's node IPAM); they never change, so a Node deleted by hand
+    /// comes back with the same ones.
+    #[serde(default, rename = "podCIDRs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
 }
 
 /// Who the device is: the identity id its certificates must name, and the

@@ -8,7 +8,10 @@
 //! - [`identity`]: devices proving who they are; their certificates.
 //! - [`mqtt`]: aranya's broker connection for each device with an mqtt method.
 //! - [`kubelet`]: the kubelet endpoint of every virtual node.
+//! - [`podcidr`]: the address pool of each virtual node's pods.
 //! - [`pods`]: pods bound to a virtual node, run on its device.
+//! - [`services`]: the cluster Services each device may reach.
+//! - [`push`]: settings handed to a device (pod network, service catalogue).
 //! - [`leader`]: one active replica at a time.
 //! - [`lease`]: Leases judged by this replica's clock, not their writer's.
 
@@ -21,8 +24,11 @@ pub mod kubelet;
 pub mod leader;
 pub mod lease;
 pub mod mqtt;
+pub mod podcidr;
 pub mod pods;
+pub mod push;
 pub mod resources;
+pub mod services;
 pub mod virtualnode;
 
 use std::{sync::Arc, time::Duration};
@@ -128,6 +134,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let env = Arc::new(virtualnode::NodeEnv {
         client: client.clone(),
         node_address: cfg.node_address,
+        cluster_cidr: cfg.cluster_cidr.0.clone(),
+        services: services::Services::start(client.clone(), cfg.cluster_domain.clone()),
         kubelet: kubelet_endpoint(&cfg, &client).await?,
         kubelet_version: kubelet_version(&client).await?,
         reconnect_grace: cfg.reconnect_grace,

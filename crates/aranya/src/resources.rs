@@ -109,6 +109,7 @@ mod tests {
                 ..Default::default()
             },
             identity: Default::default(),
+            network: Default::default(),
         }
     }
 

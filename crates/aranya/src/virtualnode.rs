@@ -17,7 +17,10 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use proto::api::{GetNodeStatus, NodeStatus, Open, RenewReply, RenewRequest, open::Kind};
+use proto::api::{
+    GetNodeStatus, NodeStatus, Open, PodNetwork, RenewReply, RenewRequest, SetPodNetwork,
+    open::Kind,
+};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, warn};
@@ -40,6 +43,8 @@ pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
 /// they are (v5 exec and attach, SPDY tunnelled in a WebSocket for
 /// port-forward) instead of translating them to SPDY.
 pub const DECLARED_FEATURES: &[&str] = &["ExtendWebSocketsToKubelet"];
+/// How long a device may take to set up its pod network.
+const POD_NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Status is re-sent this often even when nothing changed (heartbeat times).
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -70,6 +75,10 @@ pub enum NodeCmd {
 pub struct NodeEnv {
     pub client: Client,
     pub node_address: IpAddr,
+    /// The cluster's pod CIDRs, which a device's own pod CIDR must lie in.
+    pub cluster_cidr: Vec<crate::podcidr::Cidr>,
+    /// Every Service, for the catalogue each device may reach.
+    pub services: Arc<crate::services::Services>,
     /// Every node's kubelet endpoint.
     pub kubelet: Arc<crate::kubelet::Kubelet>,
     pub kubelet_version: String,
@@ -118,6 +127,11 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
         let (handle, task) = crate::pods::spawn(env.client.clone(), name.clone(), env.pod_refresh);
         (handle, task)
     };
+    let (network, network_rx) = watch::channel(crate::crd::NetworkSettings::default());
+    let services_task = {
+        let _entered = span.enter();
+        env.services.sync(network_rx, pods.session.subscribe())
+    };
     let serving_task = tokio::spawn(
         env.kubelet
             .serving()
@@ -138,6 +152,8 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
     let node = VirtualNode {
         pods,
         pods_task,
+        network,
+        services_task,
         serving_task,
         kubelet_port,
         kubelet_task,
@@ -145,7 +161,6 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
         nodes: Api::all(env.client.clone()),
         leases: Api::namespaced(env.client.clone(), LEASE_NAMESPACE),
         devices: Api::all(env.client.clone()),
-        env,
         name,
         device: None,
         session: None,
@@ -157,6 +172,16 @@ pub fn spawn(env: Arc<NodeEnv>, name: String) -> Handle {
         started: tokio::time::Instant::now(),
         last_status: None,
         device_conditions: (None, None),
+        pod_cidrs: Vec::new(),
+        cidr_refusal: None,
+        events: kube::runtime::events::Recorder::new(
+            env.client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "aranya".into(),
+                instance: None,
+            },
+        ),
+        env,
     };
     let task = tokio::spawn(node.run(rx, report_rx).instrument(span));
     Handle { cmds, task }
@@ -169,6 +194,8 @@ struct Known {
     arch: Option<String>,
     os: Option<String>,
     hostname: Option<String>,
+    /// Pod CIDRs the Node already had (from an aranya before status kept them).
+    pod_cidrs: Vec<String>,
     was_ready: bool,
 }
 
@@ -186,6 +213,9 @@ struct VirtualNode {
     report_tx: mpsc::Sender<NodeStatus>,
     pods: PodSyncHandle,
     pods_task: tokio::task::JoinHandle<()>,
+    /// The EdgeDevice's network settings, for the service catalogue.
+    network: watch::Sender<crate::crd::NetworkSettings>,
+    services_task: tokio::task::JoinHandle<()>,
     serving_task: tokio::task::JoinHandle<()>,
     kubelet_port: u16,
     kubelet_task: Option<tokio::task::JoinHandle<()>>,
@@ -201,6 +231,11 @@ struct VirtualNode {
     /// to the EdgeDevice: a new certificate rewrites the conditions with the
     /// Node's unchanged.
     device_conditions: (Option<Value>, Option<IdentityCondition>),
+    /// The Node's pod CIDRs once assigned (never changed after).
+    pod_cidrs: Vec<String>,
+    /// Why the EdgeDevice's own pod CIDRs are not used, if they are not.
+    cidr_refusal: Option<crate::podcidr::Refusal>,
+    events: kube::runtime::events::Recorder,
 }
 
 type IdentityCondition = (bool, &'static str, String);
@@ -232,6 +267,11 @@ impl VirtualNode {
                             p.clone_from(&device.spec.pod);
                             changed
                         });
+                        self.network.send_if_modified(|n| {
+                            let changed = *n != device.spec.network;
+                            n.clone_from(&device.spec.network);
+                            changed
+                        });
                         crate::mqtt::sync(&mut self.mqtt, &self.env.mqtt, &device, &self.name);
                         self.device = Some(device);
                         self.apply_node().await;
@@ -245,6 +285,8 @@ impl VirtualNode {
                         state = Some(connected.session.state());
                         self.accept_streams(connected.incoming);
                         self.request_status(connected.session.clone());
+                        // Before any pod, so every pod gets its address from the pool.
+                        self.send_pod_network(&connected.session).await;
                         self.pods.session.send_replace(Some(connected.session.clone()));
                         if let Some(old) = self.session.replace(connected.session) {
                             old.close("replaced");
@@ -444,14 +486,16 @@ impl VirtualNode {
             o.block_owner_deletion = None;
             o
         });
-        let cidrs: Vec<String> = [&device.spec.pod.ipv4_cidr, &device.spec.pod.ipv6_cidr]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let decision = self.decide_pod_cidrs(&device).await;
+        self.refuse_pod_cidrs(decision.refused).await;
+        if decision.cidrs.is_empty() && self.cidr_refusal.is_some() {
+            // No Node until the EdgeDevice is fixed: the node IPAM would give
+            // it another CIDR meanwhile, and that would never change.
+            return;
+        }
         let mut spec = json!({});
-        if !cidrs.is_empty() {
-            spec = json!({ "podCIDR": cidrs[0], "podCIDRs": cidrs });
+        if let Some(first) = decision.cidrs.first() {
+            spec = json!({ "podCIDR": first, "podCIDRs": decision.cidrs });
         }
         let node = json!({
             "apiVersion": "v1",
@@ -477,6 +521,12 @@ impl VirtualNode {
                 let recreated = self.node_uid.as_deref() != applied.metadata.uid.as_deref();
                 self.node_uid = applied.metadata.uid.clone();
                 self.ensure_taints(&applied).await;
+                let cidrs = applied
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.pod_cidrs.clone())
+                    .unwrap_or_default();
+                self.pod_cidrs_assigned(cidrs).await;
                 if recreated {
                     // A new Node object: its status and Lease start from nothing.
                     info!(uid = ?self.node_uid, "node created");
@@ -488,11 +538,163 @@ impl VirtualNode {
         }
     }
 
+    /// The pod CIDRs for the Node: the assigned ones, or the EdgeDevice's,
+    /// checked against the cluster CIDR and every other device's.
+    async fn decide_pod_cidrs(&mut self, device: &EdgeDevice) -> crate::podcidr::Decision {
+        let assigned = device
+            .status
+            .as_ref()
+            .map(|s| s.pod_cidrs.clone())
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| self.known.pod_cidrs.clone());
+        if self.pod_cidrs.is_empty() {
+            self.pod_cidrs.clone_from(&assigned);
+        }
+        let requested: Vec<(&'static str, String)> = [
+            ("ipv4CIDR", &device.spec.pod.ipv4_cidr),
+            ("ipv6CIDR", &device.spec.pod.ipv6_cidr),
+        ]
+        .into_iter()
+        .filter_map(|(field, cidr)| cidr.clone().map(|c| (field, c)))
+        .collect();
+        let mut others = Vec::new();
+        if assigned.is_empty() && !requested.is_empty() {
+            others = self.pod_cidrs_of_others().await;
+        }
+        crate::podcidr::decide(&requested, &assigned, &self.env.cluster_cidr, &others)
+    }
+
+    /// The pod CIDRs of every other EdgeDevice (assigned, or asked for) and
+    /// every other Node, each with its owner.
+    async fn pod_cidrs_of_others(&self) -> Vec<(String, Vec<String>)> {
+        let mut others = Vec::new();
+        match self.devices.list(&Default::default()).await {
+            Ok(list) => others.extend(
+                list.items
+                    .into_iter()
+                    .filter(|d| d.name_any() != self.name)
+                    .map(|d| {
+                        let name = format!("EdgeDevice {}", d.name_any());
+                        let mut cidrs = d.status.map(|s| s.pod_cidrs).unwrap_or_default();
+                        if cidrs.is_empty() {
+                            cidrs.extend(d.spec.pod.ipv4_cidr);
+                            cidrs.extend(d.spec.pod.ipv6_cidr);
+                        }
+                        (name, cidrs)
+                    }),
+            ),
+            Err(e) => warn!(error = %e, "listing EdgeDevices to check the pod CIDR"),
+        }
+        match self.nodes.list(&Default::default()).await {
+            Ok(list) => others.extend(
+                list.items
+                    .into_iter()
+                    .filter(|n| n.name_any() != self.name)
+                    .map(|n| {
+                        let name = format!("Node {}", n.name_any());
+                        (name, n.spec.and_then(|s| s.pod_cidrs).unwrap_or_default())
+                    }),
+            ),
+            Err(e) => warn!(error = %e, "listing Nodes to check the pod CIDR"),
+        }
+        others
+    }
+
+    /// Records a new refusal of the EdgeDevice's pod CIDRs (an Event, the
+    /// PodCIDR condition), or that one is over.
+    async fn refuse_pod_cidrs(&mut self, refused: Option<crate::podcidr::Refusal>) {
+        if self.cidr_refusal == refused {
+            return;
+        }
+        self.cidr_refusal = refused;
+        if let Some(refusal) = &self.cidr_refusal {
+            warn!(%refusal, "EdgeDevice pod CIDR refused");
+            self.device_event("PodCIDRRefused", &refusal.to_string())
+                .await;
+        }
+        let ready = self.device_conditions.0.clone();
+        self.write_device_status(ready.as_ref()).await;
+    }
+
+    /// The Node has its pod CIDRs: kept in the EdgeDevice's status (once)
+    /// and told to the device.
+    async fn pod_cidrs_assigned(&mut self, cidrs: Vec<String>) {
+        if cidrs.is_empty() {
+            return;
+        }
+        if !self.recorded_pod_cidrs(&cidrs) {
+            let patch = json!({ "status": { "podCIDRs": cidrs } });
+            if let Err(e) = self
+                .devices
+                .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                warn!(error = %e, "keeping the pod CIDRs in the EdgeDevice status");
+            }
+        }
+        if cidrs == self.pod_cidrs {
+            return;
+        }
+        info!(pod_cidrs = ?cidrs, "pod CIDRs assigned");
+        self.pod_cidrs = cidrs;
+        let ready = self.device_conditions.0.clone();
+        self.write_device_status(ready.as_ref()).await;
+        if let Some(session) = self.session.clone() {
+            self.send_pod_network(&session).await;
+        }
+    }
+
+    fn recorded_pod_cidrs(&self, cidrs: &[String]) -> bool {
+        self.device
+            .as_ref()
+            .and_then(|d| d.status.as_ref())
+            .is_some_and(|s| s.pod_cidrs == cidrs)
+    }
+
+    /// Tells the device its pods' address pool (nothing before it is known).
+    async fn send_pod_network(&self, session: &SessionHandle) {
+        if self.pod_cidrs.is_empty() {
+            return;
+        }
+        let network = PodNetwork {
+            pod_cidrs: self.pod_cidrs.clone(),
+        };
+        let kind = Kind::SetPodNetwork(SetPodNetwork {});
+        match crate::push::push(session, kind, &network, POD_NETWORK_TIMEOUT).await {
+            Ok(()) => debug!(pod_cidrs = ?self.pod_cidrs, "device took its pod network"),
+            Err(e) => warn!(error = %e, "telling the device its pod network"),
+        }
+    }
+
+    async fn device_event(&self, reason: &str, note: &str) {
+        let Some(device) = &self.device else {
+            return;
+        };
+        let mut reference = device.object_ref(&());
+        // Events of a cluster-scoped object live in `default`.
+        reference.namespace = Some("default".into());
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.events.publish(&event, &reference).await {
+            warn!(error = %e, "recording an EdgeDevice event");
+        }
+    }
+
     fn remember(&mut self, node: &Node) {
         let labels = node.labels();
         self.known.arch = labels.get("kubernetes.io/arch").cloned();
         self.known.os = labels.get("kubernetes.io/os").cloned();
         self.known.hostname = node.annotations().get(ANNOTATION_HOSTNAME).cloned();
+        self.known.pod_cidrs = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidrs.clone())
+            .unwrap_or_default();
         self.known.was_ready = node
             .status
             .as_ref()
@@ -738,6 +940,16 @@ impl VirtualNode {
         )];
         let identity = self.identity_condition();
         conditions.push(condition("Identity", identity.0, identity.1, &identity.2));
+        if let Some(refusal) = &self.cidr_refusal {
+            conditions.push(condition("PodCIDR", false, "Refused", &refusal.to_string()));
+        } else if !self.pod_cidrs.is_empty() {
+            conditions.push(condition(
+                "PodCIDR",
+                true,
+                "Assigned",
+                &format!("pods get addresses from {}", self.pod_cidrs.join(", ")),
+            ));
+        }
         if let Some(ready) = ready {
             let ok = ready["status"] == "True";
             conditions.push(condition(
@@ -887,6 +1099,7 @@ impl Drop for VirtualNode {
             session.close("virtual node stopped");
         }
         self.pods_task.abort();
+        self.services_task.abort();
         self.serving_task.abort();
         if let Some(task) = &self.kubelet_task {
             task.abort();

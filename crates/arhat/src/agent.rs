@@ -90,6 +90,8 @@ struct Current {
 pub struct Agent {
     config: Arc<Config>,
     pods: Option<Arc<PodManager>>,
+    /// The cluster Services this device may reach, as aranya last sent them.
+    services: Arc<crate::clusternet::Catalogue>,
     runtime_version: Arc<str>,
     runtime_health: tokio::sync::watch::Receiver<proto::api::RuntimeHealth>,
     options: Options,
@@ -171,9 +173,11 @@ impl Agent {
             }
         };
         info!(runtime = %runtime_version, "container runtime ready");
+        let services = Arc::new(crate::clusternet::Catalogue::load(&config.runtime.data_dir));
         Ok(Self {
             config,
             pods,
+            services,
             runtime_version: runtime_version.into(),
             runtime_health,
             options,
@@ -393,7 +397,15 @@ impl Agent {
             runtime_version: self.runtime_version.clone(),
             runtime_health: self.runtime_health.clone(),
         };
-        tokio::spawn(serve(sampler.clone(), self.pods.clone(), incoming).instrument(span.clone()));
+        tokio::spawn(
+            serve(
+                sampler.clone(),
+                self.pods.clone(),
+                self.services.clone(),
+                incoming,
+            )
+            .instrument(span.clone()),
+        );
         tokio::spawn(report_status(sampler, handle.clone()).instrument(span.clone()));
         if let Some(pods) = &self.pods {
             tokio::spawn(report_pods(pods.clone(), handle.clone()).instrument(span));
@@ -552,11 +564,13 @@ impl Sampler {
 async fn serve(
     sampler: Sampler,
     pods: Option<Arc<PodManager>>,
+    services: Arc<crate::clusternet::Catalogue>,
     mut incoming: mpsc::UnboundedReceiver<Stream>,
 ) {
     while let Some(mut stream) = incoming.recv().await {
         let sampler = sampler.clone();
         let pods = pods.clone();
+        let services = services.clone();
         let span = stream.span().clone();
         tokio::spawn(
             async move {
@@ -570,6 +584,12 @@ async fn serve(
                     }
                     Ok(Some(Kind::ListPods(_))) => {
                         crate::pod::serve::list(&mut stream, pods.as_ref()).await
+                    }
+                    Ok(Some(Kind::SyncServices(_))) => {
+                        crate::clusternet::catalogue::serve(&mut stream, &services).await
+                    }
+                    Ok(Some(Kind::SetPodNetwork(_))) => {
+                        crate::pod::serve::pod_network(&mut stream, pods.as_ref()).await
                     }
                     Ok(Some(Kind::ContainerLogs(_))) => {
                         crate::pod::logs::serve(&mut stream, pods.as_ref(), &sampler.config.host)

@@ -65,7 +65,8 @@ pub struct NetworkConfig {
     /// The Linux bridge the pods are attached to (made if missing).
     #[serde(default = "default_bridge")]
     pub bridge: String,
-    /// Pod addresses come from here; the bridge takes the first.
+    /// Pod addresses come from here until aranya assigns the Node's pod
+    /// CIDR; the bridge takes the first.
     #[serde(default = "default_subnet")]
     pub subnet: crate::network::Subnet,
 }

@@ -9,12 +9,15 @@
 //! - [`containerlog`]: container logs in the CRI format, kept by arhat for
 //!   runtimes that keep none.
 //! - [`network`]: the pod network (CNI plugins on a bridge).
+//! - [`clusternet`]: the cluster Services the device may reach.
+//! - [`setting`]: settings aranya hands the device (pod network, catalogue).
 //! - [`pod`]: pods by UID: sandbox, init and app containers, restarts, status, logs.
 //! - [`host`]: the device host as its virtual pod (log files, commands).
 //! - [`netns`]: dialing inside a pod's network namespace (port-forward).
 
 pub mod agent;
 pub mod backoff;
+pub mod clusternet;
 pub mod config;
 pub mod containerlog;
 pub mod host;
@@ -25,3 +28,4 @@ pub mod network;
 pub mod nodeinfo;
 pub mod pod;
 pub mod runtime;
+pub mod setting;

@@ -133,6 +133,7 @@ impl Cluster {
             // Not loopback: the apiserver refuses to proxy to loopback nodes.
             .args(["--node-address", &node_address().to_string()])
             .args(["--kubelet-ports", "0"])
+            .args(["--cluster-cidr", testbed::CLUSTER_CIDR])
             .arg("--grpc-tls-cert")
             .arg(&self.grpc_cert)
             .arg("--grpc-tls-key")
@@ -387,8 +388,10 @@ impl TestEnv {
         pod: serde_json::Value,
         methods: serde_json::Value,
     ) -> anyhow::Result<EdgeDevice> {
+        // The agent's own subnet, unique on this machine.
+        let cidr = crate::podnet::pod_cidr(&self.arhat_data_dir(name))?;
         let pod = crate::pods::merge(
-            serde_json::json!({ "allocatable": allocatable_pods, "ipv4CIDR": "10.200.1.0/24" }),
+            serde_json::json!({ "allocatable": allocatable_pods, "ipv4CIDR": cidr }),
             pod,
         );
         let device: EdgeDevice = serde_json::from_value(serde_json::json!({
@@ -410,6 +413,19 @@ impl TestEnv {
             .bootstrap_token(&self.name, name, &self.arhat_data_dir(name))
             .await?;
         Ok(created)
+    }
+
+    /// Messages of the Events with `reason` recorded on EdgeDevice `device`.
+    pub fn device_events(&self, device: &str, reason: &str) -> anyhow::Result<String> {
+        self.cluster.kubectl(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            &format!("involvedObject.kind=EdgeDevice,involvedObject.name={device},reason={reason}"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
     }
 
     /// Where this test's arhat for `device` keeps its state (and its identity).

@@ -1,9 +1,13 @@
 //! A pod network of its own for every agent the harness starts: agents run
 //! side by side on one machine, and two host-local IPAMs handing out the
 //! same subnet on one bridge would give two pods one address. Slot n is
-//! bridge `arhat-t<n>` with 10.(128 + n / 256).(n % 256).0/24, claimed
-//! machine-wide by a file naming the claiming process (a dead one's slots
-//! are taken over, lowest first), and kept per data dir so a restarted agent keeps its own.
+//! bridge `arhat-t<n>` with 10.(192 + n / 256).(n % 256).0/24, claimed
+//! machine-wide by a file naming the claiming process, and kept per data dir
+//! so a restarted agent keeps its own. The subnet lies in the test bed's
+//! cluster CIDR, above what its node IPAM hands out, and is the device's
+//! `spec.pod.ipv4CIDR`. The first claim of a process removes the
+//! slots of dead processes with their bridges, whose addresses would
+//! otherwise route a subnet to a bridge no agent uses.
 
 use std::{
     collections::HashMap,
@@ -17,10 +21,66 @@ const SLOTS: u32 = 16_384;
 pub fn config_yaml(data_dir: &Path) -> anyhow::Result<String> {
     let slot = slot(data_dir)?;
     Ok(format!(
-        "network:\n  bridge: arhat-t{slot}\n  subnet: 10.{}.{}.0/24\n",
-        128 + slot / 256,
-        slot % 256
+        "network:\n  bridge: {}\n  subnet: {}\n",
+        bridge(slot),
+        subnet(slot)
     ))
+}
+
+/// The pod CIDR of the agent whose data dir is `data_dir`.
+pub fn pod_cidr(data_dir: &Path) -> anyhow::Result<String> {
+    Ok(subnet(slot(data_dir)?))
+}
+
+/// The bridge of the agent whose data dir is `data_dir`.
+pub fn bridge_of(data_dir: &Path) -> anyhow::Result<String> {
+    Ok(bridge(slot(data_dir)?))
+}
+
+/// Removes the bridge of the agent whose data dir is `data_dir` (with every
+/// address it carries); for a test whose pods took addresses from elsewhere.
+pub fn remove_bridge(data_dir: &Path) -> anyhow::Result<()> {
+    delete_link(&bridge(slot(data_dir)?));
+    Ok(())
+}
+
+fn bridge(slot: u32) -> String {
+    format!("arhat-t{slot}")
+}
+
+fn subnet(slot: u32) -> String {
+    format!("10.{}.{}.0/24", 192 + slot / 256, slot % 256)
+}
+
+fn delete_link(name: &str) {
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Removes the claims of dead processes and their bridges.
+fn sweep_dead(claims: &Path) {
+    let Ok(entries) = std::fs::read_dir(claims) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let dead = owner
+            .trim()
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if dead && std::fs::remove_file(entry.path()).is_ok() {
+            delete_link(&bridge(n));
+        }
+    }
 }
 
 fn slot(data_dir: &Path) -> anyhow::Result<u32> {
@@ -34,6 +94,9 @@ fn slot(data_dir: &Path) -> anyhow::Result<u32> {
     }
     let claims = std::env::temp_dir().join("aranya-pod-networks");
     std::fs::create_dir_all(&claims)?;
+    if mine.is_empty() {
+        sweep_dead(&claims);
+    }
     let pid = std::process::id();
     // Lowest first, so the bridges of earlier runs are reused, not multiplied.
     for n in 0..SLOTS {

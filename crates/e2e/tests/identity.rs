@@ -60,19 +60,6 @@ fn certificate_refused(outcome: &Outcome) -> Option<&str> {
     }
 }
 
-/// Warning Events with `reason` recorded on EdgeDevice `device`.
-fn events(env: &TestEnv, device: &str, reason: &str) -> anyhow::Result<String> {
-    env.cluster.kubectl(&[
-        "get",
-        "events",
-        "-A",
-        "--field-selector",
-        &format!("involvedObject.kind=EdgeDevice,involvedObject.name={device},reason={reason}"),
-        "-o",
-        "jsonpath={.items[*].message}",
-    ])
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_device_itself_opens_its_session_over_grpc() -> anyhow::Result<()> {
     let env = TestEnv::new("impostor").await?;
@@ -118,7 +105,7 @@ async fn only_the_device_itself_opens_its_session_over_grpc() -> anyhow::Result<
         "an ImpersonationRefused Event on B",
         Duration::from_secs(20),
         || async {
-            events(&env, &b, "ImpersonationRefused")
+            env.device_events(&b, "ImpersonationRefused")
                 .ok()
                 .filter(|m| m.contains(&up.name))
         },
@@ -329,7 +316,7 @@ async fn bootstrap_tokens_bind_one_device_until_they_expire() -> anyhow::Result<
         .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
         .ok_or_else(|| anyhow::anyhow!("no CSR named in:\n{}", arhat_z.log_tail(10)))?
         .to_string();
-    assert_eq!(events(&env, &z, "ImpersonationRefused")?, "");
+    assert_eq!(env.device_events(&z, "ImpersonationRefused")?, "");
     env.cluster.kubectl(&["certificate", "approve", &csr])?;
     env.wait_ready(&z, "True", None, Duration::from_secs(60))
         .await

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use aranya::podcidr::Cidr;
 use e2e::{
     TestEnv,
     cluster::{DeviceUp, labels},
@@ -83,7 +84,12 @@ async fn device_becomes_a_ready_node_with_its_real_facts() -> anyhow::Result<()>
             .any(|t| t.key == "aranya.arhat.dev/edge-device" && t.effect == "NoSchedule"),
         "{taints:?}"
     );
-    assert_eq!(spec.pod_cidrs, Some(vec!["10.200.1.0/24".to_string()]));
+    // The device's own, kept in its status.
+    let cidr = env.devices().get(&name).await?.spec.pod.ipv4_cidr;
+    assert!(cidr.is_some());
+    assert_eq!(spec.pod_cidrs, cidr.clone().map(|c| vec![c]));
+    let status = env.devices().get_status(&name).await?.status;
+    assert_eq!(status.map(|s| s.pod_cidrs), cidr.map(|c| vec![c]));
 
     let status = node.status.clone().unwrap_or_default();
     let capacity = status.capacity.unwrap_or_default();
@@ -345,15 +351,58 @@ async fn standby_replica_takes_over_when_the_leader_dies() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A device with no pod CIDR of its own gets one from the node IPAM, its
+/// pods get addresses from it, and a Node deleted by hand comes back with it.
 #[tokio::test(flavor = "multi_thread")]
-async fn node_deleted_by_hand_is_recreated() -> anyhow::Result<()> {
+async fn node_deleted_by_hand_is_recreated_with_its_pod_cidr() -> anyhow::Result<()> {
     let env = TestEnv::new("recreate").await?;
     let DeviceUp {
         name,
         aranya: _aranya,
         arhat: _arhat,
         node,
-    } = env.device_up("a", 3).await?;
+    } = env
+        .device_up_with("a", 3, serde_json::json!({ "ipv4CIDR": null }))
+        .await?;
+    let assigned = wait_for(
+        "the pod CIDR in the EdgeDevice status",
+        READY_TIMEOUT,
+        || async {
+            let cidrs = env
+                .devices()
+                .get_status(&name)
+                .await
+                .ok()?
+                .status?
+                .pod_cidrs;
+            (!cidrs.is_empty()).then_some(cidrs)
+        },
+    )
+    .await?;
+    let node_cidrs = env.nodes().get(&name).await?.spec.and_then(|s| s.pod_cidrs);
+    assert_eq!(node_cidrs.as_ref(), Some(&assigned));
+    let cidr: Cidr = assigned[0].parse()?;
+    assert!(
+        testbed::CLUSTER_CIDR.parse::<Cidr>()?.contains(&cidr),
+        "{cidr}"
+    );
+
+    e2e::pods::create_pod(
+        &env,
+        &name,
+        "web",
+        serde_json::json!({ "containers": [e2e::pods::busybox("web", "sleep 3600")] }),
+    )
+    .await?;
+    let ip = e2e::pods::wait_pod(&env, "web", "an address", Duration::from_secs(90), |p| {
+        p.status.as_ref()?.pod_ip.clone()
+    })
+    .await?;
+    assert!(
+        cidr.contains(&format!("{ip}/32").parse()?),
+        "{ip} not in {cidr}"
+    );
+
     env.nodes().delete(&name, &Default::default()).await?;
     let recreated = wait_for("the node recreated", Duration::from_secs(30), || async {
         let n = env.nodes().get_opt(&name).await.ok()??;
@@ -361,8 +410,76 @@ async fn node_deleted_by_hand_is_recreated() -> anyhow::Result<()> {
     })
     .await?;
     assert!(labels(&recreated).contains_key("kubernetes.io/arch"));
+    assert_eq!(recreated.spec.and_then(|s| s.pod_cidrs), Some(assigned));
     env.wait_ready(&name, "True", Some("EdgeDeviceConnected"), READY_TIMEOUT)
         .await?;
+    Ok(())
+}
+
+/// aranya refuses a pod CIDR the node IPAM would choke on or that another
+/// device holds, naming the field, and makes no Node for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_cidr_outside_the_cluster_or_taken_is_refused_naming_the_field() -> anyhow::Result<()>
+{
+    let env = TestEnv::new("cidr").await?;
+    let up = env.device_up("a", 1).await?;
+    let taken = env
+        .devices()
+        .get(&up.name)
+        .await?
+        .spec
+        .pod
+        .ipv4_cidr
+        .unwrap_or_default();
+    let outside = env.device("out");
+    env.create_device_with(
+        &outside,
+        1,
+        serde_json::json!({ "ipv4CIDR": "10.100.1.0/24" }),
+    )
+    .await?;
+    let twin = env.device("twin");
+    env.create_device_with(&twin, 1, serde_json::json!({ "ipv4CIDR": taken }))
+        .await?;
+    for (device, why) in [
+        (
+            &outside,
+            format!(
+                "10.100.1.0/24 is outside the cluster CIDR ({})",
+                testbed::CLUSTER_CIDR
+            ),
+        ),
+        (
+            &twin,
+            format!(
+                "{taken} overlaps {taken}, the pod CIDR of EdgeDevice {}",
+                up.name
+            ),
+        ),
+    ] {
+        let message = wait_for("the PodCIDR condition", READY_TIMEOUT, || async {
+            let status = env.devices().get_status(device).await.ok()?.status?;
+            let c = status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "PodCIDR")?;
+            (c.status == "False").then_some(c.message)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", up.logs(40)))?;
+        assert!(message.starts_with("spec.pod.ipv4CIDR: "), "{message}");
+        assert!(message.contains(&why), "{message}");
+        let recorded = wait_for("the PodCIDRRefused event", READY_TIMEOUT, || async {
+            let events = env.device_events(device, "PodCIDRRefused").ok()?;
+            (!events.is_empty()).then_some(events)
+        })
+        .await?;
+        assert!(recorded.contains("spec.pod.ipv4CIDR"), "{recorded}");
+        assert!(
+            env.nodes().get_opt(device).await?.is_none(),
+            "a Node for {device}"
+        );
+    }
     Ok(())
 }
 

@@ -33,6 +33,13 @@ pub const K8S_VERSION: &str = "v1.37.2";
 pub const WORKER_NODE: &str = "testbed-worker";
 /// The service CIDR; its first address is the `kubernetes` Service's ClusterIP.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The pod CIDR: the controller-manager's node IPAM gives every Node created
+/// without one a /24 of it (`--allocate-node-cidrs`), virtual Nodes included,
+/// lowest first. The e2e harness gives its devices /24s from the top half
+/// (10.192.0.0/10), which the node IPAM reaches only after 16384 Nodes.
+pub const CLUSTER_CIDR: &str = "10.128.0.0/9";
+/// The size of each Node's pod CIDR.
+pub const NODE_CIDR_PREFIX: u8 = 24;
 /// The service-account issuer (and default API audience).
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// The identity the apiserver presents to kubelets; not in system:masters.
@@ -717,6 +724,10 @@ impl Starter {
                 "--use-service-account-credentials=true".into(),
                 format!("--cluster-signing-cert-file={}", pki.ca_crt.display()),
                 format!("--cluster-signing-key-file={}", pki.ca_key.display()),
+                "--allocate-node-cidrs=true".into(),
+                format!("--cluster-cidr={CLUSTER_CIDR}"),
+                format!("--node-cidr-mask-size={NODE_CIDR_PREFIX}"),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             ]);
             if let Some(d) = grace {
                 a.push(format!("--node-monitor-grace-period={}", go_duration(d)));

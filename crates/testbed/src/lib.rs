@@ -36,8 +36,9 @@ pub use binary::{KUBE_BIN_ENV, cache_dir, kube_binary, kube_source_dir};
 pub use broker::{Broker, BrokerOptions, BrokerTls};
 pub use certs::{Ca, Issued, ServiceAccountKey};
 pub use controlplane::{
-    ControlPlane, K8S_VERSION, KEEP_ENV, KUBELET_CLIENT_BINDING, KUBELET_CLIENT_USER, Options,
-    SERVICE_ACCOUNT_ISSUER, SERVICE_CIDR, WORKER_NODE, client_from_kubeconfig, write_kubeconfig,
+    CLUSTER_CIDR, ControlPlane, K8S_VERSION, KEEP_ENV, KUBELET_CLIENT_BINDING, KUBELET_CLIENT_USER,
+    NODE_CIDR_PREFIX, Options, SERVICE_ACCOUNT_ISSUER, SERVICE_CIDR, WORKER_NODE,
+    client_from_kubeconfig, write_kubeconfig,
 };
 pub use error::Error;
 pub use process::{ChildGuard, DEFAULT_GRACE, spawn_child, stop_all};

@@ -30,12 +30,17 @@ struct Attachment {
     result: Value,
 }
 
+/// Where the pool aranya assigned is kept, under the state dir.
+const POOL_FILE: &str = "pod-cidr";
+
 /// The device's pod network.
 #[derive(Debug)]
 pub struct Bridge {
     bin_dir: PathBuf,
     bridge: String,
-    subnet: Subnet,
+    /// Where new pods get addresses: the pool aranya assigned (the Node's pod
+    /// CIDR), or `network.subnet` until it has.
+    subnet: std::sync::Mutex<Subnet>,
     /// `<id>.json` per attached sandbox; host-local's allocations under `ipam/`.
     state_dir: PathBuf,
 }
@@ -54,20 +59,46 @@ impl Bridge {
             path: state_dir.clone(),
             source,
         })?;
+        // The pool aranya assigned, kept so pods start while offline.
+        let assigned = std::fs::read_to_string(state_dir.join(POOL_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let subnet = assigned.unwrap_or(config.subnet);
         let network = Self {
             bin_dir: config.cni_bin_dir.clone(),
             bridge: config.bridge.clone(),
-            subnet: config.subnet,
+            subnet: std::sync::Mutex::new(subnet),
             state_dir,
         };
-        network.masquerade().await?;
-        info!(bridge = %network.bridge, subnet = %network.subnet, "pod network ready");
+        network.masquerade(subnet, true).await?;
+        info!(bridge = %network.bridge, %subnet, "pod network ready");
         Ok(network)
     }
 
-    /// Traffic from the pods to anywhere else leaves with the device's address.
-    async fn masquerade(&self) -> Result<(), NetworkError> {
-        let subnet = self.subnet.to_string();
+    fn subnet(&self) -> Subnet {
+        *self
+            .subnet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether any attached sandbox has an address in `subnet`.
+    fn in_use(&self, subnet: Subnet) -> bool {
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let id = name.to_str().and_then(|n| n.strip_suffix(".json"));
+            id.and_then(|id| self.address(id))
+                .is_some_and(|a| subnet.contains(a))
+        })
+    }
+
+    /// Traffic from the pods to anywhere else leaves with the device's
+    /// address: the rule for `subnet` added, or removed (`add` false).
+    async fn masquerade(&self, subnet: Subnet, add: bool) -> Result<(), NetworkError> {
+        let subnet = subnet.to_string();
         let rule = [
             "-s",
             &subnet,
@@ -104,10 +135,11 @@ impl Bridge {
                 }
             }
         };
-        if !iptables("-C").await? {
-            iptables("-A").await?;
+        match (iptables("-C").await?, add) {
+            (false, true) => iptables("-A").await.map(drop),
+            (true, false) => iptables("-D").await.map(drop),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn plugins(&self, ports: &[PortMapping]) -> Vec<Value> {
@@ -119,7 +151,7 @@ impl Bridge {
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{ "subnet": self.subnet.to_string() }]],
+                    "ranges": [[{ "subnet": self.subnet().to_string() }]],
                     "routes": [{ "dst": "0.0.0.0/0" }],
                     "dataDir": self.state_dir.join("ipam"),
                 },
@@ -238,6 +270,47 @@ impl PodNetwork for Bridge {
                 Ok(())
             }
         }
+    }
+
+    /// New pods get addresses from the first IPv4 CIDR of `cidrs` from now
+    /// on, also after a restart. Pods attached before keep theirs; the old
+    /// subnet's rule and the bridge's address in it go once no pod holds one.
+    async fn set_pool(&self, cidrs: &[String]) -> Result<(), NetworkError> {
+        let pool: Subnet = cidrs
+            .iter()
+            .find_map(|c| c.parse().ok())
+            .ok_or_else(|| NetworkError::Pool(cidrs.join(",")))?;
+        let old = self.subnet();
+        if pool == old {
+            return Ok(());
+        }
+        self.masquerade(pool, true).await?;
+        let path = self.state_dir.join(POOL_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, pool.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| NetworkError::State { path, source })?;
+        *self
+            .subnet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = pool;
+        info!(bridge = %self.bridge, from = %old, to = %pool, "pods get addresses from the Node's pod CIDR");
+        if !self.in_use(old) {
+            if let Err(e) = self.masquerade(old, false).await {
+                warn!(error = %e, subnet = %old, "removing the old subnet's masquerade rule");
+            }
+            // The bridge plugin gave the bridge the old subnet's gateway;
+            // left there, it would route that subnet here if another
+            // device's pool took it.
+            let gateway = format!("{}/{}", old.gateway(), old.prefix);
+            let removed = tokio::process::Command::new("ip")
+                .args(["addr", "del", &gateway, "dev", &self.bridge])
+                .env("PATH", cni::search_path())
+                .output()
+                .await;
+            debug!(%gateway, ?removed, "removing the old gateway address");
+        }
+        Ok(())
     }
 
     /// Detaches every sandbox attached earlier that is not among `alive`

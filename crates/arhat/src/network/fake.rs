@@ -68,6 +68,10 @@ impl PodNetwork for FakeNetwork {
         Ok(())
     }
 
+    async fn set_pool(&self, _cidrs: &[String]) -> Result<(), NetworkError> {
+        Ok(())
+    }
+
     async fn sweep(&self, alive: &HashSet<String>) {
         let stale: Vec<String> = self
             .attached()

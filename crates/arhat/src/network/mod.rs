@@ -48,6 +48,8 @@ pub enum NetworkError {
     Cni(#[from] CniError),
     #[error("the CNI plugins gave the pod no address")]
     NoAddress,
+    #[error("the pod CIDRs {0:?} hold no IPv4 subnet between /8 and /28")]
+    Pool(String),
 }
 
 /// An IPv4 subnet, `a.b.c.d/n`.
@@ -76,6 +78,21 @@ impl std::str::FromStr for Subnet {
             return Err(format!("{s} has host bits set"));
         }
         Ok(Self { address, prefix })
+    }
+}
+
+impl Subnet {
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let IpAddr::V4(address) = address else {
+            return false;
+        };
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(address) & mask == u32::from(self.address)
+    }
+
+    /// The first address, which the bridge plugin gives the bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.address) + 1)
     }
 }
 
@@ -112,6 +129,9 @@ pub trait PodNetwork: Send + Sync + std::fmt::Debug + 'static {
     async fn detach(&self, sandbox: &str) -> Result<(), NetworkError>;
     /// Detaches every sandbox attached earlier that is not among `alive`.
     async fn sweep(&self, alive: &HashSet<String>);
+    /// Gives new pods addresses from `cidrs` (the Node's pod CIDRs, which
+    /// aranya assigned), from now on and after a restart.
+    async fn set_pool(&self, cidrs: &[String]) -> Result<(), NetworkError>;
 }
 
 #[cfg(test)]
@@ -131,5 +151,9 @@ mod tests {
             let e = bad.parse::<Subnet>().expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");
         }
+        assert!(s.contains("10.87.255.3".parse().expect("address")));
+        assert!(!s.contains("10.88.0.3".parse().expect("address")));
+        assert!(!s.contains("fd00::1".parse().expect("address")));
+        assert_eq!(s.gateway().to_string(), "10.87.0.1");
     }
 }

@@ -148,6 +148,11 @@ impl PodManager {
         })
     }
 
+    /// The pool new pods get addresses from: the Node's pod CIDRs.
+    pub async fn set_pod_pool(&self, cidrs: &[String]) -> Result<(), crate::network::NetworkError> {
+        self.network.set_pool(cidrs).await
+    }
+
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
     }

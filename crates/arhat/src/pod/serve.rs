@@ -1,9 +1,9 @@
-//! The pod streams aranya opens: ensure, delete, list.
+//! The pod streams aranya opens: ensure, delete, list, and the pod network.
 
 use std::time::Duration;
 
 use connectivity::{Stream, StreamError};
-use proto::api::{DeletePodRequest, PodSpec, PodStatus, PodStatusList};
+use proto::api::{DeletePodRequest, PodNetwork, PodSpec, PodStatus, PodStatusList};
 
 use super::PodManager;
 
@@ -81,4 +81,23 @@ pub async fn list(
     stream.send_message(&list).await?;
     stream.finish();
     Ok(())
+}
+
+/// The pool new pods get addresses from (the Node's pod CIDRs).
+pub async fn pod_network(
+    stream: &mut Stream,
+    pods: Option<&std::sync::Arc<PodManager>>,
+) -> Result<(), StreamError> {
+    crate::setting::take(
+        stream,
+        "the Node's pod CIDRs",
+        async |network: PodNetwork| {
+            match pods {
+                Some(pods) => pods.set_pod_pool(&network.pod_cidrs).await,
+                // Without a runtime there are no pods to address.
+                None => Ok(()),
+            }
+        },
+    )
+    .await
 }
