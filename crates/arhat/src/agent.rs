@@ -47,6 +47,8 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
     #[error("pod network: {0}")]
     Network(#[from] crate::network::NetworkError),
+    #[error("DNS: {0}")]
+    Dns(#[from] crate::clusternet::dns::DnsError),
 }
 
 /// Why one connection attempt failed.
@@ -129,6 +131,14 @@ impl Agent {
                 identity: identity.clone(),
             }));
         }
+        let services = Arc::new(crate::clusternet::Catalogue::load(&config.runtime.data_dir));
+        if config.dns.enabled {
+            crate::clusternet::dns::start(&config.dns, services.subscribe()).await?;
+        }
+        let cluster_dns = config.dns.enabled.then(|| crate::pod::dns::ClusterDns {
+            nameserver: config.dns.address,
+            catalogue: services.subscribe(),
+        });
         let (pods, runtime_version, runtime_health) = match crate::runtime::connect(&config.runtime)
             .await?
         {
@@ -154,6 +164,7 @@ impl Agent {
                         max_size: config.runtime.logs.max_size,
                         max_files: config.runtime.logs.max_files,
                     },
+                    cluster_dns,
                 );
                 let gc = &config.runtime.image_gc;
                 tokio::spawn(crate::imagegc::run(
@@ -173,7 +184,7 @@ impl Agent {
             }
         };
         info!(runtime = %runtime_version, "container runtime ready");
-        let services = Arc::new(crate::clusternet::Catalogue::load(&config.runtime.data_dir));
+
         Ok(Self {
             config,
             pods,

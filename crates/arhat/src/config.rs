@@ -52,6 +52,43 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// The DNS server arhat runs for the cluster's names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsConfig {
+    /// Serve DNS at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The address it listens on (UDP and TCP port 53), put on `lo` as a /32
+    /// at start so it exists before any pod.
+    #[serde(default = "default_dns_address")]
+    pub address: std::net::Ipv4Addr,
+    /// Resolvers for names outside the cluster; empty: the device's
+    /// /etc/resolv.conf.
+    #[serde(default)]
+    pub upstreams: Vec<std::net::SocketAddr>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: default_dns_address(),
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_dns_address() -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(169, 254, 20, 10)
 }
 
 /// The pods' network (pods on the host's network aside), wired by arhat
@@ -969,14 +1006,18 @@ connectivity:
     }
 
     #[test]
-    fn the_pod_network_defaults_and_bad_values_name_the_key() {
+    fn the_pod_network_and_dns_defaults_and_bad_values_name_the_key() {
         let config = Config::parse(GOOD).expect("valid");
         assert_eq!(config.network.bridge, "arhat0");
         assert_eq!(config.network.subnet.to_string(), "10.87.0.0/16");
         assert_eq!(config.network.cni_bin_dir, PathBuf::from("/usr/lib/cni"));
+        assert!(config.dns.enabled);
+        assert_eq!(config.dns.address.to_string(), "169.254.20.10");
         for (yaml, key) in [
             ("network:\n  subnet: 10.87.0.1/16\n", "network.subnet"),
             ("network:\n  subnet: nowhere\n", "network.subnet"),
+            ("dns:\n  address: nowhere\n", "dns.address"),
+            ("dns:\n  upstreams: [10.0.0.2]\n", "dns.upstreams[0]"),
             (
                 "network:\n  bridge: a-bridge-name-too-long\n",
                 "network.bridge",

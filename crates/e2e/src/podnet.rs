@@ -1,7 +1,8 @@
 //! A pod network of its own for every agent the harness starts: agents run
 //! side by side on one machine, and two host-local IPAMs handing out the
 //! same subnet on one bridge would give two pods one address. Slot n is
-//! bridge `arhat-t<n>` with 10.(192 + n / 256).(n % 256).0/24, claimed
+//! bridge `arhat-t<n>` with 10.(192 + n / 256).(n % 256).0/24 and DNS on
+//! 169.254.(100 + n / 256).(n % 256), claimed
 //! machine-wide by a file naming the claiming process, and kept per data dir
 //! so a restarted agent keeps its own. The subnet lies in the test bed's
 //! cluster CIDR, above what its node IPAM hands out, and is the device's
@@ -17,14 +18,26 @@ use std::{
 
 const SLOTS: u32 = 16_384;
 
-/// The `network:` config YAML for the agent whose data dir is `data_dir`.
+/// The `network:` and `dns:` config YAML for the agent whose data dir is
+/// `data_dir`: its own bridge, subnet and DNS address.
 pub fn config_yaml(data_dir: &Path) -> anyhow::Result<String> {
     let slot = slot(data_dir)?;
     Ok(format!(
-        "network:\n  bridge: {}\n  subnet: {}\n",
+        "network:\n  bridge: {}\n  subnet: {}\ndns:\n  address: {}\n",
         bridge(slot),
-        subnet(slot)
+        subnet(slot),
+        dns(slot)
     ))
+}
+
+/// Where the agent whose data dir is `data_dir` serves DNS.
+pub fn dns_address(data_dir: &Path) -> anyhow::Result<std::net::Ipv4Addr> {
+    Ok(dns(slot(data_dir)?))
+}
+
+fn dns(slot: u32) -> std::net::Ipv4Addr {
+    let [_, _, high, low] = (100 * 256 + slot).to_be_bytes();
+    std::net::Ipv4Addr::new(169, 254, high, low)
 }
 
 /// The pod CIDR of the agent whose data dir is `data_dir`.

@@ -101,6 +101,35 @@ pub async fn wait_pod<T>(
     .await
 }
 
+/// What the pod's container printed, once it printed `done` (90 s at most).
+pub async fn printed(env: &TestEnv, pod: &str, container: &str) -> anyhow::Result<String> {
+    wait_for(
+        &format!("{pod}/{container} printed"),
+        Duration::from_secs(90),
+        || async {
+            let out = env
+                .cluster
+                .kubectl_output(&["logs", "-n", &env.name, pod, "-c", container])
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("done").then_some(text)
+        },
+    )
+    .await
+    .map_err(|e| {
+        let ns = env.name.as_str();
+        let logs = env
+            .cluster
+            .kubectl(&["logs", "-n", ns, pod, "-c", container])
+            .unwrap_or_else(|e| e.to_string());
+        let status = env
+            .cluster
+            .kubectl(&["get", "pod", "-n", ns, pod, "-o", "wide"])
+            .unwrap_or_else(|e| e.to_string());
+        anyhow::anyhow!("{e}\n{status}\nlogs so far:\n{logs}")
+    })
+}
+
 /// Reasons of the events recorded for a pod, waiting until `want` are all there.
 pub async fn wait_events(env: &TestEnv, pod: &str, want: &[&str]) -> anyhow::Result<Vec<String>> {
     let api: Api<Event> = Api::namespaced(env.client.clone(), &env.name);

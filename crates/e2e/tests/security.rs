@@ -6,25 +6,11 @@ use std::time::Duration;
 
 use e2e::{
     TestEnv,
-    pods::{busybox, create_pod, running_and_ready, wait_pod},
-    wait_for,
+    pods::{busybox, create_pod, printed, running_and_ready, wait_pod},
 };
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// What the container printed, once it printed `done`.
-async fn printed(env: &TestEnv, pod: &str, container: &str) -> anyhow::Result<String> {
-    wait_for(&format!("{pod}/{container} printed"), TIMEOUT, || async {
-        let out = env
-            .cluster
-            .kubectl_output(&["logs", "-n", &env.name, pod, "-c", container])
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.contains("done").then_some(text)
-    })
-    .await
-}
 
 fn value<'a>(text: &'a str, key: &str) -> &'a str {
     text.lines()

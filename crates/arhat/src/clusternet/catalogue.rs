@@ -85,10 +85,23 @@ pub async fn serve(stream: &mut Stream, catalogue: &Catalogue) -> Result<(), Str
     .await
 }
 
+/// A catalogue of one Service, shop/web at 10.96.0.9, for tests.
+#[cfg(test)]
+pub(crate) fn example() -> ServiceCatalogue {
+    ServiceCatalogue {
+        cluster_domain: "cluster.local".into(),
+        services: vec![proto::api::ServiceEntry {
+            namespace: "shop".into(),
+            name: "web".into(),
+            cluster_ips: vec!["10.96.0.9".into()],
+            ..Default::default()
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::api::ServiceEntry;
 
     #[test]
     fn the_catalogue_survives_a_restart_and_a_bad_file_means_none() {
@@ -96,15 +109,7 @@ mod tests {
         let first = Catalogue::load(dir.path());
         assert!(first.subscribe().borrow().services.is_empty());
         let seen = first.subscribe();
-        let catalogue = ServiceCatalogue {
-            cluster_domain: "cluster.local".into(),
-            services: vec![ServiceEntry {
-                namespace: "shop".into(),
-                name: "web".into(),
-                cluster_ips: vec!["10.96.0.9".into()],
-                ..Default::default()
-            }],
-        };
+        let catalogue = example();
         first
             .replace(catalogue.clone())
             .unwrap_or_else(|e| panic!("{e}"));

@@ -1,7 +1,10 @@
 //! The cluster network as the device sees it: the Services it may reach,
-//! as aranya last sent them ([`catalogue`]). What serves them on the device
-//! (DNS, interception, the relay to aranya) builds on this.
+//! as aranya last sent them ([`catalogue`]), their names ([`names`]) served
+//! by arhat's DNS server ([`dns`]). Interception and the relay to aranya
+//! build on these.
 
 pub mod catalogue;
+pub mod dns;
+pub mod names;
 
 pub use catalogue::Catalogue;

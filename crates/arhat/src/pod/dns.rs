@@ -1,7 +1,35 @@
 //! A pod's resolv.conf from its dnsPolicy and dnsConfig, merged with the
 //! device's own resolver settings as a kubelet merges them with the node's.
 
-use proto::api::DnsConfig;
+use proto::api::{DnsConfig, ServiceCatalogue};
+use tokio::sync::watch;
+
+/// arhat's DNS server, for pods whose policy asks for the cluster's.
+#[derive(Debug, Clone)]
+pub struct ClusterDns {
+    pub nameserver: std::net::Ipv4Addr,
+    /// The catalogue names the cluster domain.
+    pub catalogue: watch::Receiver<ServiceCatalogue>,
+}
+
+impl ClusterDns {
+    /// (nameserver, cluster domain), as a pod starts.
+    pub fn now(&self) -> (String, String) {
+        let domain = Some(self.catalogue.borrow().cluster_domain.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| crate::clusternet::names::DEFAULT_DOMAIN.to_string());
+        (self.nameserver.to_string(), domain)
+    }
+}
+
+/// The cluster's DNS for one pod: the server, the cluster domain, the pod's
+/// namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster<'a> {
+    pub nameserver: &'a str,
+    pub domain: &'a str,
+    pub namespace: &'a str,
+}
 
 /// What the pod's resolv.conf says ([`super::etc`] writes it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,19 +43,43 @@ pub struct Resolver {
 const MAX_NAMESERVERS: usize = 3;
 const MAX_SEARCHES: usize = 32;
 
-/// The pod's resolver. ClusterFirst is treated as Default until the device
-/// serves the cluster's DNS itself. On its own network a pod cannot reach
-/// the device's loopback resolvers (systemd-resolved's 127.0.0.53), so they
-/// are left out there; on the host's network it keeps them.
-pub fn resolver(dns: Option<&DnsConfig>, host_resolv_conf: &str, host_network: bool) -> Resolver {
+/// The pod's resolver, as a kubelet makes it. ClusterFirst (on the pod's
+/// own network) and ClusterFirstWithHostNet use arhat's DNS server with the
+/// cluster's search path, when `cluster` is given (else they fall back to
+/// Default). On its own network a pod cannot reach the device's loopback
+/// resolvers (systemd-resolved's 127.0.0.53), so they are left out there; on
+/// the host's network it keeps them.
+pub fn resolver(
+    dns: Option<&DnsConfig>,
+    host_resolv_conf: &str,
+    host_network: bool,
+    cluster: Option<Cluster<'_>>,
+) -> Resolver {
     let device = || parse(host_resolv_conf, host_network);
     let Some(dns) = dns else {
         return device();
     };
-    let mut out = if dns.policy == "None" {
-        Resolver::default()
-    } else {
-        device()
+    let cluster_first = match dns.policy.as_str() {
+        "ClusterFirst" => !host_network,
+        "ClusterFirstWithHostNet" => true,
+        _ => false,
+    };
+    let mut out = match (dns.policy.as_str(), cluster) {
+        ("None", _) => Resolver::default(),
+        (_, Some(c)) if cluster_first => {
+            let mut searches = vec![
+                format!("{}.svc.{}", c.namespace, c.domain),
+                format!("svc.{}", c.domain),
+                c.domain.to_string(),
+            ];
+            searches.extend(device().searches);
+            Resolver {
+                nameservers: vec![c.nameserver.to_string()],
+                searches,
+                options: vec!["ndots:5".into()],
+            }
+        }
+        _ => device(),
     };
     let push_unique = |list: &mut Vec<String>, items: &[String]| {
         for item in items {
@@ -99,6 +151,7 @@ mod tests {
             )),
             HOST,
             false,
+            None,
         );
         assert_eq!(r.nameservers, ["192.0.2.53"]);
         assert_eq!(r.searches, ["example.internal"]);
@@ -107,25 +160,80 @@ mod tests {
 
     #[test]
     fn other_policies_add_to_the_devices_settings() {
-        let device = resolver(None, HOST, false);
+        let device = resolver(None, HOST, false, None);
         assert_eq!(device.nameservers, ["10.0.0.2"]);
         assert_eq!(device.options, ["ndots:1", "edns0"]);
         assert_eq!(
-            resolver(Some(&config("ClusterFirst", &[], &[], &[])), HOST, false),
+            resolver(
+                Some(&config("ClusterFirst", &[], &[], &[])),
+                HOST,
+                false,
+                None
+            ),
             device
         );
         // On the host's network the device's loopback resolver works.
         assert_eq!(
-            resolver(None, HOST, true).nameservers,
+            resolver(None, HOST, true, None).nameservers,
             ["127.0.0.53", "10.0.0.2"]
         );
         let r = resolver(
             Some(&config("Default", &["192.0.2.53"], &["x"], &["ndots:5"])),
             HOST,
             false,
+            None,
         );
         assert_eq!(r.nameservers, ["10.0.0.2", "192.0.2.53"]);
         assert_eq!(r.searches, ["lan", "x"]);
         assert_eq!(r.options, ["edns0", "ndots:5"]);
+    }
+
+    #[test]
+    fn cluster_first_uses_the_devices_dns_server_with_the_cluster_search_path() {
+        let cluster = Cluster {
+            nameserver: "169.254.20.10",
+            domain: "cluster.local",
+            namespace: "shop",
+        };
+        let r = resolver(
+            Some(&config("ClusterFirst", &[], &["extra"], &["timeout:2"])),
+            HOST,
+            false,
+            Some(cluster),
+        );
+        assert_eq!(r.nameservers, ["169.254.20.10"]);
+        assert_eq!(
+            r.searches,
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "lan",
+                "extra"
+            ]
+        );
+        assert_eq!(r.options, ["ndots:5", "timeout:2"]);
+        // On the host's network only ClusterFirstWithHostNet asks for it.
+        let host = resolver(
+            Some(&config("ClusterFirst", &[], &[], &[])),
+            HOST,
+            true,
+            Some(cluster),
+        );
+        assert_eq!(host.nameservers, ["127.0.0.53", "10.0.0.2"]);
+        let with = resolver(
+            Some(&config("ClusterFirstWithHostNet", &[], &[], &[])),
+            HOST,
+            true,
+            Some(cluster),
+        );
+        assert_eq!(with.nameservers, ["169.254.20.10"]);
+        let default = resolver(
+            Some(&config("Default", &[], &[], &[])),
+            HOST,
+            false,
+            Some(cluster),
+        );
+        assert_eq!(default.nameservers, ["10.0.0.2"]);
     }
 }

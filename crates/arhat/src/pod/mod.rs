@@ -84,6 +84,7 @@ struct Shared {
     data_dir: std::path::PathBuf,
     pulled: Arc<crate::imagegc::Pulled>,
     logs: Arc<logsource::LogSource>,
+    cluster_dns: Option<dns::ClusterDns>,
 }
 
 /// Every pod on this device.
@@ -98,6 +99,8 @@ pub struct PodManager {
     pulled: Arc<crate::imagegc::Pulled>,
     /// Container logs, for a runtime that keeps none.
     logs: Arc<logsource::LogSource>,
+    /// arhat's DNS server, for ClusterFirst pods (none when it is off).
+    cluster_dns: Option<dns::ClusterDns>,
     pods: Mutex<HashMap<String, Entry>>,
     /// UIDs deleted lately: a pod's messages travel on streams of their own,
     /// so its create can arrive after its delete, and must not run it again
@@ -126,6 +129,7 @@ impl PodManager {
         host_ip: String,
         data_dir: std::path::PathBuf,
         log_rotation: crate::runtime::LogRotation,
+        cluster_dns: Option<dns::ClusterDns>,
     ) -> Arc<Self> {
         Arc::new(Self {
             logs: Arc::new(logsource::LogSource::new(
@@ -140,6 +144,7 @@ impl PodManager {
             pulled: crate::imagegc::Pulled::load(&data_dir),
             data_dir,
             capacity: admit::Capacity::of_host(),
+            cluster_dns,
             pods: Mutex::new(HashMap::new()),
             deleted: Mutex::default(),
             dirty: Arc::default(),
@@ -373,6 +378,7 @@ impl PodManager {
             data_dir: self.data_dir.clone(),
             pulled: self.pulled.clone(),
             logs: self.logs.clone(),
+            cluster_dns: self.cluster_dns.clone(),
         };
         let worker = worker::Worker::new(shared, spec, publish);
         tokio::spawn(

@@ -66,6 +66,8 @@ pub struct Worker {
     pulled: Arc<crate::imagegc::Pulled>,
     /// Container logs, for a runtime that keeps none.
     logs: Arc<super::logsource::LogSource>,
+    /// arhat's DNS server, for ClusterFirst pods.
+    cluster_dns: Option<super::dns::ClusterDns>,
     /// Sandbox and container creations under way. They run as tasks of
     /// their own, so that a deletion cutting the pod's work short waits for
     /// them and then removes what they made, rather than leaving it behind.
@@ -91,6 +93,7 @@ impl Worker {
             data_dir,
             pulled,
             logs,
+            cluster_dns,
         } = shared;
         let status = status::initial(&spec, &host_ip);
         Self {
@@ -111,6 +114,7 @@ impl Worker {
             adopted: Mutex::default(),
             pulled,
             logs,
+            cluster_dns,
             creations: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -643,6 +647,7 @@ impl Worker {
             .iter()
             .map(|a| (a.ip.clone(), a.hostnames.clone()))
             .collect();
+        let cluster_dns = self.cluster_dns.as_ref().map(|d| d.now());
         let files = super::etc::Files {
             hostname: &self.spec.hostname,
             pod_ip: ip.filter(|_| !self.spec.host_network),
@@ -652,6 +657,13 @@ impl Worker {
                 self.spec.dns.as_ref(),
                 &read("/etc/resolv.conf"),
                 self.spec.host_network,
+                cluster_dns
+                    .as_ref()
+                    .map(|(nameserver, domain)| super::dns::Cluster {
+                        nameserver,
+                        domain,
+                        namespace: &self.spec.namespace,
+                    }),
             ),
         };
         let dir = super::volumes::pod_dir(&self.data_dir, &self.spec.uid);

@@ -421,6 +421,7 @@ async fn running_pod(fake: Arc<Fake>) -> (Arc<PodManager>, tempfile::TempDir) {
         "10.0.0.1".into(),
         dir.path().to_path_buf(),
         crate::runtime::LogRotation::default(),
+        None,
     );
     pods.ensure(PodSpec {
         uid: "u".into(),

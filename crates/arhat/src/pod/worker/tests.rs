@@ -42,6 +42,7 @@ impl Rig {
             "10.0.0.1".into(),
             dir.path().to_path_buf(),
             crate::runtime::LogRotation::default(),
+            None,
         );
         // Events go out with status reports: collect them as the agent would.
         let events = Arc::new(std::sync::Mutex::new(Vec::new()));
