@@ -1,5 +1,6 @@
 //! The cluster Services each device may reach. One watch of every Service
-//! serves all virtual nodes; each node sends its device the catalogue its
+//! (and of every EndpointSlice, for headless Services' endpoints) serves all
+//! virtual nodes; each node sends its device the catalogue its
 //! EdgeDevice's `spec.network.services` allows (nothing by default), after
 //! every handshake and whenever the Services or the rules change.
 
@@ -7,13 +8,15 @@ use std::{sync::Arc, time::Duration};
 
 use connectivity::SessionHandle;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client, ResourceExt,
     core::SelectorExt,
     runtime::{WatchStreamExt, reflector, watcher},
 };
-use proto::api::{ServiceCatalogue, ServiceEntry, ServicePort, SyncServices, open::Kind};
+use proto::api::{
+    ServiceCatalogue, ServiceEndpoint, ServiceEntry, ServicePort, SyncServices, open::Kind,
+};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, warn};
 
@@ -25,39 +28,58 @@ const SETTLE: Duration = Duration::from_millis(200);
 const RETRY: Duration = Duration::from_secs(5);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every Service in the cluster, as a watch keeps them.
+/// The label naming an EndpointSlice's Service.
+const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// Every Service and EndpointSlice in the cluster, as watches keep them.
 #[derive(Debug)]
 pub struct Services {
     store: reflector::Store<Service>,
+    slices: reflector::Store<EndpointSlice>,
     changed: watch::Receiver<u64>,
     cluster_domain: String,
 }
 
-impl Services {
-    /// Starts watching every Service.
-    pub fn start(client: Client, cluster_domain: String) -> Arc<Self> {
-        let (store, writer) = reflector::store();
-        let (tx, changed) = watch::channel(0u64);
-        let api: Api<Service> = Api::all(client);
-        tokio::spawn(
-            async move {
-                let mut events = watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .reflect(writer)
-                    .boxed();
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(_) => {
-                            tx.send_modify(|n| *n += 1);
-                        }
-                        Err(e) => warn!(error = %e, "watching Services"),
-                    }
+/// Keeps `writer` up to date with every `K`, counting each change in `tx`.
+fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>, tx: watch::Sender<u64>)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    tokio::spawn(
+        async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(_) => tx.send_modify(|n| *n += 1),
+                    Err(e) => warn!(error = %e, "watching {}", std::any::type_name::<K>()),
                 }
             }
-            .in_current_span(),
-        );
+        }
+        .in_current_span(),
+    );
+}
+
+impl Services {
+    /// Starts watching every Service and EndpointSlice.
+    pub fn start(client: Client, cluster_domain: String) -> Arc<Self> {
+        let (store, writer) = reflector::store();
+        let (slices, slice_writer) = reflector::store();
+        let (tx, changed) = watch::channel(0u64);
+        reflect(Api::<Service>::all(client.clone()), writer, tx.clone());
+        reflect(Api::<EndpointSlice>::all(client), slice_writer, tx);
         Arc::new(Self {
             store,
+            slices,
             changed,
             cluster_domain,
         })
@@ -70,13 +92,50 @@ impl Services {
             .state()
             .iter()
             .filter(|s| allowed(settings, s))
-            .map(|s| entry(s))
+            .map(|s| {
+                let mut e = entry(s);
+                if e.headless {
+                    e.endpoints = self.endpoints(s);
+                }
+                e
+            })
             .collect();
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         ServiceCatalogue {
             cluster_domain: self.cluster_domain.clone(),
             services,
         }
+    }
+
+    /// A headless Service's endpoints that DNS publishes: the ready ones
+    /// (all with `publishNotReadyAddresses`), from every slice of it.
+    fn endpoints(&self, service: &Service) -> Vec<ServiceEndpoint> {
+        let namespace = service.namespace();
+        let name = service.name_any();
+        let everyone = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.publish_not_ready_addresses)
+            .unwrap_or(false);
+        let mut endpoints: Vec<ServiceEndpoint> = self
+            .slices
+            .state()
+            .iter()
+            .filter(|s| {
+                s.namespace() == namespace && s.labels().get(LABEL_SERVICE_NAME) == Some(&name)
+            })
+            .flat_map(|s| s.endpoints.clone().unwrap_or_default())
+            .filter(|e| {
+                // Unset means ready.
+                everyone || e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+            })
+            .map(|e| ServiceEndpoint {
+                addresses: e.addresses,
+                hostname: e.hostname.unwrap_or_default(),
+            })
+            .collect();
+        endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+        endpoints
     }
 
     /// Keeps a device's catalogue up to date over its sessions until the
@@ -166,6 +225,7 @@ fn entry(service: &Service) -> ServiceEntry {
             .collect(),
         external_name: spec.external_name.unwrap_or_default(),
         headless,
+        endpoints: Vec::new(),
     }
 }
 

@@ -209,10 +209,32 @@ async fn fake_upstream() -> anyhow::Result<SocketAddr> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_device_answers_cluster_names_forwards_the_rest_and_keeps_answering_offline()
+async fn the_device_answers_cluster_names_and_endpoints_forwards_the_rest_and_keeps_answering_offline()
 -> anyhow::Result<()> {
     let env = TestEnv::new("dns").await?;
-    let services = create_services(&env, &[web(), db(), ext()]).await?;
+    let headless = (
+        "hl",
+        "web",
+        json!({ "clusterIP": "None", "ports": [{ "name": "http", "port": 80 }] }),
+    );
+    let services = create_services(&env, &[web(), db(), ext(), headless]).await?;
+    // Its endpoints, as the EndpointSlice controller would publish them for
+    // pods elsewhere: two ready (one a StatefulSet pod), one not.
+    let slice = json!({
+        "metadata": { "name": "hl-1", "labels": { "kubernetes.io/service-name": "hl" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": 80 }],
+        "endpoints": [
+            { "addresses": ["10.128.250.5"], "hostname": "db-0", "conditions": { "ready": true } },
+            { "addresses": ["10.128.250.6"], "conditions": { "ready": true } },
+            { "addresses": ["10.128.250.7"], "conditions": { "ready": false } },
+        ],
+    });
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(env.client.clone(), &env.name);
+    slices
+        .create(&PostParams::default(), &serde_json::from_value(slice)?)
+        .await?;
     let upstream = fake_upstream().await?;
     let up = env
         .device_up_configured(
@@ -223,7 +245,16 @@ async fn the_device_answers_cluster_names_forwards_the_rest_and_keeps_answering_
         )
         .await?;
     allow_web(&env, &up.name).await?;
-    wait_names(&env, &up.name, &["ext", "web"]).await?;
+    wait_for(
+        "the headless Service's endpoints on the device",
+        T,
+        || async {
+            let catalogue = kept(&env, &up.name)?;
+            let hl = catalogue.services.iter().find(|s| s.name == "hl")?;
+            (hl.endpoints.len() == 2).then_some(())
+        },
+    )
+    .await?;
     let server = SocketAddr::new(
         e2e::podnet::dns_address(&env.arhat_data_dir(&up.name))?.into(),
         53,
@@ -265,6 +296,26 @@ async fn the_device_answers_cluster_names_forwards_the_rest_and_keeps_answering_
     )
     .await?;
     assert_eq!(data(&ext), ["example.com."]);
+    let hl = resolve(
+        server,
+        &format!("hl.{ns}.svc.cluster.local."),
+        RecordType::A,
+        false,
+    )
+    .await?;
+    assert_eq!(
+        data(&hl),
+        ["10.128.250.5", "10.128.250.6"],
+        "ready endpoints only"
+    );
+    let pod = resolve(
+        server,
+        &format!("db-0.hl.{ns}.svc.cluster.local."),
+        RecordType::A,
+        false,
+    )
+    .await?;
+    assert_eq!(data(&pod), ["10.128.250.5"]);
     // A Service outside the policy does not exist for the device.
     let db = resolve(
         server,

@@ -32,6 +32,18 @@ pub enum Answer {
     Forward,
 }
 
+/// A and AAAA records of `name` for each address that parses.
+fn addresses(name: &Name, ips: &[String]) -> Vec<Record> {
+    ips.iter()
+        .filter_map(|ip| match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => Some(RData::A(A(a))),
+            Ok(IpAddr::V6(a)) => Some(RData::AAAA(AAAA(a))),
+            Err(_) => None,
+        })
+        .map(|data| Record::from_rdata(name.clone(), TTL, data))
+        .collect()
+}
+
 /// The records of every name, by lower-case name.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -56,46 +68,42 @@ impl Names {
                 continue;
             };
             let name = name.to_lowercase();
-            let own = records.entry(name.clone()).or_default();
             if !service.external_name.is_empty() {
-                if let Ok(target) =
-                    Name::from_ascii(format!("{}.", service.external_name.trim_end_matches('.')))
-                {
-                    own.push(Record::from_rdata(
-                        name.clone(),
-                        TTL,
-                        RData::CNAME(CNAME(target)),
-                    ));
+                let target = service.external_name.trim_end_matches('.');
+                if let Ok(target) = Name::from_ascii(format!("{target}.")) {
+                    let alias = Record::from_rdata(name.clone(), TTL, RData::CNAME(CNAME(target)));
+                    records.entry(name).or_default().push(alias);
                 }
                 continue;
             }
-            for ip in &service.cluster_ips {
-                let data = match ip.parse::<IpAddr>() {
-                    Ok(IpAddr::V4(a)) => RData::A(A(a)),
-                    Ok(IpAddr::V6(a)) => RData::AAAA(AAAA(a)),
-                    Err(_) => continue,
-                };
-                own.push(Record::from_rdata(name.clone(), TTL, data));
+            // A headless Service has a record per ready endpoint, and each
+            // endpoint with a hostname its own name under the Service's.
+            let mut own = addresses(&name, &service.cluster_ips);
+            for endpoint in &service.endpoints {
+                own.extend(addresses(&name, &endpoint.addresses));
+                if endpoint.hostname.is_empty() {
+                    continue;
+                }
+                if let Ok(host) = Name::from_ascii(format!("{}.{name}", endpoint.hostname)) {
+                    let host = host.to_lowercase();
+                    let found = addresses(&host, &endpoint.addresses);
+                    records.entry(host).or_default().extend(found);
+                }
             }
             for port in service.ports.iter().filter(|p| !p.name.is_empty()) {
-                let Ok(srv) = Name::from_ascii(format!(
-                    "_{}._{}.{name}",
-                    port.name,
-                    port.protocol.to_lowercase()
-                )) else {
+                let protocol = port.protocol.to_lowercase();
+                let Ok(srv) = Name::from_ascii(format!("_{}._{protocol}.{name}", port.name)) else {
                     continue;
                 };
-                let data = RData::SRV(SRV::new(
-                    0,
-                    100,
-                    u16::try_from(port.port).unwrap_or(0),
-                    name.clone(),
-                ));
+                let port = u16::try_from(port.port).unwrap_or(0);
+                let data = RData::SRV(SRV::new(0, 100, port, name.clone()));
+                let srv = srv.to_lowercase();
                 records
-                    .entry(srv.to_lowercase())
+                    .entry(srv.clone())
                     .or_default()
-                    .push(Record::from_rdata(srv.to_lowercase(), TTL, data));
+                    .push(Record::from_rdata(srv, TTL, data));
             }
+            records.entry(name).or_default().extend(own);
         }
         Self { domain, records }
     }
@@ -143,7 +151,7 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::api::{ServiceEntry, ServicePort};
+    use proto::api::{ServiceEndpoint, ServiceEntry, ServicePort};
 
     fn names() -> Names {
         Names::new(&ServiceCatalogue {
@@ -164,6 +172,22 @@ mod tests {
                     namespace: "shop".into(),
                     name: "ext".into(),
                     external_name: "example.com".into(),
+                    ..Default::default()
+                },
+                ServiceEntry {
+                    namespace: "shop".into(),
+                    name: "db".into(),
+                    headless: true,
+                    endpoints: vec![
+                        ServiceEndpoint {
+                            addresses: vec!["10.128.9.5".into()],
+                            hostname: "db-0".into(),
+                        },
+                        ServiceEndpoint {
+                            addresses: vec!["10.128.9.6".into()],
+                            hostname: String::new(),
+                        },
+                    ],
                     ..Default::default()
                 },
             ],
@@ -207,9 +231,21 @@ mod tests {
     }
 
     #[test]
+    fn a_headless_service_names_its_endpoints() {
+        assert_eq!(
+            data(ask("db.shop.svc.cluster.local.", RecordType::A)),
+            ["10.128.9.5", "10.128.9.6"]
+        );
+        assert_eq!(
+            data(ask("db-0.db.shop.svc.cluster.local.", RecordType::A)),
+            ["10.128.9.5"]
+        );
+    }
+
+    #[test]
     fn other_cluster_names_do_not_exist_and_the_rest_is_forwarded() {
         assert_eq!(
-            ask("db.shop.svc.cluster.local.", RecordType::A),
+            ask("orders.shop.svc.cluster.local.", RecordType::A),
             Answer::NxDomain
         );
         assert_eq!(ask("cluster.local.", RecordType::A), Answer::NxDomain);
