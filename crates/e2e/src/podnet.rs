@@ -45,18 +45,6 @@ pub fn pod_cidr(data_dir: &Path) -> anyhow::Result<String> {
     Ok(subnet(slot(data_dir)?))
 }
 
-/// The bridge of the agent whose data dir is `data_dir`.
-pub fn bridge_of(data_dir: &Path) -> anyhow::Result<String> {
-    Ok(bridge(slot(data_dir)?))
-}
-
-/// Removes the bridge of the agent whose data dir is `data_dir` (with every
-/// address it carries); for a test whose pods took addresses from elsewhere.
-pub fn remove_bridge(data_dir: &Path) -> anyhow::Result<()> {
-    delete_link(&bridge(slot(data_dir)?));
-    Ok(())
-}
-
 fn bridge(slot: u32) -> String {
     format!("arhat-t{slot}")
 }

@@ -108,10 +108,6 @@ impl Names {
         Self { domain, records }
     }
 
-    pub fn domain(&self) -> &Name {
-        &self.domain
-    }
-
     /// The answer to `query`.
     pub fn answer(&self, query: &Query) -> Answer {
         let name = query.name().to_lowercase();
