@@ -8,6 +8,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 # The fault tests run an aranya whose clock is an hour ahead.
 command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
+# arhat intercepts the traffic for cluster Services with an nftables table.
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "deps: missing ${need_apt[*]}; run as root or install them" >&2

@@ -18,6 +18,7 @@ pub mod handshake;
 pub mod link;
 pub mod mqtt;
 pub mod session;
+pub mod splice;
 pub mod stream;
 pub mod tls;
 

@@ -5,21 +5,14 @@
 
 use std::sync::Arc;
 
-use connectivity::{Stream, StreamError, StreamReceiver, StreamSender};
+use connectivity::{Stream, StreamError};
 use proto::api::{PortForwardRequest, stream_reply::Code};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
-};
-use tracing::debug;
 
 use super::{
     PodManager,
     reply::{Refusal, accept, refuse},
 };
 use crate::config::HostConfig;
-
-const READ_CHUNK: usize = 32 * 1024;
 
 pub async fn serve(
     mut stream: Stream,
@@ -34,26 +27,7 @@ pub async fn serve(
         Err(r) => return refuse(&mut stream, r).await,
     };
     accept(&mut stream).await?;
-    let (tx, rx) = stream.split();
-    let (read, write) = connected.into_split();
-    let mut up = tokio::spawn(to_pod(rx, write));
-    let down = from_pod(read, tx);
-    tokio::pin!(down);
-    tokio::select! {
-        result = &mut down => {
-            // Hold the stream until aranya ends its side: dropping it sooner
-            // would reset it, and a reset discards bytes still in flight.
-            let _ = tokio::time::timeout(super::LINGER, up).await;
-            result
-        }
-        ended = &mut up => match ended {
-            // aranya half-closed: the pod may still answer.
-            Ok(Ok(())) => down.await,
-            // Reset (the client went away) or the session ended: drop the
-            // pod's connection now rather than when the pod next writes.
-            _ => Ok(()),
-        },
-    }
+    connectivity::splice::splice(stream, connected, super::LINGER).await
 }
 
 async fn dial(
@@ -93,31 +67,4 @@ async fn dial(
     crate::netns::dial(namespace.clone(), port)
         .await
         .map_err(|e| refused(e, &format!("inside namespace {}", namespace.display())))
-}
-
-/// aranya's bytes to the pod; its finish half-closes toward the pod.
-async fn to_pod(mut rx: StreamReceiver, mut write: OwnedWriteHalf) -> Result<(), StreamError> {
-    while let Some(data) = rx.recv_bytes().await? {
-        if write.write_all(&data).await.is_err() {
-            break;
-        }
-    }
-    let _ = write.shutdown().await;
-    Ok(())
-}
-
-async fn from_pod(mut read: OwnedReadHalf, mut tx: StreamSender) -> Result<(), StreamError> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        match read.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => tx.send(bytes::Bytes::copy_from_slice(&buf[..n])).await?,
-            Err(e) => {
-                debug!(error = %e, "port-forward connection failed");
-                break;
-            }
-        }
-    }
-    tx.finish();
-    Ok(())
 }
