@@ -27,6 +27,7 @@ pub mod mqtt;
 pub mod podcidr;
 pub mod pods;
 pub mod push;
+pub mod relay;
 pub mod resources;
 pub mod services;
 pub mod virtualnode;

@@ -110,20 +110,14 @@ impl Services {
     /// A headless Service's endpoints that DNS publishes: the ready ones
     /// (all with `publishNotReadyAddresses`), from every slice of it.
     fn endpoints(&self, service: &Service) -> Vec<ServiceEndpoint> {
-        let namespace = service.namespace();
-        let name = service.name_any();
         let everyone = service
             .spec
             .as_ref()
             .and_then(|s| s.publish_not_ready_addresses)
             .unwrap_or(false);
         let mut endpoints: Vec<ServiceEndpoint> = self
-            .slices
-            .state()
+            .slices_of(service)
             .iter()
-            .filter(|s| {
-                s.namespace() == namespace && s.labels().get(LABEL_SERVICE_NAME) == Some(&name)
-            })
             .flat_map(|s| s.endpoints.clone().unwrap_or_default())
             .filter(|e| {
                 // Unset means ready.
@@ -136,6 +130,24 @@ impl Services {
             .collect();
         endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
         endpoints
+    }
+
+    /// Every Service the watch knows now.
+    pub fn all(&self) -> Vec<Arc<Service>> {
+        self.store.state()
+    }
+
+    /// The EndpointSlices of `service`.
+    pub fn slices_of(&self, service: &Service) -> Vec<Arc<EndpointSlice>> {
+        let namespace = service.namespace();
+        let name = service.name_any();
+        self.slices
+            .state()
+            .into_iter()
+            .filter(|s| {
+                s.namespace() == namespace && s.labels().get(LABEL_SERVICE_NAME) == Some(&name)
+            })
+            .collect()
     }
 
     /// Keeps a device's catalogue up to date over its sessions until the
@@ -152,14 +164,20 @@ impl Services {
                 // What the current session took last.
                 let mut sent: Option<ServiceCatalogue> = None;
                 loop {
+                    // Whether the device has not taken the latest catalogue.
+                    let mut behind = false;
                     let current = session.borrow_and_update().clone();
                     if let Some(current) = current {
                         let catalogue = services.catalogue(&settings.borrow_and_update());
-                        if sent.as_ref() != Some(&catalogue) && send(&current, &catalogue).await {
-                            sent = Some(catalogue);
+                        if sent.as_ref() != Some(&catalogue) {
+                            if send(&current, &catalogue).await {
+                                sent = Some(catalogue);
+                            } else {
+                                behind = true;
+                            }
                         }
                     }
-                    let retry = sent.is_none() && session.borrow().is_some();
+                    let retry = behind && session.borrow().is_some();
                     tokio::select! {
                         r = settings.changed() => if r.is_err() { return },
                         r = session.changed() => {
@@ -180,7 +198,7 @@ impl Services {
 }
 
 /// Whether any rule lets the device reach `service`.
-fn allowed(settings: &NetworkSettings, service: &Service) -> bool {
+pub fn allowed(settings: &NetworkSettings, service: &Service) -> bool {
     let namespace = service.namespace().unwrap_or_default();
     settings.services.iter().enumerate().any(|(i, rule)| {
         if !rule.namespaces.is_empty() && !rule.namespaces.contains(&namespace) {

@@ -348,9 +348,23 @@ impl VirtualNode {
         let pod_reports = self.pods.reports.clone();
         let env = self.env.clone();
         let device = self.name.clone();
+        let relay = Arc::new(crate::relay::Context {
+            services: self.env.services.clone(),
+            network: self.network.subscribe(),
+            node: self.name.clone(),
+            zone: self.device.as_ref().and_then(|d| d.spec.node.zone.clone()),
+            events: self.events.clone(),
+            device: self.device.as_ref().map(|d| {
+                let mut reference = d.object_ref(&());
+                // Events of a cluster-scoped object live in `default`.
+                reference.namespace = Some("default".into());
+                reference
+            }),
+        });
         tokio::spawn(
             async move {
                 while let Some(mut stream) = incoming.recv().await {
+                    let relay = relay.clone();
                     let reports = reports.clone();
                     let pod_reports = pod_reports.clone();
                     let env = env.clone();
@@ -366,6 +380,7 @@ impl VirtualNode {
                             Ok(Some(Kind::RenewCertificate(_))) => {
                                 renew(&mut stream, &env, &device).await
                             }
+                            Ok(Some(Kind::Connect(_))) => crate::relay::serve(stream, &relay).await,
                             Ok(other) => {
                                 warn!(?other, "device opened a stream aranya does not serve");
                                 stream.reset(ResetCode::Refused, "not served by aranya");

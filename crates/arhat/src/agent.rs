@@ -49,6 +49,8 @@ pub enum AgentError {
     Network(#[from] crate::network::NetworkError),
     #[error("DNS: {0}")]
     Dns(#[from] crate::clusternet::dns::DnsError),
+    #[error("cluster-network relay: {0}")]
+    Relay(#[from] crate::clusternet::RelayError),
 }
 
 /// Why one connection attempt failed.
@@ -94,6 +96,9 @@ pub struct Agent {
     pods: Option<Arc<PodManager>>,
     /// The cluster Services this device may reach, as aranya last sent them.
     services: Arc<crate::clusternet::Catalogue>,
+    /// The current session, for connections relayed to aranya.
+    session: watch::Sender<Option<SessionHandle>>,
+    interception: Option<Arc<crate::clusternet::Interception>>,
     runtime_version: Arc<str>,
     runtime_health: tokio::sync::watch::Receiver<proto::api::RuntimeHealth>,
     options: Options,
@@ -185,10 +190,27 @@ impl Agent {
         };
         info!(runtime = %runtime_version, "container runtime ready");
 
+        // Last, so a failed start leaves no table sending connections nowhere.
+        let session = watch::Sender::new(None);
+        let interception = if config.relay.enabled {
+            Some(Arc::new(
+                crate::clusternet::Interception::start(
+                    &config.relay,
+                    services.subscribe(),
+                    session.subscribe(),
+                )
+                .await?,
+            ))
+        } else {
+            None
+        };
+
         Ok(Self {
             config,
             pods,
             services,
+            session,
+            interception,
             runtime_version: runtime_version.into(),
             runtime_health,
             options,
@@ -197,6 +219,11 @@ impl Agent {
             generation: Arc::default(),
             identity,
         })
+    }
+
+    /// The interception table, for removing it when the agent stops.
+    pub fn interception(&self) -> Option<Arc<crate::clusternet::Interception>> {
+        self.interception.clone()
     }
 
     /// Runs until aranya refuses this agent for good.
@@ -402,6 +429,7 @@ impl Agent {
                 .instrument(span.clone()),
         );
         info!(session = welcome.session_id, "connected to aranya");
+        self.session.send_replace(Some(handle.clone()));
         let sampler = Sampler {
             config: self.config.clone(),
             generation: self.generation.clone(),

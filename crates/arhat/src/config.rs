@@ -54,6 +54,49 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    #[serde(default)]
+    pub relay: RelayConfig,
+}
+
+/// Connections to cluster Services: an nftables table sends them to a
+/// listener of arhat's, which relays each to aranya.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RelayConfig {
+    /// Intercept and relay at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where intercepted traffic is sent: the relay's listeners, on `lo` as
+    /// a /32 (the DNS server's address will do).
+    #[serde(default = "default_dns_address")]
+    pub address: std::net::Ipv4Addr,
+    /// The TCP listener's port; 0: any free port. UDP gets a port per
+    /// Service port, chosen by the system.
+    #[serde(default = "default_relay_port")]
+    pub port: u16,
+    /// The nftables table (family inet) arhat owns; two agents on one host
+    /// need two.
+    #[serde(default = "default_relay_table")]
+    pub table: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: default_dns_address(),
+            port: default_relay_port(),
+            table: default_relay_table(),
+        }
+    }
+}
+
+fn default_relay_port() -> u16 {
+    15001
+}
+
+fn default_relay_table() -> String {
+    "arhat".into()
 }
 
 /// The DNS server arhat runs for the cluster's names.
@@ -593,6 +636,20 @@ impl Config {
                 }
                 MethodName::Mqtt => self.validate_mqtt(i, m.mqtt.as_ref())?,
             }
+        }
+        let table = &self.relay.table;
+        if table.is_empty()
+            || table.len() > 32
+            || !table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::key(
+                "relay.table",
+                format!(
+                    "{table:?} is not an nftables table name (up to 32 letters, digits, '_' and '-')"
+                ),
+            ));
         }
         if self.connectivity.preferred_retry < Duration::from_secs(1) {
             return Err(ConfigError::key(

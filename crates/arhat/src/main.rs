@@ -49,7 +49,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tokio::select! {
+    let interception = agent.interception();
+    let code = tokio::select! {
         result = agent.run() => match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -57,7 +58,28 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+        () = stopped() => ExitCode::SUCCESS,
+    };
+    // Connections to cluster Services must not be sent to a listener that is gone.
+    if let Some(interception) = interception {
+        interception.stop().await;
+    }
+    code
+}
+
+/// SIGINT or SIGTERM.
+async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -70,9 +70,16 @@ pub enum Kind {
     Online = 2,
     /// Retained on the status topic (and the last will) once it is down.
     Offline = 3,
-    /// From aranya: it has no link by that id; dial again.
+    /// From aranya: it has no link by that id (or, with [`EVERY_LINK`], no
+    /// link at all: its last will); dial again.
     Gone = 4,
 }
+
+/// The link id of aranya's last will: every link of the device is gone, so
+/// devices notice at once that their aranya died, not a session timeout
+/// later (connections the cluster-network relay would hold are refused
+/// at once instead). Devices never use it for a link of their own.
+pub const EVERY_LINK: u64 = 0;
 
 impl Kind {
     fn from_u8(b: u8) -> Option<Self> {
@@ -406,7 +413,7 @@ pub struct MqttDialer {
 impl MqttDialer {
     async fn dial_link(&self) -> Result<Link, TransportError> {
         let topics = Topics::new(&self.settings.topic_namespace, &self.device)?;
-        let id: u64 = rand::random();
+        let id: u64 = rand::random::<u64>().max(EVERY_LINK + 1);
         let will = LastWill::new(
             topics.status.clone(),
             message(Kind::Offline, id, &[]).to_vec(),
@@ -475,6 +482,9 @@ async fn device_inbound(
                 Some((Kind::Gone, link, _)) if link == id => {
                     break "aranya no longer knows this link".to_string();
                 }
+                Some((Kind::Gone, EVERY_LINK, _)) => {
+                    break "aranya's broker connection died (its last will)".to_string();
+                }
                 // Another link's traffic (an older connection, another agent).
                 Some(_) => {}
                 None => debug!("malformed MQTT message on the command topic"),
@@ -539,7 +549,13 @@ pub async fn serve_device(
     stop: impl Future<Output = ()>,
 ) -> Result<(), TransportError> {
     let topics = Topics::new(&settings.topic_namespace, &device)?;
-    let opts = settings.options(rand::random(), None)?;
+    let will = LastWill::new(
+        topics.cmd.clone(),
+        message(Kind::Gone, EVERY_LINK, &[]).to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    );
+    let opts = settings.options(rand::random(), Some(will))?;
     let mut cloud = CloudSide {
         topics,
         links,

@@ -104,7 +104,7 @@ impl BenchBed {
         let config = dir.join("arhat.yaml");
         let yaml = arhat_config_yaml(&ArhatConfig {
             device,
-            port,
+            aranya: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
             ca_file: &cluster.ca_file,
             data_dir: &dir.join("arhat-data"),
             log: "warn",

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -113,14 +113,16 @@ impl Cluster {
         grpc_port: u16,
         log: &str,
     ) -> anyhow::Result<Command> {
-        self.aranya_command_with(namespace, grpc_port, log, &self.aranya_kubeconfig)
+        let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc_port));
+        self.aranya_command_with(namespace, grpc, log, &self.aranya_kubeconfig)
     }
 
-    /// Like [`Self::aranya_command`], reaching the apiserver as `kubeconfig` says.
+    /// Like [`Self::aranya_command`], listening for devices on `grpc` and
+    /// reaching the apiserver as `kubeconfig` says.
     pub fn aranya_command_with(
         &self,
         namespace: &str,
-        grpc_port: u16,
+        grpc: SocketAddr,
         log: &str,
         kubeconfig: &Path,
     ) -> anyhow::Result<Command> {
@@ -129,7 +131,7 @@ impl Cluster {
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--namespace", namespace])
-            .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--grpc-listen", &grpc.to_string()])
             // Not loopback: the apiserver refuses to proxy to loopback nodes.
             .args(["--node-address", &node_address().to_string()])
             .args(["--kubelet-ports", "0"])
@@ -238,6 +240,9 @@ pub struct TestEnv {
     pub runtime: arhat::config::RuntimeKind,
     /// The test's own Mosquitto, for MQTT tests.
     broker: std::sync::Mutex<Option<testbed::Broker>>,
+    /// The network namespace the test's agents run in, when not this
+    /// machine's own (see [`TestEnv::on_device_host`]).
+    pub device_host: Option<crate::devicens::DeviceHost>,
     /// Devices created here; their containers are removed when the test ends.
     devices: std::sync::Mutex<Vec<String>>,
 }
@@ -266,18 +271,44 @@ impl TestEnv {
     pub async fn over(test: &str, transport: Transport) -> anyhow::Result<TestEnv> {
         let mut env = Self::new(&format!("{test}-{}", transport.short())).await?;
         env.transport = transport;
-        if let Transport::Mqtt { max_payload } = transport {
-            let broker = testbed::Broker::start(
-                &env.dir.join("broker"),
-                &testbed::BrokerOptions {
-                    max_payload: Some(max_payload),
-                    persistence: true,
-                    ..Default::default()
-                },
-            )?;
-            env.broker = std::sync::Mutex::new(Some(broker));
-        }
+        env.start_transport_broker()?;
         Ok(env)
+    }
+
+    /// Like [`Self::over`], with the test's agents in a device host of
+    /// their own (a network namespace reaching only aranya and the broker).
+    pub async fn on_device_host(test: &str, transport: Transport) -> anyhow::Result<TestEnv> {
+        let mut env = Self::new(&format!("{test}-{}", transport.short())).await?;
+        env.transport = transport;
+        env.device_host = Some(crate::devicens::DeviceHost::create(
+            &env.dir.join("device-host"),
+        )?);
+        env.start_transport_broker()?;
+        Ok(env)
+    }
+
+    /// Where aranya listens for devices: loopback, or this machine's end of
+    /// the device host's veth.
+    pub fn grpc_address(&self) -> SocketAddr {
+        let host = self
+            .device_host
+            .as_ref()
+            .map_or(Ipv4Addr::LOCALHOST, |h| h.host_addr);
+        SocketAddr::from((host, self.grpc_port))
+    }
+
+    /// An MQTT test's broker: persistent, refusing payloads above the
+    /// transport's limit, where the devices reach it.
+    fn start_transport_broker(&self) -> anyhow::Result<()> {
+        if let Transport::Mqtt { max_payload } = self.transport {
+            self.start_broker(&testbed::BrokerOptions {
+                max_payload: Some(max_payload),
+                persistence: true,
+                address: self.device_host.as_ref().map(|h| IpAddr::V4(h.host_addr)),
+                ..Default::default()
+            })?;
+        }
+        Ok(())
     }
 
     /// A test whose devices run pods on `runtime` (over gRPC).
@@ -348,6 +379,7 @@ impl TestEnv {
             transport: Transport::Grpc,
             runtime: arhat::config::RuntimeKind::Docker,
             broker: std::sync::Mutex::default(),
+            device_host: None,
             name,
             dir,
             devices: std::sync::Mutex::default(),
@@ -445,7 +477,7 @@ impl TestEnv {
     ) -> anyhow::Result<Command> {
         let mut cmd = self.cluster.aranya_command_with(
             &self.name,
-            self.grpc_port,
+            self.grpc_address(),
             "info,aranya=debug,connectivity=debug",
             kubeconfig,
         )?;
@@ -547,7 +579,7 @@ impl TestEnv {
         let path = self.dir.join(format!("arhat-{device}.yaml"));
         let config = arhat_config_yaml(&ArhatConfig {
             device,
-            port: self.grpc_port,
+            aranya: self.grpc_address(),
             ca_file: &self.cluster.ca_file,
             data_dir: &self.arhat_data_dir(device),
             log: "info,arhat=debug,connectivity=debug",
@@ -578,7 +610,11 @@ impl TestEnv {
         config_yaml: &str,
     ) -> anyhow::Result<Proc> {
         let config = self.arhat_config_with(device, config_yaml)?;
-        let mut cmd = Command::new(crate::process::binary("arhat")?);
+        let binary = crate::process::binary("arhat")?;
+        let mut cmd = match &self.device_host {
+            Some(host) => host.command(binary),
+            None => Command::new(binary),
+        };
         cmd.arg("--config").arg(&config).args(extra);
         Proc::spawn(
             &format!("arhat-{device}-{instance}"),
@@ -747,8 +783,8 @@ fn logs_of(aranya: &Proc, arhat: &Proc, lines: usize) -> String {
 #[derive(Debug)]
 pub struct ArhatConfig<'a> {
     pub device: &'a str,
-    /// aranya's gRPC port on loopback.
-    pub port: u16,
+    /// aranya's gRPC endpoint.
+    pub aranya: SocketAddr,
     pub ca_file: &'a Path,
     pub data_dir: &'a Path,
     pub log: &'a str,
@@ -778,9 +814,9 @@ pub fn arhat_config_yaml(c: &ArhatConfig<'_>) -> anyhow::Result<String> {
         ("500ms", "10s", "10s")
     };
     let base = format!(
-        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: {max}\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: 127.0.0.1:{port}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: {runtime}\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n",
+        "device:\n  name: {device}\nconnectivity:\n  backoff:\n    initial: {backoff}\n    max: {max}\n  methods:\n    - name: grpc\n      grpc:\n        endpoint: {aranya}\n        caFile: {ca}\n        serverName: localhost\nnode:\n  statusInterval: {interval}\n  storagePath: /\nruntime:\n  kind: {runtime}\n  pauseBinary: {pause}\n  dataDir: {data}\nlog:\n  level: {log}\n",
         device = c.device,
-        port = c.port,
+        aranya = c.aranya,
         ca = c.ca_file.display(),
         pause = crate::process::pause_binary()?.display(),
         data = c.data_dir.display(),

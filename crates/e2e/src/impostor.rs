@@ -112,7 +112,15 @@ pub async fn try_grpc(
     tls: Option<&DeviceCredentials>,
     hello: Option<&DeviceCredentials>,
 ) -> anyhow::Result<Outcome> {
-    let dialer = GrpcDialer {
+    try_session(&grpc_dialer(endpoint, ca_file, tls)?, device, hello).await
+}
+
+fn grpc_dialer(
+    endpoint: &str,
+    ca_file: &Path,
+    tls: Option<&DeviceCredentials>,
+) -> anyhow::Result<GrpcDialer> {
+    Ok(GrpcDialer {
         endpoint: endpoint.to_string(),
         ca_pem: std::fs::read(ca_file)?,
         server_name: Some("localhost".into()),
@@ -122,8 +130,43 @@ pub async fn try_grpc(
             cert_pem: c.cert_pem.clone().into_bytes(),
             key_pem: c.key_pem.clone().into_bytes(),
         }),
+    })
+}
+
+/// A session as `device` over gRPC with its own `credentials`, as a device
+/// that crafts its own requests would hold: it can open any stream.
+pub async fn session_grpc(
+    endpoint: &str,
+    ca_file: &Path,
+    device: &str,
+    credentials: &DeviceCredentials,
+) -> anyhow::Result<connectivity::SessionHandle> {
+    let mut link = grpc_dialer(endpoint, ca_file, Some(credentials))?
+        .dial()
+        .await?;
+    let message = Hello {
+        device: device.to_string(),
+        protocol_version: proto::api::PROTOCOL_VERSION,
+        instance_nonce: Bytes::from_static(b"impostor"),
+        agent_version: "impostor".into(),
+        certificate: Bytes::from(credentials.der()?),
+        ..Default::default()
     };
-    try_session(&dialer, device, hello).await
+    let key = DeviceKey::from_pem(&credentials.key_pem)?;
+    let Accepted::Welcome(welcome) =
+        handshake::hello(&mut link, message, &Signer(key), Duration::from_secs(15)).await?
+    else {
+        anyhow::bail!("aranya answered a session with a certificate");
+    };
+    let (handle, _incoming) = connectivity::session::spawn(
+        proto::session::Role::Device,
+        connectivity::SessionConfig::default(),
+        welcome.session_id,
+        welcome.epoch,
+        link,
+        tracing::info_span!("impostor"),
+    )?;
+    Ok(handle)
 }
 
 /// Tries to open a session as `device` through the MQTT broker at `broker`

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
+pub mod devicens;
 pub mod dockerd;
 pub mod grpc_health;
 pub mod images;

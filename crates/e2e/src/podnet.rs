@@ -1,14 +1,15 @@
 //! A pod network of its own for every agent the harness starts: agents run
 //! side by side on one machine, and two host-local IPAMs handing out the
 //! same subnet on one bridge would give two pods one address. Slot n is
-//! bridge `arhat-t<n>` with 10.(192 + n / 256).(n % 256).0/24 and DNS on
-//! 169.254.(100 + n / 256).(n % 256), claimed
+//! bridge `arhat-t<n>` with 10.(192 + n / 256).(n % 256).0/24, DNS on
+//! 169.254.(100 + n / 256).(n % 256) and interception table `arhat-t<n>`
+//! (the relay on any free port), claimed
 //! machine-wide by a file naming the claiming process, and kept per data dir
 //! so a restarted agent keeps its own. The subnet lies in the test bed's
 //! cluster CIDR, above what its node IPAM hands out, and is the device's
 //! `spec.pod.ipv4CIDR`. The first claim of a process removes the
-//! slots of dead processes with their bridges, whose addresses would
-//! otherwise route a subnet to a bridge no agent uses.
+//! slots of dead processes with their bridges, tables and device hosts,
+//! whose addresses would otherwise route a subnet to a bridge no agent uses.
 
 use std::{
     collections::HashMap,
@@ -23,10 +24,12 @@ const SLOTS: u32 = 16_384;
 pub fn config_yaml(data_dir: &Path) -> anyhow::Result<String> {
     let slot = slot(data_dir)?;
     Ok(format!(
-        "network:\n  bridge: {}\n  subnet: {}\ndns:\n  address: {}\n",
+        "network:\n  bridge: {}\n  subnet: {}\ndns:\n  address: {}\nrelay:\n  address: {}\n  port: 0\n  table: {}\n",
         bridge(slot),
         subnet(slot),
-        dns(slot)
+        dns(slot),
+        dns(slot),
+        table(slot),
     ))
 }
 
@@ -43,6 +46,11 @@ fn dns(slot: u32) -> std::net::Ipv4Addr {
 /// The pod CIDR of the agent whose data dir is `data_dir`.
 pub fn pod_cidr(data_dir: &Path) -> anyhow::Result<String> {
     Ok(subnet(slot(data_dir)?))
+}
+
+/// The interception table of the agent in slot `slot`.
+pub fn table(slot: u32) -> String {
+    format!("arhat-t{slot}")
 }
 
 fn bridge(slot: u32) -> String {
@@ -80,11 +88,18 @@ fn sweep_dead(claims: &Path) {
             .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
         if dead && std::fs::remove_file(entry.path()).is_ok() {
             delete_link(&bridge(n));
+            // A table an agent killed mid-test left sends connections nowhere.
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "inet", &table(n)])
+                .stderr(std::process::Stdio::null())
+                .status();
+            crate::devicens::remove(n);
         }
     }
 }
 
-fn slot(data_dir: &Path) -> anyhow::Result<u32> {
+/// The slot claimed for `data_dir` (any path unique to its user).
+pub fn slot(data_dir: &Path) -> anyhow::Result<u32> {
     static MINE: OnceLock<Mutex<HashMap<PathBuf, u32>>> = OnceLock::new();
     let mut mine = MINE
         .get_or_init(Mutex::default)

@@ -27,6 +27,9 @@ pub struct BrokerOptions {
     pub acl: Option<String>,
     /// Listen here instead of on a free port (the demo's broker keeps its address).
     pub port: Option<u16>,
+    /// Listen on this address instead of loopback (a device in a network
+    /// namespace of its own reaches this machine on its veth).
+    pub address: Option<std::net::IpAddr>,
     /// Serve TLS instead of plain MQTT.
     pub tls: Option<BrokerTls>,
     /// Leave Nagle's algorithm on for client sockets (Mosquitto's default;
@@ -51,6 +54,7 @@ pub struct BrokerTls {
 #[derive(Debug)]
 pub struct Broker {
     dir: PathBuf,
+    host: std::net::IpAddr,
     port: u16,
     child: Option<ChildGuard>,
 }
@@ -79,7 +83,10 @@ impl Broker {
             .map_err(io(format!("creating {}", dir.display())))?;
         // Bound here first, so a port another broker holds is an error, not
         // a readiness check answered by that broker.
-        let port = std::net::TcpListener::bind(("127.0.0.1", options.port.unwrap_or(0)))
+        let host = options
+            .address
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let port = std::net::TcpListener::bind((host, options.port.unwrap_or(0)))
             .and_then(|l| l.local_addr())
             .map_err(io(format!(
                 "binding the broker port {}",
@@ -87,7 +94,7 @@ impl Broker {
             )))?
             .port();
         let mut conf = format!(
-            "listener {port} 127.0.0.1\nlog_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nconnection_messages true\nmax_queued_messages 1000\n",
+            "listener {port} {host}\nlog_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nconnection_messages true\nmax_queued_messages 1000\n",
             log = dir.join("mosquitto.log").display(),
         );
         // As root, Mosquitto would switch to its own user and lose access here.
@@ -154,6 +161,7 @@ impl Broker {
         std::fs::write(dir.join("mosquitto.conf"), conf).map_err(io("writing mosquitto.conf"))?;
         let mut broker = Broker {
             dir: dir.to_path_buf(),
+            host,
             port,
             child: None,
         };
@@ -170,7 +178,7 @@ impl Broker {
         cmd.stdout(std::process::Stdio::null()).stderr(stderr);
         self.child = Some(ChildGuard::spawn("mosquitto", cmd).map_err(io("starting mosquitto"))?);
         let deadline = Instant::now() + READY_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect((self.host, self.port)).is_err() {
             if Instant::now() > deadline {
                 return Err(Error::Io {
                     context: format!(
@@ -186,9 +194,9 @@ impl Broker {
         Ok(())
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `<host>:<port>`.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.host, self.port).to_string()
     }
 
     pub fn port(&self) -> u16 {

@@ -54,7 +54,9 @@ pub async fn start(
     catalogue: watch::Receiver<ServiceCatalogue>,
 ) -> Result<(), DnsError> {
     let address = IpAddr::V4(config.address);
-    add_to_loopback(address).await?;
+    super::put_on_loopback(address)
+        .await
+        .map_err(|message| DnsError::Address { address, message })?;
     let at = SocketAddr::new(address, PORT);
     let upstreams = if config.upstreams.is_empty() {
         device_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
@@ -99,23 +101,6 @@ fn serve(server: Arc<Server>, (udp, tcp): (UdpSocket, TcpListener)) {
     info!(at = ?udp.local_addr().ok(), upstreams = ?server.upstreams, "serving DNS");
     tokio::spawn(serve_udp(server.clone(), Arc::new(udp)));
     tokio::spawn(serve_tcp(server, tcp));
-}
-
-/// `ip addr replace`, so a restart finds it there and keeps it.
-async fn add_to_loopback(address: IpAddr) -> Result<(), DnsError> {
-    let out = tokio::process::Command::new("ip")
-        .args(["addr", "replace", &format!("{address}/32"), "dev", "lo"])
-        .env("PATH", crate::network::cni::search_path())
-        .output()
-        .await;
-    let failed = |message: String| DnsError::Address { address, message };
-    match out {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(failed(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        )),
-        Err(e) => Err(failed(e.to_string())),
-    }
 }
 
 /// The nameservers of a resolv.conf, on port 53.

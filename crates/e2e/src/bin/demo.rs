@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let config = state.join("arhat.yaml");
     let yaml = arhat_config_yaml(&ArhatConfig {
         device: DEVICE,
-        port: cli.grpc_port,
+        aranya: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, cli.grpc_port)),
         ca_file: &cluster.ca_file,
         data_dir: &state.join("arhat-data"),
         log: "info",

@@ -1,0 +1,536 @@
+//! The cluster side of the cluster-network relay: a device opens a stream
+//! for each connection it intercepted on its way to a cluster Service. The
+//! connection is checked against the device's policy (the same
+//! `spec.network.services` its catalogue comes from, since the device may
+//! ask for anything), sent to a ready endpoint of the Service dialled from
+//! inside the cluster, and carried on the stream.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use connectivity::{Stream, StreamError};
+use k8s_openapi::api::{
+    core::v1::{ObjectReference, Service},
+    discovery::v1::{Endpoint, EndpointSlice},
+};
+use kube::{
+    ResourceExt,
+    runtime::events::{Event, EventType, Recorder},
+};
+use proto::api::{ConnectRequest, Datagram, StreamReply, stream_reply::Code};
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    sync::watch,
+};
+use tracing::{debug, warn};
+
+use crate::{crd::NetworkSettings, services::Services};
+
+/// How long one endpoint may take to accept before the next is tried.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stream is held for the device to end its side once the
+/// endpoint has ended its own.
+const LINGER: Duration = Duration::from_secs(30);
+/// A UDP flow with no datagram either way this long is over.
+const UDP_IDLE: Duration = Duration::from_secs(120);
+pub const REASON_CONNECTION_REFUSED: &str = "ServiceConnectionRefused";
+
+/// What the relay of one device needs.
+pub struct Context {
+    pub services: Arc<Services>,
+    /// The device's policy, as its EdgeDevice says now.
+    pub network: watch::Receiver<NetworkSettings>,
+    /// The device's Node and zone, for `trafficDistribution`.
+    pub node: String,
+    pub zone: Option<String>,
+    pub events: Recorder,
+    /// The EdgeDevice, which refusals are recorded on.
+    pub device: Option<ObjectReference>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("node", &self.node)
+            .field("zone", &self.zone)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a connection goes nowhere.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("protocol {0:?} is not relayed")]
+    Protocol(String),
+    #[error("{0} is not an IP address")]
+    Address(String),
+    #[error("{0} is no Service's address and port the device may reach")]
+    NotFound(SocketAddr),
+    #[error("Service {service} ({addr}) is outside the device's spec.network.services")]
+    Forbidden { service: String, addr: SocketAddr },
+    #[error("Service {0} has no ready endpoint")]
+    NoEndpoint(String),
+    #[error("no endpoint of Service {service} took the connection: {last}")]
+    Unreachable { service: String, last: String },
+}
+
+impl Refusal {
+    fn code(&self) -> Code {
+        match self {
+            Refusal::Protocol(_) | Refusal::Address(_) => Code::BadRequest,
+            Refusal::NotFound(_) => Code::NotFound,
+            Refusal::Forbidden { .. } => Code::Forbidden,
+            Refusal::NoEndpoint(_) | Refusal::Unreachable { .. } => Code::Unavailable,
+        }
+    }
+
+    /// Whether a well-behaved device could not have asked for it: only a
+    /// crafted request reaches outside its policy. (An address that is no
+    /// Service's is also what a device asks for while its catalogue still
+    /// lists a Service just deleted.)
+    fn is_crafted(&self) -> bool {
+        matches!(self, Refusal::Forbidden { .. })
+    }
+}
+
+/// Where one connection may go: its Service and the endpoints to try, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route {
+    pub service: String,
+    pub udp: bool,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Spreads connections over a Service's endpoints.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Serves one Connect stream.
+pub async fn serve(mut stream: Stream, cx: &Context) -> Result<(), StreamError> {
+    let Some(request) = stream.recv_message::<ConnectRequest>().await? else {
+        return Ok(());
+    };
+    let routed = {
+        let network = cx.network.borrow();
+        route(
+            &cx.services,
+            &network,
+            &request,
+            &cx.node,
+            cx.zone.as_deref(),
+        )
+    };
+    let connected = match routed {
+        Ok(route) if route.udp => dial_udp(&route).await.map(Connected::Udp),
+        Ok(route) => dial(&route).await.map(Connected::Tcp),
+        Err(refusal) => Err(refusal),
+    };
+    let connected = match connected {
+        Ok(c) => c,
+        Err(refusal) => {
+            if refusal.is_crafted() {
+                warn!(%refusal, "device asked for a connection outside its catalogue");
+                record(cx, &refusal).await;
+            } else {
+                debug!(%refusal, "connection refused");
+            }
+            stream
+                .send_message(&StreamReply {
+                    code: refusal.code().into(),
+                    message: refusal.to_string(),
+                })
+                .await?;
+            stream.finish();
+            return Ok(());
+        }
+    };
+    stream
+        .send_message(&StreamReply {
+            code: Code::Ok.into(),
+            message: String::new(),
+        })
+        .await?;
+    match connected {
+        Connected::Tcp(conn) => connectivity::splice::splice(stream, conn, LINGER).await,
+        Connected::Udp(socket) => relay_udp(stream, socket).await,
+    }
+}
+
+enum Connected {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+/// A UDP flow's socket, connected to the route's first endpoint: UDP has no
+/// refusal to try the next one on.
+async fn dial_udp(route: &Route) -> Result<UdpSocket, Refusal> {
+    let failed = |e: std::io::Error| Refusal::Unreachable {
+        service: route.service.clone(),
+        last: e.to_string(),
+    };
+    let Some(addr) = route.endpoints.first() else {
+        return Err(Refusal::NoEndpoint(route.service.clone()));
+    };
+    let any: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(any).await.map_err(failed)?;
+    socket.connect(addr).await.map_err(failed)?;
+    debug!(service = %route.service, endpoint = %addr, "relaying a device's UDP flow");
+    Ok(socket)
+}
+
+/// Datagrams both ways until the device ends the flow (or it stays idle
+/// past [`UDP_IDLE`], should the device never end it).
+async fn relay_udp(stream: Stream, socket: UdpSocket) -> Result<(), StreamError> {
+    let (mut tx, mut rx) = stream.split();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        tokio::select! {
+            datagram = rx.recv_message::<Datagram>() => match datagram? {
+                Some(d) => {
+                    // A datagram the endpoint refuses (ICMP) is lost, as UDP is.
+                    let _ = socket.send(&d.data).await;
+                }
+                None => break,
+            },
+            received = socket.recv(&mut buf) => {
+                if let Ok(n) = received {
+                    tx.send_message(&Datagram { data: bytes::Bytes::copy_from_slice(&buf[..n]) }).await?;
+                }
+            }
+            () = tokio::time::sleep(UDP_IDLE) => break,
+        }
+    }
+    tx.finish();
+    Ok(())
+}
+
+/// Tries the route's endpoints in order until one accepts.
+async fn dial(route: &Route) -> Result<TcpStream, Refusal> {
+    let mut last = String::new();
+    for addr in &route.endpoints {
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.set_nodelay(true);
+                debug!(service = %route.service, endpoint = %addr, "relaying a device's connection");
+                return Ok(conn);
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: no answer within {DIAL_TIMEOUT:?}"),
+        }
+        debug!(service = %route.service, error = %last, "endpoint refused; trying the next");
+    }
+    Err(Refusal::Unreachable {
+        service: route.service.clone(),
+        last,
+    })
+}
+
+async fn record(cx: &Context, refusal: &Refusal) {
+    let Some(reference) = &cx.device else {
+        return;
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: REASON_CONNECTION_REFUSED.into(),
+        note: Some(format!("refused a connection from the device: {refusal}")),
+        action: "Connect".into(),
+        secondary: None,
+    };
+    if let Err(e) = cx.events.publish(&event, reference).await {
+        warn!(error = %e, "recording a refused connection");
+    }
+}
+
+/// The Service `request` is for and the endpoints to try, if the device may
+/// reach it.
+pub fn route(
+    services: &Services,
+    network: &NetworkSettings,
+    request: &ConnectRequest,
+    node: &str,
+    zone: Option<&str>,
+) -> Result<Route, Refusal> {
+    let protocol = request.protocol.to_ascii_uppercase();
+    if protocol != "TCP" && protocol != "UDP" {
+        return Err(Refusal::Protocol(request.protocol.clone()));
+    }
+    let udp = protocol == "UDP";
+    let ip: IpAddr = request
+        .address
+        .parse()
+        .map_err(|_| Refusal::Address(request.address.clone()))?;
+    let port = u16::try_from(request.port).unwrap_or(0);
+    let addr = SocketAddr::new(ip, port);
+    let all = services.all();
+    // A ClusterIP first; else a headless Service's endpoint.
+    let by_cluster_ip = all.iter().find(|s| cluster_ips(s).contains(&ip));
+    let (service, headless) = match by_cluster_ip {
+        Some(s) => (s, false),
+        None => all
+            .iter()
+            .filter(|s| is_headless(s))
+            .find(|s| {
+                services
+                    .slices_of(s)
+                    .iter()
+                    .flat_map(|slice| slice.endpoints.iter().flatten())
+                    .flat_map(|e| e.addresses.iter())
+                    .any(|a| a.parse::<IpAddr>() == Ok(ip))
+            })
+            .map(|s| (s, true))
+            .ok_or(Refusal::NotFound(addr))?,
+    };
+    let name = format!(
+        "{}/{}",
+        service.namespace().unwrap_or_default(),
+        service.name_any()
+    );
+    if !crate::services::allowed(network, service) {
+        return Err(Refusal::Forbidden {
+            service: name,
+            addr,
+        });
+    }
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let Some(service_port) = ports
+        .iter()
+        .find(|p| p.port == i32::from(port) && p.protocol.as_deref().unwrap_or("TCP") == protocol)
+    else {
+        return Err(Refusal::NotFound(addr));
+    };
+    if headless {
+        // The device dialled the endpoint itself: only where it dialled.
+        return Ok(Route {
+            service: name,
+            udp,
+            endpoints: vec![addr],
+        });
+    }
+    let slices = services.slices_of(service);
+    let endpoints = choose(
+        service,
+        service_port.name.as_deref(),
+        &protocol,
+        &slices,
+        node,
+        zone,
+    );
+    if endpoints.is_empty() {
+        return Err(Refusal::NoEndpoint(name));
+    }
+    Ok(Route {
+        service: name,
+        udp,
+        endpoints,
+    })
+}
+
+fn cluster_ips(service: &Service) -> Vec<IpAddr> {
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    spec.cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
+}
+
+fn is_headless(service: &Service) -> bool {
+    service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
+}
+
+/// The endpoints of `service` serving its port named `port_name`, in the
+/// order to try them: the ready ones (else the serving ones that are
+/// terminating, as kube-proxy falls back to), those `trafficDistribution`
+/// prefers first, each group rotated so connections spread.
+fn choose(
+    service: &Service,
+    port_name: Option<&str>,
+    protocol: &str,
+    slices: &[Arc<EndpointSlice>],
+    node: &str,
+    zone: Option<&str>,
+) -> Vec<SocketAddr> {
+    let port_name = port_name.unwrap_or_default();
+    let mut ready: Vec<(&Endpoint, SocketAddr)> = Vec::new();
+    let mut terminating = Vec::new();
+    for slice in slices {
+        let Some(target) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or_default() == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            let conditions = endpoint.conditions.clone().unwrap_or_default();
+            // Unset ready means ready; unset serving means as ready.
+            let is_ready = conditions.ready.unwrap_or(true);
+            let serving = conditions.serving.unwrap_or(is_ready);
+            let group = if is_ready {
+                &mut ready
+            } else if serving && conditions.terminating.unwrap_or(false) {
+                &mut terminating
+            } else {
+                continue;
+            };
+            for address in &endpoint.addresses {
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    group.push((endpoint, SocketAddr::new(ip, target)));
+                }
+            }
+        }
+    }
+    let pool = if ready.is_empty() { terminating } else { ready };
+    let distribution = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref());
+    let close = |e: &Endpoint| match distribution {
+        Some("PreferSameNode") => {
+            e.node_name.as_deref() == Some(node)
+                || e.hints
+                    .as_ref()
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .is_some_and(|n| n.iter().any(|n| n.name == node))
+        }
+        Some("PreferClose" | "PreferSameZone") => zone.is_some_and(|zone| {
+            e.zone.as_deref() == Some(zone)
+                || e.hints
+                    .as_ref()
+                    .and_then(|h| h.for_zones.as_ref())
+                    .is_some_and(|z| z.iter().any(|z| z.name == zone))
+        }),
+        _ => false,
+    };
+    let (mut near, mut far): (Vec<_>, Vec<_>) = pool.into_iter().partition(|(e, _)| close(e));
+    let turn = NEXT.fetch_add(1, Ordering::Relaxed);
+    for group in [&mut near, &mut far] {
+        if !group.is_empty() {
+            let n = turn % group.len();
+            group.rotate_left(n);
+        }
+    }
+    near.into_iter().chain(far).map(|(_, a)| a).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(distribution: Option<&str>) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "namespace": "shop", "name": "web" },
+            "spec": {
+                "clusterIP": "10.96.0.9",
+                "ports": [{ "name": "http", "port": 80, "targetPort": "web" }],
+                "trafficDistribution": distribution,
+            },
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn slice(endpoints: serde_json::Value) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "namespace": "shop", "name": "web-1", "labels": { "kubernetes.io/service-name": "web" } },
+                "addressType": "IPv4",
+                "ports": [{ "name": "metrics", "port": 9100 }, { "name": "http", "port": 8080 }],
+                "endpoints": endpoints,
+            }))
+            .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    fn sorted(mut v: Vec<SocketAddr>) -> Vec<String> {
+        v.sort();
+        v.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_port_is_found_by_name_and_only_ready_endpoints_serve() {
+        let slices = [slice(serde_json::json!([
+            { "addresses": ["10.1.0.1"] },
+            { "addresses": ["10.1.0.2"], "conditions": { "ready": true } },
+            { "addresses": ["10.1.0.3"], "conditions": { "ready": false } },
+            { "addresses": ["10.1.0.4"], "conditions": { "ready": false, "serving": true, "terminating": true } },
+        ]))];
+        let chosen = choose(&service(None), Some("http"), "TCP", &slices, "n", None);
+        assert_eq!(sorted(chosen), ["10.1.0.1:8080", "10.1.0.2:8080"]);
+        // No port of that name in the slice: nothing.
+        assert!(choose(&service(None), Some("grpc"), "TCP", &slices, "n", None).is_empty());
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready() {
+        let slices = [slice(serde_json::json!([
+            { "addresses": ["10.1.0.3"], "conditions": { "ready": false } },
+            { "addresses": ["10.1.0.4"], "conditions": { "ready": false, "serving": true, "terminating": true } },
+        ]))];
+        let chosen = choose(&service(None), Some("http"), "TCP", &slices, "n", None);
+        assert_eq!(sorted(chosen), ["10.1.0.4:8080"]);
+    }
+
+    #[test]
+    fn connections_spread_over_endpoints() {
+        let slices = [slice(serde_json::json!([
+            { "addresses": ["10.1.0.1"] },
+            { "addresses": ["10.1.0.2"] },
+        ]))];
+        let firsts: std::collections::BTreeSet<_> = (0..4)
+            .map(|_| choose(&service(None), Some("http"), "TCP", &slices, "n", None)[0])
+            .collect();
+        assert_eq!(firsts.len(), 2);
+    }
+
+    #[test]
+    fn traffic_distribution_puts_close_endpoints_first() {
+        let slices = [slice(serde_json::json!([
+            { "addresses": ["10.1.0.1"], "zone": "b" },
+            { "addresses": ["10.1.0.2"], "zone": "a" },
+            { "addresses": ["10.1.0.3"], "nodeName": "edge-1", "hints": { "forZones": [{ "name": "b" }] } },
+        ]))];
+        for _ in 0..3 {
+            let near = choose(
+                &service(Some("PreferClose")),
+                Some("http"),
+                "TCP",
+                &slices,
+                "edge-1",
+                Some("a"),
+            );
+            assert_eq!(near[0].to_string(), "10.1.0.2:8080");
+            assert_eq!(near.len(), 3, "the others stay as fall-backs");
+            let same_node = choose(
+                &service(Some("PreferSameNode")),
+                Some("http"),
+                "TCP",
+                &slices,
+                "edge-1",
+                None,
+            );
+            assert_eq!(same_node[0].to_string(), "10.1.0.3:8080");
+        }
+    }
+}
