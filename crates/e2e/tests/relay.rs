@@ -231,6 +231,22 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
         host.device_addr
     );
 
+    // From an edge pod (ClusterFirst DNS, its namespace's search path), by
+    // the short and the full name. (Debian's static busybox has no NSS:
+    // its wget crashes, so nslookup resolves and nc asks.)
+    let script = format!(
+        "for name in web web.{ns}.svc.cluster.local; do ip=$(nslookup $name | awk '/^Address/ {{a=$2}} END {{print a}}'); printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 $ip 80 | tail -n 1; done; echo done; exec sleep 3600"
+    );
+    e2e::pods::create_pod(
+        &env,
+        &up.name,
+        "client",
+        json!({ "containers": [e2e::pods::busybox("client", &script)] }),
+    )
+    .await?;
+    let printed = e2e::pods::printed(&env, "client", "client").await?;
+    assert_eq!(printed, "a\na\ndone\n");
+
     // The endpoints move: new connections follow.
     endpoint(&env, "web", "web-b", &b).await?;
     let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), &ns);
