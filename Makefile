@@ -43,6 +43,7 @@ bench: deps docker cni mosquitto kube pause
 	$(CARGO_TARGET_DIR)/release/bench-logs --mib 100
 	$(CARGO_TARGET_DIR)/release/bench-streams --mib 100
 	$(CARGO_TARGET_DIR)/release/bench-reconnect --outages 10
+	$(CARGO_TARGET_DIR)/release/bench-relay --mib 100
 	$(CARGO) bench -p connectivity --bench throughput
 	$(CARGO) bench -p connectivity --bench handshake
 

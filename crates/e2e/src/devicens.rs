@@ -101,6 +101,58 @@ impl DeviceHost {
         Ok(host)
     }
 
+    /// The namespace's file, for entering it.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.netns)
+    }
+
+    /// A TCP connection made from inside the device host.
+    pub async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        arhat::netns::dial_host(
+            self.path(),
+            addr.ip().to_string(),
+            addr.port(),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+    }
+
+    /// A UDP socket made inside the device host (it stays there, whichever
+    /// thread uses it).
+    pub fn udp_socket(&self) -> anyhow::Result<tokio::net::UdpSocket> {
+        let path = self.path();
+        let socket = std::thread::spawn(move || -> std::io::Result<std::net::UdpSocket> {
+            let ns = std::fs::File::open(&path)?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))??;
+        Ok(tokio::net::UdpSocket::from_std(socket)?)
+    }
+
+    /// Lets the device host reach `addr` directly through this machine (a
+    /// benchmark's baseline: the same server without the relay).
+    pub fn route_to(&self, addr: std::net::IpAddr) -> anyhow::Result<()> {
+        ip(&[
+            "-n",
+            &self.netns,
+            "route",
+            "replace",
+            &format!("{addr}/32"),
+            "via",
+            &self.host_addr.to_string(),
+        ])
+    }
+
     /// `program` run inside the device host.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
