@@ -138,6 +138,21 @@ impl Hub {
         }
     }
 
+    /// Whether `device` is an edge device of this aranya's.
+    pub async fn knows(&self, device: &str) -> bool {
+        self.devices.lock().await.contains_key(device)
+    }
+
+    /// The live session of `device`, if it is connected to this aranya.
+    pub async fn session(&self, device: &str) -> Option<SessionHandle> {
+        self.devices
+            .lock()
+            .await
+            .get(device)
+            .and_then(|e| e.live.as_ref())
+            .map(|l| l.handle.clone())
+    }
+
     /// Forgets `device` and ends its session.
     pub async fn unregister(&self, device: &str) {
         if let Some(entry) = self.devices.lock().await.remove(device)

@@ -23,7 +23,10 @@ use kube::{
     ResourceExt,
     runtime::events::{Event, EventType, Recorder},
 };
-use proto::api::{ConnectRequest, Datagram, StreamReply, stream_reply::Code};
+use proto::api::{
+    ConnectReply, ConnectRequest, Datagram, Open, PortForward, PortForwardRequest, StreamReply,
+    open::Kind, stream_reply::Code,
+};
 use tokio::{
     net::{TcpStream, UdpSocket},
     sync::watch,
@@ -44,6 +47,8 @@ pub const REASON_CONNECTION_REFUSED: &str = "ServiceConnectionRefused";
 /// What the relay of one device needs.
 pub struct Context {
     pub services: Arc<Services>,
+    /// Other devices' sessions, for endpoints on them.
+    pub hub: Arc<crate::hub::Hub>,
     /// The device's policy, as its EdgeDevice says now.
     pub network: watch::Receiver<NetworkSettings>,
     /// The device's Node and zone, for `trafficDistribution`.
@@ -104,7 +109,25 @@ impl Refusal {
 pub struct Route {
     pub service: String,
     pub udp: bool,
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<Target>,
+}
+
+/// One endpoint: its address, and the Node and pod it is on, if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub node: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+impl Target {
+    fn at(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            node: None,
+            pod_uid: None,
+        }
+    }
 }
 
 /// Spreads connections over a Service's endpoints.
@@ -125,45 +148,167 @@ pub async fn serve(mut stream: Stream, cx: &Context) -> Result<(), StreamError> 
             cx.zone.as_deref(),
         )
     };
-    let connected = match routed {
-        Ok(route) if route.udp => dial_udp(&route).await.map(Connected::Udp),
-        Ok(route) => dial(&route).await.map(Connected::Tcp),
-        Err(refusal) => Err(refusal),
+    let route = match routed {
+        Ok(route) => route,
+        Err(refusal) => return refuse(stream, cx, refusal).await,
     };
-    let connected = match connected {
-        Ok(c) => c,
-        Err(refusal) => {
-            if refusal.is_crafted() {
-                warn!(%refusal, "device asked for a connection outside its catalogue");
-                record(cx, &refusal).await;
-            } else {
-                debug!(%refusal, "connection refused");
+    if route.udp {
+        // Endpoints on edge devices have no UDP path yet: the cluster's only.
+        let cluster_side = Route {
+            endpoints: not_on_devices(&route.endpoints, cx).await,
+            ..route
+        };
+        return match dial_udp(&cluster_side).await {
+            Ok(socket) => {
+                answer(&mut stream, ConnectReply::default()).await?;
+                relay_udp(stream, socket).await
             }
-            stream
-                .send_message(&StreamReply {
-                    code: refusal.code().into(),
-                    message: refusal.to_string(),
-                })
+            Err(refusal) => refuse(stream, cx, refusal).await,
+        };
+    }
+    let mut last = String::new();
+    for target in &route.endpoints {
+        match reach(cx, target).await {
+            Ok(Reached::Local) => {
+                debug!(service = %route.service, endpoint = %target.addr, "the endpoint is on the device itself");
+                answer(
+                    &mut stream,
+                    ConnectReply {
+                        local_address: target.addr.ip().to_string(),
+                        local_port: u32::from(target.addr.port()),
+                        ..Default::default()
+                    },
+                )
                 .await?;
-            stream.finish();
-            return Ok(());
+                stream.finish();
+                return Ok(());
+            }
+            Ok(Reached::Device(device, forwarded)) => {
+                debug!(service = %route.service, endpoint = %target.addr, %device, "relaying through the endpoint's device");
+                answer(&mut stream, ConnectReply::default()).await?;
+                return connectivity::splice::join(stream, forwarded, LINGER).await;
+            }
+            Ok(Reached::Cluster(conn)) => {
+                debug!(service = %route.service, endpoint = %target.addr, "relaying a device's connection");
+                answer(&mut stream, ConnectReply::default()).await?;
+                return connectivity::splice::splice(stream, conn, LINGER).await;
+            }
+            Err(e) => {
+                debug!(service = %route.service, endpoint = %target.addr, error = %e, "endpoint unreachable; trying the next");
+                last = format!("{}: {e}", target.addr);
+            }
         }
+    }
+    let refusal = Refusal::Unreachable {
+        service: route.service,
+        last,
     };
-    stream
-        .send_message(&StreamReply {
-            code: Code::Ok.into(),
-            message: String::new(),
-        })
-        .await?;
-    match connected {
-        Connected::Tcp(conn) => connectivity::splice::splice(stream, conn, LINGER).await,
-        Connected::Udp(socket) => relay_udp(stream, socket).await,
+    refuse(stream, cx, refusal).await
+}
+
+async fn answer(stream: &mut Stream, reply: ConnectReply) -> Result<(), StreamError> {
+    stream.send_message(&reply).await
+}
+
+async fn refuse(mut stream: Stream, cx: &Context, refusal: Refusal) -> Result<(), StreamError> {
+    if refusal.is_crafted() {
+        warn!(%refusal, "device asked for a connection outside its catalogue");
+        record(cx, &refusal).await;
+    } else {
+        debug!(%refusal, "connection refused");
+    }
+    answer(
+        &mut stream,
+        ConnectReply {
+            code: refusal.code().into(),
+            message: refusal.to_string(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    stream.finish();
+    Ok(())
+}
+
+/// How an endpoint was reached.
+enum Reached {
+    /// It is a pod of the asking device: the device dials it itself.
+    Local,
+    /// A pod of another device: a port-forward through that device's session.
+    Device(String, Stream),
+    /// Dialled from here.
+    Cluster(TcpStream),
+}
+
+async fn reach(cx: &Context, target: &Target) -> Result<Reached, String> {
+    if let Some(node) = &target.node {
+        if *node == cx.node {
+            return Ok(Reached::Local);
+        }
+        if cx.hub.knows(node).await {
+            return through_device(cx, node, target)
+                .await
+                .map(|s| Reached::Device(node.clone(), s));
+        }
+    }
+    match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target.addr)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.set_nodelay(true);
+            Ok(Reached::Cluster(conn))
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {DIAL_TIMEOUT:?}")),
     }
 }
 
-enum Connected {
-    Tcp(TcpStream),
-    Udp(UdpSocket),
+/// A port-forward to the endpoint's pod on the device `node`: edge pods'
+/// addresses are reachable only on their device.
+async fn through_device(cx: &Context, node: &str, target: &Target) -> Result<Stream, String> {
+    let Some(session) = cx.hub.session(node).await else {
+        return Err(format!("edge device {node} is offline"));
+    };
+    let Some(pod_uid) = &target.pod_uid else {
+        return Err(format!("the endpoint on edge device {node} names no pod"));
+    };
+    let header = Open {
+        kind: Some(Kind::PortForward(PortForward {})),
+    };
+    let opened = async {
+        let mut forwarded = session.open(&header).await?;
+        forwarded
+            .send_message(&PortForwardRequest {
+                pod_uid: pod_uid.clone(),
+                host: false,
+                port: u32::from(target.addr.port()),
+            })
+            .await?;
+        let reply = forwarded.recv_message::<StreamReply>().await?;
+        Ok::<_, StreamError>((forwarded, reply))
+    };
+    match tokio::time::timeout(DIAL_TIMEOUT, opened).await {
+        Ok(Ok((forwarded, Some(reply)))) if reply.code() == Code::Ok => Ok(forwarded),
+        Ok(Ok((_, Some(reply)))) => Err(reply.message),
+        Ok(Ok((_, None))) => Err(format!("edge device {node} ended the port-forward")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "edge device {node} did not answer within {DIAL_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// The targets not on an edge device.
+async fn not_on_devices(targets: &[Target], cx: &Context) -> Vec<Target> {
+    let mut kept = Vec::new();
+    for t in targets {
+        let on_device = match &t.node {
+            Some(n) => *n == cx.node || cx.hub.knows(n).await,
+            None => false,
+        };
+        if !on_device {
+            kept.push(t.clone());
+        }
+    }
+    kept
 }
 
 /// A UDP flow's socket, connected to the route's first endpoint: UDP has no
@@ -173,7 +318,7 @@ async fn dial_udp(route: &Route) -> Result<UdpSocket, Refusal> {
         service: route.service.clone(),
         last: e.to_string(),
     };
-    let Some(addr) = route.endpoints.first() else {
+    let Some(addr) = route.endpoints.first().map(|t| t.addr) else {
         return Err(Refusal::NoEndpoint(route.service.clone()));
     };
     let any: SocketAddr = if addr.is_ipv4() {
@@ -211,27 +356,6 @@ async fn relay_udp(stream: Stream, socket: UdpSocket) -> Result<(), StreamError>
     }
     tx.finish();
     Ok(())
-}
-
-/// Tries the route's endpoints in order until one accepts.
-async fn dial(route: &Route) -> Result<TcpStream, Refusal> {
-    let mut last = String::new();
-    for addr in &route.endpoints {
-        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(conn)) => {
-                let _ = conn.set_nodelay(true);
-                debug!(service = %route.service, endpoint = %addr, "relaying a device's connection");
-                return Ok(conn);
-            }
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: no answer within {DIAL_TIMEOUT:?}"),
-        }
-        debug!(service = %route.service, error = %last, "endpoint refused; trying the next");
-    }
-    Err(Refusal::Unreachable {
-        service: route.service.clone(),
-        last,
-    })
 }
 
 async fn record(cx: &Context, refusal: &Refusal) {
@@ -316,7 +440,7 @@ pub fn route(
         return Ok(Route {
             service: name,
             udp,
-            endpoints: vec![addr],
+            endpoints: vec![Target::at(addr)],
         });
     }
     let slices = services.slices_of(service);
@@ -356,8 +480,9 @@ fn is_headless(service: &Service) -> bool {
 
 /// The endpoints of `service` serving its port named `port_name`, in the
 /// order to try them: the ready ones (else the serving ones that are
-/// terminating, as kube-proxy falls back to), those `trafficDistribution`
-/// prefers first, each group rotated so connections spread.
+/// terminating, as kube-proxy falls back to), the device's own pods first,
+/// then those `trafficDistribution` prefers, each group rotated so
+/// connections spread.
 fn choose(
     service: &Service,
     port_name: Option<&str>,
@@ -365,7 +490,7 @@ fn choose(
     slices: &[Arc<EndpointSlice>],
     node: &str,
     zone: Option<&str>,
-) -> Vec<SocketAddr> {
+) -> Vec<Target> {
     let port_name = port_name.unwrap_or_default();
     let mut ready: Vec<(&Endpoint, SocketAddr)> = Vec::new();
     let mut terminating = Vec::new();
@@ -432,7 +557,22 @@ fn choose(
             group.rotate_left(n);
         }
     }
-    near.into_iter().chain(far).map(|(_, a)| a).collect()
+    // The device's own pods first: a connection to them never leaves it.
+    let target = |(e, addr): (&Endpoint, SocketAddr)| Target {
+        addr,
+        node: e.node_name.clone(),
+        pod_uid: e
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| r.uid.clone()),
+    };
+    let (own, others): (Vec<Target>, Vec<Target>) = near
+        .into_iter()
+        .chain(far)
+        .map(target)
+        .partition(|t| t.node.as_deref() == Some(node));
+    own.into_iter().chain(others).collect()
 }
 
 #[cfg(test)]
@@ -463,7 +603,8 @@ mod tests {
         )
     }
 
-    fn sorted(mut v: Vec<SocketAddr>) -> Vec<String> {
+    fn sorted(v: Vec<Target>) -> Vec<String> {
+        let mut v: Vec<SocketAddr> = v.into_iter().map(|t| t.addr).collect();
         v.sort();
         v.iter().map(ToString::to_string).collect()
     }
@@ -499,9 +640,24 @@ mod tests {
             { "addresses": ["10.1.0.2"] },
         ]))];
         let firsts: std::collections::BTreeSet<_> = (0..4)
-            .map(|_| choose(&service(None), Some("http"), "TCP", &slices, "n", None)[0])
+            .map(|_| choose(&service(None), Some("http"), "TCP", &slices, "n", None)[0].addr)
             .collect();
         assert_eq!(firsts.len(), 2);
+    }
+
+    #[test]
+    fn the_devices_own_pods_come_first_with_their_uid() {
+        let slices = [slice(serde_json::json!([
+            { "addresses": ["10.1.0.1"], "nodeName": "cluster-1" },
+            { "addresses": ["10.1.0.2"], "nodeName": "edge-1", "targetRef": { "kind": "Pod", "name": "p", "uid": "u-1" } },
+            { "addresses": ["10.1.0.3"], "nodeName": "edge-2" },
+        ]))];
+        for _ in 0..3 {
+            let chosen = choose(&service(None), Some("http"), "TCP", &slices, "edge-1", None);
+            assert_eq!(chosen[0].addr.to_string(), "10.1.0.2:8080");
+            assert_eq!(chosen[0].pod_uid.as_deref(), Some("u-1"));
+            assert_eq!(chosen.len(), 3);
+        }
     }
 
     #[test]
@@ -517,10 +673,10 @@ mod tests {
                 Some("http"),
                 "TCP",
                 &slices,
-                "edge-1",
+                "edge-9",
                 Some("a"),
             );
-            assert_eq!(near[0].to_string(), "10.1.0.2:8080");
+            assert_eq!(near[0].addr.to_string(), "10.1.0.2:8080");
             assert_eq!(near.len(), 3, "the others stay as fall-backs");
             let same_node = choose(
                 &service(Some("PreferSameNode")),
@@ -530,7 +686,7 @@ mod tests {
                 "edge-1",
                 None,
             );
-            assert_eq!(same_node[0].to_string(), "10.1.0.3:8080");
+            assert_eq!(same_node[0].addr.to_string(), "10.1.0.3:8080");
         }
     }
 }

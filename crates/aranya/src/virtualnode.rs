@@ -350,6 +350,7 @@ impl VirtualNode {
         let device = self.name.clone();
         let relay = Arc::new(crate::relay::Context {
             services: self.env.services.clone(),
+            hub: self.env.hub.clone(),
             network: self.network.subscribe(),
             node: self.name.clone(),
             zone: self.device.as_ref().and_then(|d| d.spec.node.zone.clone()),

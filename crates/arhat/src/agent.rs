@@ -84,6 +84,26 @@ impl Default for Options {
 }
 
 /// How often the pod manager looks for what pods no longer here left.
+/// What the agent changed on the host that must not outlive it.
+#[derive(Debug)]
+pub struct Cleanup {
+    interception: Option<Arc<crate::clusternet::Interception>>,
+    host_dns: Option<Arc<crate::clusternet::hostdns::HostResolvConf>>,
+}
+
+impl Cleanup {
+    /// Connections to cluster Services must not go to listeners that are
+    /// gone, nor the host's names to a server that is.
+    pub async fn run(self) {
+        if let Some(interception) = self.interception {
+            interception.stop().await;
+        }
+        if let Some(host_dns) = self.host_dns {
+            host_dns.restore();
+        }
+    }
+}
+
 const HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct Current {
@@ -99,6 +119,8 @@ pub struct Agent {
     /// The current session, for connections relayed to aranya.
     session: watch::Sender<Option<SessionHandle>>,
     interception: Option<Arc<crate::clusternet::Interception>>,
+    /// The host's resolv.conf, while arhat has it (`dns.host`).
+    host_dns: Option<Arc<crate::clusternet::hostdns::HostResolvConf>>,
     runtime_version: Arc<str>,
     runtime_health: tokio::sync::watch::Receiver<proto::api::RuntimeHealth>,
     options: Options,
@@ -137,9 +159,16 @@ impl Agent {
             }));
         }
         let services = Arc::new(crate::clusternet::Catalogue::load(&config.runtime.data_dir));
-        if config.dns.enabled {
-            crate::clusternet::dns::start(&config.dns, services.subscribe()).await?;
-        }
+        let host_dns = if config.dns.enabled {
+            crate::clusternet::dns::start(
+                &config.dns,
+                &config.runtime.data_dir,
+                services.subscribe(),
+            )
+            .await?
+        } else {
+            None
+        };
         let cluster_dns = config.dns.enabled.then(|| crate::pod::dns::ClusterDns {
             nameserver: config.dns.address,
             catalogue: services.subscribe(),
@@ -211,6 +240,7 @@ impl Agent {
             services,
             session,
             interception,
+            host_dns: host_dns.map(Arc::new),
             runtime_version: runtime_version.into(),
             runtime_health,
             options,
@@ -221,9 +251,13 @@ impl Agent {
         })
     }
 
-    /// The interception table, for removing it when the agent stops.
-    pub fn interception(&self) -> Option<Arc<crate::clusternet::Interception>> {
-        self.interception.clone()
+    /// What to undo when the agent stops: the interception table, the
+    /// host's resolv.conf.
+    pub fn cleanup(&self) -> Cleanup {
+        Cleanup {
+            interception: self.interception.clone(),
+            host_dns: self.host_dns.clone(),
+        }
     }
 
     /// Runs until aranya refuses this agent for good.

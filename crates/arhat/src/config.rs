@@ -114,6 +114,11 @@ pub struct DnsConfig {
     /// /etc/resolv.conf.
     #[serde(default)]
     pub upstreams: Vec<std::net::SocketAddr>,
+    /// The device host opts in: arhat points /etc/resolv.conf at itself
+    /// (the cluster's search path first), forwards other names to the
+    /// resolvers it named, and puts it back when it stops.
+    #[serde(default)]
+    pub host: bool,
 }
 
 impl Default for DnsConfig {
@@ -122,6 +127,7 @@ impl Default for DnsConfig {
             enabled: true,
             address: default_dns_address(),
             upstreams: Vec::new(),
+            host: false,
         }
     }
 }

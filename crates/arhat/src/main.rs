@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let interception = agent.interception();
+    let cleanup = agent.cleanup();
     let code = tokio::select! {
         result = agent.run() => match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -60,10 +60,7 @@ async fn main() -> ExitCode {
         },
         () = stopped() => ExitCode::SUCCESS,
     };
-    // Connections to cluster Services must not be sent to a listener that is gone.
-    if let Some(interception) = interception {
-        interception.stop().await;
-    }
+    cleanup.run().await;
     code
 }
 

@@ -1,6 +1,8 @@
 //! A TCP connection carried on a session stream: each side's bytes go to the
 //! other, and finishing a side half-closes the connection. Port-forward on
-//! the device and both ends of the cluster-network relay use it.
+//! the device and both ends of the cluster-network relay use it; [`join`]
+//! carries one stream on another (a device's connection to an endpoint on
+//! another device).
 
 use std::time::Duration;
 
@@ -41,6 +43,44 @@ pub async fn splice(stream: Stream, conn: TcpStream, linger: Duration) -> Result
             _ => Ok(()),
         },
     }
+}
+
+/// Carries each stream's bytes to the other until both directions end; a
+/// finish on one side finishes the other, a reset resets it.
+pub async fn join(a: Stream, b: Stream, linger: Duration) -> Result<(), StreamError> {
+    let (a_tx, a_rx) = a.split();
+    let (b_tx, b_rx) = b.split();
+    let mut forward = tokio::spawn(pipe(a_rx, b_tx));
+    let back = pipe(b_rx, a_tx);
+    tokio::pin!(back);
+    tokio::select! {
+        result = &mut back => {
+            let _ = tokio::time::timeout(linger, forward).await;
+            result
+        }
+        ended = &mut forward => match ended {
+            Ok(Ok(())) => back.await,
+            _ => Ok(()),
+        },
+    }
+}
+
+async fn pipe(mut rx: StreamReceiver, mut tx: StreamSender) -> Result<(), StreamError> {
+    loop {
+        match rx.recv_bytes().await {
+            Ok(Some(data)) => tx.send(data).await?,
+            Ok(None) => break,
+            Err(e) => {
+                tx.reset(
+                    proto::session::ResetCode::Cancelled,
+                    "the other stream was reset",
+                );
+                return Err(e);
+            }
+        }
+    }
+    tx.finish();
+    Ok(())
 }
 
 /// The peer's bytes to the socket; its finish half-closes the socket.

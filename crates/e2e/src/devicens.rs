@@ -98,6 +98,10 @@ impl DeviceHost {
         ])?;
         inside(&["link", "set", &device_if, "up"])?;
         inside(&["route", "add", "default", "via", &nowhere.to_string()])?;
+        // Its own resolv.conf, this machine's to begin with, for arhat's
+        // `dns.host` to take over.
+        std::fs::create_dir_all(host.etc())?;
+        std::fs::copy("/etc/resolv.conf", host.etc().join("resolv.conf"))?;
         Ok(host)
     }
 
@@ -160,19 +164,10 @@ impl DeviceHost {
         cmd
     }
 
-    /// The device host's resolv.conf (`ip netns exec` mounts it over
-    /// /etc/resolv.conf): the host opting in to the cluster's DNS.
-    pub fn resolv_conf(&self, nameserver: Ipv4Addr, search: &[&str]) -> anyhow::Result<()> {
-        let dir = etc_dir(&self.netns);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!(
-                "nameserver {nameserver}\nsearch {}\noptions ndots:5 timeout:2 attempts:1\n",
-                search.join(" ")
-            ),
-        )?;
-        Ok(())
+    /// The device host's own /etc files (`ip netns exec` mounts them over
+    /// this machine's).
+    pub fn etc(&self) -> PathBuf {
+        etc_dir(&self.netns)
     }
 }
 

@@ -23,6 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(60);
 
+/// The device host opts in to the cluster's DNS.
+const HOST_DNS: &str = "dns:\n  host: true\n";
+
 /// An HTTP server answering its name and a UDP server answering each
 /// datagram with its name and the datagram, both recording their clients'
 /// addresses.
@@ -195,7 +198,9 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
     let secret_ip = service(&env, "secret", "db").await?;
     endpoint(&env, "secret", "secret-1", &secret).await?;
 
-    let up = env.device_up("a", 3).await?;
+    let up = env
+        .device_up_configured("a", 3, json!({}), HOST_DNS)
+        .await?;
     let allow = json!({ "spec": { "network": { "services": [{
         "namespaces": [ns],
         "selector": { "matchLabels": { "app": "web" } },
@@ -207,22 +212,24 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
         .device_host
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no device host"))?;
-    // The device host opts in to the cluster's DNS.
-    host.resolv_conf(
-        e2e::podnet::dns_address(&env.arhat_data_dir(&up.name))?,
-        &[
-            &format!("{ns}.svc.cluster.local"),
-            "svc.cluster.local",
-            "cluster.local",
-        ],
-    )?;
+    // The device host opted in to the cluster's DNS (dns.host).
+    let resolv_conf = host.etc().join("resolv.conf");
+    let own = std::fs::read_to_string(&resolv_conf)?;
+    assert!(
+        own.contains(&format!(
+            "nameserver {}",
+            e2e::podnet::dns_address(&env.arhat_data_dir(&up.name))?
+        )),
+        "{own}"
+    );
+    let web = format!("http://web.{ns}/");
 
     // By its full name and through the search path; the server saw aranya.
     wait_body(&env, &format!("http://web.{ns}.svc.cluster.local/"), "a\n").await?;
-    assert_eq!(curl(&env, "http://web/")?, Ok("a\n".into()));
+    assert_eq!(curl(&env, &web)?, Ok("a\n".into()));
     // A UDP datagram gets its answer, both ways through the relay (the
     // server saw aranya here too).
-    assert_eq!(udp_echo(&env, "web")?, "a:ping");
+    assert_eq!(udp_echo(&env, &format!("web.{ns}"))?, "a:ping");
     let aranya_addr = e2e::cluster::node_address();
     let clients = a.clients();
     assert!(
@@ -251,7 +258,7 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
     endpoint(&env, "web", "web-b", &b).await?;
     let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), &ns);
     slices.delete("web-a", &DeleteParams::default()).await?;
-    wait_body(&env, "http://web/", "b\n").await?;
+    wait_body(&env, &web, "b\n").await?;
 
     // Outside the policy, the Service has no name on the device, and its
     // ClusterIP is not intercepted.
@@ -284,6 +291,8 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
     } = up;
     arhat.stop()?;
     assert_eq!(table(&env, &device)?, None);
+    let restored = std::fs::read_to_string(&resolv_conf)?;
+    assert!(!restored.contains("arhat"), "{restored}");
     if matches!(transport, Transport::Grpc) {
         crafted_connections_are_refused(&env, &device, &secret_ip).await?;
     }
@@ -291,13 +300,13 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
         secret.clients().is_empty(),
         "the secret Service was reached"
     );
-    let mut again = env.start_arhat(&device, "2", &[])?;
-    wait_body(&env, "http://web/", "b\n").await?;
+    let mut again = env.start_arhat_with(&device, "2", &[], HOST_DNS)?;
+    wait_body(&env, &web, "b\n").await?;
 
     // Offline: names still resolve, connections are refused at once.
     drop(aranya);
     let started = Instant::now();
-    let offline = curl(&env, "http://web/")?;
+    let offline = curl(&env, &web)?;
     let took = started.elapsed();
     assert!(offline.is_err(), "{offline:?}");
     assert!(
@@ -318,9 +327,9 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
     // points at the new listener.
     again.kill();
     assert!(table(&env, &device)?.is_some(), "SIGKILL runs no clean-up");
-    let _again = env.start_arhat(&device, "3", &[])?;
+    let _again = env.start_arhat_with(&device, "3", &[], HOST_DNS)?;
     let _aranya = env.start_aranya("a")?;
-    wait_body(&env, "http://web/", "b\n").await?;
+    wait_body(&env, &web, "b\n").await?;
     Ok(())
 }
 
@@ -384,4 +393,85 @@ async fn edge_clients_reach_services_through_the_relay_over_grpc() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn edge_clients_reach_services_through_the_relay_over_mqtt() -> anyhow::Result<()> {
     edge_clients_reach_services_through_the_relay(e2e::transport::MQTT).await
+}
+
+/// A Service selecting the pod labelled `test: <pod>`, port 80 to 8080.
+async fn service_of_pod(env: &TestEnv, name: &str, pod: &str) -> anyhow::Result<()> {
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.name);
+    let service = json!({
+        "metadata": { "name": name },
+        "spec": {
+            "selector": { "test": pod },
+            "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
+        },
+    });
+    services
+        .create(&PostParams::default(), &serde_json::from_value(service)?)
+        .await?;
+    Ok(())
+}
+
+/// A pod on `node` serving `body` on port 8080.
+async fn web_pod(env: &TestEnv, node: &str, name: &str, body: &str) -> anyhow::Result<()> {
+    let script =
+        format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www");
+    e2e::pods::create_pod(
+        env,
+        node,
+        name,
+        json!({ "containers": [e2e::pods::busybox("web", &script)] }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Endpoints that are pods on edge devices: one on the asking device is
+/// dialled there without leaving it; one on another device is reached
+/// through that device's own tunnel (the cluster cannot route to it).
+async fn endpoints_on_edge_devices(transport: Transport) -> anyhow::Result<()> {
+    let env = TestEnv::on_device_host("edge-endpoints", transport).await?;
+    let ns = env.name.clone();
+    let up = env
+        .device_up_configured("a", 3, json!({}), HOST_DNS)
+        .await?;
+    let other = env.device("b");
+    env.create_device(&other, 3).await?;
+    let _other_agent = env.start_arhat(&other, "1", &[])?;
+    env.wait_ready(&other, "True", None, T).await?;
+    let allow = json!({ "spec": { "network": { "services": [{ "namespaces": [ns] }] } } });
+    env.devices()
+        .patch(&up.name, &PatchParams::default(), &Patch::Merge(&allow))
+        .await?;
+    web_pod(&env, &up.name, "mine", "mine").await?;
+    web_pod(&env, &other, "theirs", "theirs").await?;
+    service_of_pod(&env, "mine", "mine").await?;
+    service_of_pod(&env, "theirs", "theirs").await?;
+
+    wait_body(&env, &format!("http://theirs.{ns}/"), "theirs\n").await?;
+    wait_body(&env, &format!("http://mine.{ns}/"), "mine\n").await?;
+    let log = std::fs::read_to_string(env.dir.join("aranya-a.log"))?;
+    assert!(
+        log.contains("relaying through the endpoint's device"),
+        "aranya did not use the other device's tunnel"
+    );
+    assert!(
+        log.contains("the endpoint is on the device itself"),
+        "aranya did not send the device to its own pod"
+    );
+    let arhat_log = up.logs(2000);
+    assert!(
+        arhat_log.contains("a pod of this device: dialled locally"),
+        "{arhat_log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_on_edge_devices_over_grpc() -> anyhow::Result<()> {
+    endpoints_on_edge_devices(Transport::Grpc).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_on_edge_devices_over_mqtt() -> anyhow::Result<()> {
+    endpoints_on_edge_devices(e2e::transport::MQTT).await
 }

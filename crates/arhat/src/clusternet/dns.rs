@@ -25,6 +25,10 @@ use super::names::{Answer, Names};
 use crate::config::DnsConfig;
 
 const PORT: u16 = 53;
+/// The host's resolver file, for `dns.host` and the default upstreams.
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The cluster domain before aranya has sent one.
+const DEFAULT_DOMAIN: &str = "cluster.local";
 /// How long one upstream may take before the next is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest UDP message handled (EDNS sizes beyond this are not offered).
@@ -38,6 +42,8 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 pub enum DnsError {
     #[error("config key `dns.address`: putting {address}/32 on lo: {message}")]
     Address { address: IpAddr, message: String },
+    #[error(transparent)]
+    Host(#[from] super::hostdns::HostDnsError),
     #[error("config key `dns.address`: listening on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -49,17 +55,38 @@ pub enum DnsError {
 /// Puts the address on `lo`, binds UDP and TCP, and serves until the
 /// agent exits. An address another process serves on (an agent not yet gone)
 /// is tried again in the background rather than stopping this one.
+/// With `dns.host`, the host's resolv.conf is pointed here too; the
+/// returned handle puts it back.
 pub async fn start(
     config: &DnsConfig,
+    data_dir: &std::path::Path,
     catalogue: watch::Receiver<ServiceCatalogue>,
-) -> Result<(), DnsError> {
+) -> Result<Option<super::hostdns::HostResolvConf>, DnsError> {
     let address = IpAddr::V4(config.address);
     super::put_on_loopback(address)
         .await
         .map_err(|message| DnsError::Address { address, message })?;
     let at = SocketAddr::new(address, PORT);
+    let (host, own) = if config.host {
+        let domain = match catalogue.borrow().cluster_domain.as_str() {
+            "" => DEFAULT_DOMAIN.to_string(),
+            d => d.to_string(),
+        };
+        let (host, own) = super::hostdns::HostResolvConf::take_over(
+            std::path::Path::new(HOST_RESOLV_CONF),
+            data_dir,
+            config.address,
+            &domain,
+        )?;
+        (Some(host), own)
+    } else {
+        (
+            None,
+            std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default(),
+        )
+    };
     let upstreams = if config.upstreams.is_empty() {
-        device_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        device_resolvers(&own)
     } else {
         config.upstreams.clone()
     };
@@ -84,13 +111,16 @@ pub async fn start(
             });
         }
         Err(source) => {
+            if let Some(host) = &host {
+                host.restore();
+            }
             return Err(DnsError::Listen {
                 address: at,
                 source,
             });
         }
     }
-    Ok(())
+    Ok(host)
 }
 
 async fn bind(at: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {

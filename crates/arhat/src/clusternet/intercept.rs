@@ -36,6 +36,10 @@ pub enum InterceptError {
     Refused { table: String, stderr: String },
 }
 
+/// The mark of arhat's own connections (to pods of this device), which the
+/// table leaves alone.
+pub const OWN_MARK: u32 = 0x6172_6874;
+
 /// The destinations to intercept, IPv4 address and port, by protocol.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Targets {
@@ -122,7 +126,7 @@ impl Table {
              \x20 map udp4 {{\n    type ipv4_addr . inet_service : ipv4_addr . inet_service{udp4}\n  }}\n\
              \x20 set udp_ports {{\n    type inet_service{ports}\n  }}\n\
              \x20 chain prerouting {{\n    type nat hook prerouting priority dstnat - 5; policy accept;\n{redirect}\n  }}\n\
-             \x20 chain output {{\n    type nat hook output priority -105; policy accept;\n{redirect}\n  }}\n\
+             \x20 chain output {{\n    type nat hook output priority -105; policy accept;\n    meta mark {OWN_MARK:#x} return\n{redirect}\n  }}\n\
              \x20 chain input {{\n    type filter hook input priority filter - 5; policy accept;\n\
              \x20   ip daddr {address} tcp dport {port} ct status dnat accept\n\
              \x20   ip daddr {address} tcp dport {port} drop\n\

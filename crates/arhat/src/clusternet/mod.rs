@@ -5,6 +5,7 @@
 
 pub mod catalogue;
 pub mod dns;
+pub mod hostdns;
 pub mod intercept;
 pub mod names;
 pub mod relay;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use connectivity::{LinkState, SessionHandle, Stream};
-use proto::api::{Connect, ConnectRequest, Open, StreamReply, open::Kind, stream_reply::Code};
+use proto::api::{Connect, ConnectReply, ConnectRequest, Open, open::Kind, stream_reply::Code};
 use socket2::SockRef;
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -70,13 +70,48 @@ async fn relay(conn: TcpStream, session: Option<SessionHandle>) -> Result<(), St
         return refuse(&conn, format!("{destination}: the device is offline"));
     };
     let stream = match connect(&session, "TCP", destination).await {
-        Ok(stream) => stream,
+        Ok(Relayed::Stream(stream)) => stream,
+        Ok(Relayed::Local(endpoint)) => {
+            let mut local = match dial_local(endpoint).await {
+                Ok(local) => local,
+                Err(e) => return refuse(&conn, format!("{destination}: {endpoint}: {e}")),
+            };
+            debug!(%destination, %endpoint, "a pod of this device: dialled locally");
+            let mut conn = conn;
+            let _ = tokio::io::copy_bidirectional(&mut conn, &mut local).await;
+            return Ok(());
+        }
         Err(reason) => return refuse(&conn, reason),
     };
     let _ = conn.set_nodelay(true);
     connectivity::splice::splice(stream, conn, LINGER)
         .await
         .map_err(|e| format!("{destination}: {e}"))
+}
+
+/// A connection to a pod of this device, marked so the interception table
+/// leaves it alone (a headless Service's endpoint is intercepted too).
+async fn dial_local(endpoint: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if endpoint.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    SockRef::from(&socket).set_mark(super::intercept::OWN_MARK)?;
+    let conn = tokio::time::timeout(ANSWER_TIMEOUT, socket.connect(endpoint))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    conn.set_nodelay(true)?;
+    Ok(conn)
+}
+
+/// Where aranya sent a connection.
+#[derive(Debug)]
+pub enum Relayed {
+    /// Through the session.
+    Stream(Stream),
+    /// To a pod of this device, for the device to dial itself.
+    Local(SocketAddr),
 }
 
 /// The current session, if its link is up: while the device is offline,
@@ -88,13 +123,13 @@ pub fn online(session: &watch::Receiver<Option<SessionHandle>>) -> Option<Sessio
         .filter(|s| matches!(*s.state().borrow(), LinkState::Connected { .. }))
 }
 
-/// A Connect stream to aranya for `destination`, once aranya said OK; else
-/// why not.
+/// A Connect stream to aranya for `destination`, once aranya said OK (or
+/// where to dial locally); else why not.
 pub async fn connect(
     session: &SessionHandle,
     protocol: &str,
     destination: SocketAddr,
-) -> Result<Stream, String> {
+) -> Result<Relayed, String> {
     let header = Open {
         kind: Some(Kind::Connect(Connect {})),
     };
@@ -106,11 +141,22 @@ pub async fn connect(
     let opened = async {
         let mut stream = session.open(&header).await?;
         stream.send_message(&request).await?;
-        let reply = stream.recv_message::<StreamReply>().await?;
+        let reply = stream.recv_message::<ConnectReply>().await?;
         Ok::<_, connectivity::StreamError>((stream, reply))
     };
     match tokio::time::timeout(ANSWER_TIMEOUT, opened).await {
-        Ok(Ok((stream, Some(reply)))) if reply.code() == Code::Ok => Ok(stream),
+        Ok(Ok((stream, Some(reply)))) if reply.code() == Code::Ok => {
+            if reply.local_address.is_empty() {
+                return Ok(Relayed::Stream(stream));
+            }
+            let ip = reply
+                .local_address
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| format!("{destination}: aranya named a bad local address"))?;
+            let port = u16::try_from(reply.local_port)
+                .map_err(|_| format!("{destination}: aranya named a bad local port"))?;
+            Ok(Relayed::Local(SocketAddr::new(ip, port)))
+        }
         Ok(Ok((_, Some(reply)))) => Err(format!("{destination}: {}", reply.message)),
         Ok(Ok((_, None))) => Err(format!("{destination}: aranya ended the stream")),
         Ok(Err(e)) => Err(format!("{destination}: {e}")),

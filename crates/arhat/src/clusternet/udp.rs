@@ -142,7 +142,11 @@ async fn flow(
     target: SocketAddrV4,
     mut datagrams: mpsc::Receiver<Bytes>,
 ) -> Result<(), String> {
-    let stream = super::relay::connect(&session, "UDP", SocketAddr::V4(target)).await?;
+    let super::relay::Relayed::Stream(stream) =
+        super::relay::connect(&session, "UDP", SocketAddr::V4(target)).await?
+    else {
+        return Err(format!("{target}: aranya sent a UDP flow to a local pod"));
+    };
     let (mut tx, mut rx) = stream.split();
     loop {
         tokio::select! {
