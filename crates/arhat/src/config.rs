@@ -74,10 +74,23 @@ pub struct RelayConfig {
     /// Service port, chosen by the system.
     #[serde(default = "default_relay_port")]
     pub port: u16,
-    /// The nftables table (family inet) arhat owns; two agents on one host
-    /// need two.
+    /// The nftables table (family inet) arhat owns, or with iptables the
+    /// prefix of its chains; two agents on one host need two.
     #[serde(default = "default_relay_table")]
     pub table: String,
+    /// What writes it: nftables, iptables, or `auto` (nftables when `nft`
+    /// runs).
+    #[serde(default)]
+    pub backend: RelayBackend,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayBackend {
+    #[default]
+    Auto,
+    Nftables,
+    Iptables,
 }
 
 impl Default for RelayConfig {
@@ -87,6 +100,7 @@ impl Default for RelayConfig {
             address: default_dns_address(),
             port: default_relay_port(),
             table: default_relay_table(),
+            backend: RelayBackend::Auto,
         }
     }
 }
@@ -645,7 +659,7 @@ impl Config {
         }
         let table = &self.relay.table;
         if table.is_empty()
-            || table.len() > 32
+            || table.len() > 24
             || !table
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

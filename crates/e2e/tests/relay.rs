@@ -171,18 +171,58 @@ async fn wait_body(env: &TestEnv, url: &str, body: &str) -> anyhow::Result<()> {
     .await
 }
 
-/// The device host's interception table, if it has one.
-fn table(env: &TestEnv, device: &str) -> anyhow::Result<Option<String>> {
-    let slot = e2e::podnet::slot(&env.arhat_data_dir(device))?;
-    let name = e2e::podnet::table(slot);
-    let out = on_device(env, "nft", &["list", "table", "inet", &name])?;
-    Ok(out
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+/// What writes the interception table: each transport's test takes one,
+/// so both backends are covered (gRPC: nftables, MQTT: iptables).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Nftables,
+    Iptables,
 }
 
-async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> anyhow::Result<()> {
+impl Backend {
+    fn config(self) -> String {
+        let name = match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        };
+        format!("{HOST_DNS}relay:\n  backend: {name}\n")
+    }
+
+    /// How the table sends `ip`:`port` (TCP) on.
+    fn intercepts(self, rules: &str, ip: &str, port: u16) -> bool {
+        match self {
+            Backend::Nftables => rules.contains(&format!("{ip} . {port}")),
+            Backend::Iptables => {
+                rules.contains(&format!("-d {ip}/32 -p tcp -m tcp --dport {port}"))
+            }
+        }
+    }
+}
+
+/// The device host's interception table, if it has one.
+fn table(env: &TestEnv, device: &str, backend: Backend) -> anyhow::Result<Option<String>> {
+    let slot = e2e::podnet::slot(&env.arhat_data_dir(device))?;
+    let name = e2e::podnet::table(slot);
+    Ok(match backend {
+        Backend::Nftables => {
+            let out = on_device(env, "nft", &["list", "table", "inet", &name])?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+        Backend::Iptables => {
+            let out = on_device(env, "iptables-save", &[])?;
+            let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+            rules.contains(&format!(":{name}-PRE ")).then_some(rules)
+        }
+    })
+}
+
+async fn edge_clients_reach_services_through_the_relay(
+    transport: Transport,
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let config = backend.config();
     let env = TestEnv::on_device_host("relay", transport).await?;
     let ns = env.name.clone();
     let (a, b, old, secret) = (
@@ -198,9 +238,7 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
     let secret_ip = service(&env, "secret", "db").await?;
     endpoint(&env, "secret", "secret-1", &secret).await?;
 
-    let up = env
-        .device_up_configured("a", 3, json!({}), HOST_DNS)
-        .await?;
+    let up = env.device_up_configured("a", 3, json!({}), &config).await?;
     let allow = json!({ "spec": { "network": { "services": [{
         "namespaces": [ns],
         "selector": { "matchLabels": { "app": "web" } },
@@ -266,8 +304,8 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
         Err((Some(6), _)) => {}
         other => panic!("secret resolved: {other:?}"),
     }
-    let rules = table(&env, &up.name)?.unwrap_or_default();
-    assert!(rules.contains(&format!("{web_ip} . 80")), "{rules}");
+    let rules = table(&env, &up.name, backend)?.unwrap_or_default();
+    assert!(backend.intercepts(&rules, &web_ip, 80), "{rules}");
     assert!(!rules.contains(&secret_ip), "{rules}");
 
     // A Service deleted goes from the names and the rules.
@@ -279,7 +317,7 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
             curl(&env, &format!("http://old.{ns}/")).ok()?,
             Err((Some(6), _))
         );
-        let rules = table(&env, &up.name).ok()??;
+        let rules = table(&env, &up.name, backend).ok()??;
         (gone && !rules.contains(&old_ip)).then_some(())
     })
     .await?;
@@ -290,7 +328,7 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
         aranya, mut arhat, ..
     } = up;
     arhat.stop()?;
-    assert_eq!(table(&env, &device)?, None);
+    assert_eq!(table(&env, &device, backend)?, None);
     let restored = std::fs::read_to_string(&resolv_conf)?;
     assert!(!restored.contains("arhat"), "{restored}");
     if matches!(transport, Transport::Grpc) {
@@ -300,7 +338,7 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
         secret.clients().is_empty(),
         "the secret Service was reached"
     );
-    let mut again = env.start_arhat_with(&device, "2", &[], HOST_DNS)?;
+    let mut again = env.start_arhat_with(&device, "2", &[], &config)?;
     wait_body(&env, &web, "b\n").await?;
 
     // Offline: names still resolve, connections are refused at once.
@@ -326,8 +364,11 @@ async fn edge_clients_reach_services_through_the_relay(transport: Transport) -> 
     // One killed leaves its table only until it starts again, which then
     // points at the new listener.
     again.kill();
-    assert!(table(&env, &device)?.is_some(), "SIGKILL runs no clean-up");
-    let _again = env.start_arhat_with(&device, "3", &[], HOST_DNS)?;
+    assert!(
+        table(&env, &device, backend)?.is_some(),
+        "SIGKILL runs no clean-up"
+    );
+    let _again = env.start_arhat_with(&device, "3", &[], &config)?;
     let _aranya = env.start_aranya("a")?;
     wait_body(&env, &web, "b\n").await?;
     Ok(())
@@ -387,12 +428,12 @@ async fn crafted_connections_are_refused(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn edge_clients_reach_services_through_the_relay_over_grpc() -> anyhow::Result<()> {
-    edge_clients_reach_services_through_the_relay(Transport::Grpc).await
+    edge_clients_reach_services_through_the_relay(Transport::Grpc, Backend::Nftables).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn edge_clients_reach_services_through_the_relay_over_mqtt() -> anyhow::Result<()> {
-    edge_clients_reach_services_through_the_relay(e2e::transport::MQTT).await
+    edge_clients_reach_services_through_the_relay(e2e::transport::MQTT, Backend::Iptables).await
 }
 
 /// A Service selecting the pod labelled `test: <pod>`, port 80 to 8080.

@@ -18,7 +18,7 @@ use proto::api::ServiceCatalogue;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::RelayConfig;
+use crate::config::{RelayBackend, RelayConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -82,8 +82,14 @@ impl Interception {
             .await
             .map_err(listen_failed)?;
         let port = listener.local_addr().map_err(listen_failed)?.port();
+        let backend = match config.backend {
+            RelayBackend::Auto => intercept::Backend::detect().await,
+            RelayBackend::Nftables => intercept::Backend::Nftables,
+            RelayBackend::Iptables => intercept::Backend::Iptables,
+        };
         let table = intercept::Table {
             name: config.table.clone(),
+            backend,
             address,
             port,
         };
@@ -91,7 +97,7 @@ impl Interception {
         let mut targets = intercept::Targets::of(&catalogue.borrow_and_update());
         let udp_ports = udp.sync(&targets.udp).await;
         table.apply(&targets.tcp, &udp_ports).await?;
-        info!(table = %table.name, %address, port, tcp = targets.tcp.len(), udp = udp_ports.len(), "intercepting traffic to cluster Services");
+        info!(table = %table.name, backend = ?table.backend, %address, port, tcp = targets.tcp.len(), udp = udp_ports.len(), "intercepting traffic to cluster Services");
         let following = {
             let table = table.clone();
             tokio::spawn(async move {
