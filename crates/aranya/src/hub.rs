@@ -61,6 +61,16 @@ pub struct Connected {
     pub transport: &'static str,
 }
 
+/// What the hub knows of a Node name.
+#[derive(Debug, Clone)]
+pub enum Presence {
+    /// No edge device of this aranya's.
+    NotADevice,
+    /// An edge device with no session now.
+    Offline,
+    Online(SessionHandle),
+}
+
 #[derive(Debug)]
 pub struct Hub {
     devices: Mutex<HashMap<String, Entry>>,
@@ -138,19 +148,16 @@ impl Hub {
         }
     }
 
-    /// Whether `device` is an edge device of this aranya's.
-    pub async fn knows(&self, device: &str) -> bool {
-        self.devices.lock().await.contains_key(device)
-    }
-
-    /// The live session of `device`, if it is connected to this aranya.
-    pub async fn session(&self, device: &str) -> Option<SessionHandle> {
-        self.devices
-            .lock()
-            .await
-            .get(device)
-            .and_then(|e| e.live.as_ref())
-            .map(|l| l.handle.clone())
+    /// Whether `device` is an edge device of this aranya's, and its live
+    /// session if it is connected.
+    pub async fn presence(&self, device: &str) -> Presence {
+        match self.devices.lock().await.get(device) {
+            None => Presence::NotADevice,
+            Some(e) => match &e.live {
+                Some(l) => Presence::Online(l.handle.clone()),
+                None => Presence::Offline,
+            },
+        }
     }
 
     /// Forgets `device` and ends its session.

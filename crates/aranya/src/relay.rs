@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use connectivity::{Stream, StreamError};
+use connectivity::{SessionHandle, Stream, StreamError};
 use k8s_openapi::api::{
     core::v1::{ObjectReference, Service},
     discovery::v1::{Endpoint, EndpointSlice},
@@ -23,17 +23,14 @@ use kube::{
     ResourceExt,
     runtime::events::{Event, EventType, Recorder},
 };
-use proto::api::{
-    ConnectReply, ConnectRequest, Datagram, Open, PortForward, PortForwardRequest, StreamReply,
-    open::Kind, stream_reply::Code,
-};
+use proto::api::{Connect, ConnectReply, ConnectRequest, Open, open::Kind, stream_reply::Code};
 use tokio::{
     net::{TcpStream, UdpSocket},
     sync::watch,
 };
 use tracing::{debug, warn};
 
-use crate::{crd::NetworkSettings, services::Services};
+use crate::{crd::NetworkSettings, hub::Presence, services::Services};
 
 /// How long one endpoint may take to accept before the next is tried.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -120,16 +117,6 @@ pub struct Target {
     pub pod_uid: Option<String>,
 }
 
-impl Target {
-    fn at(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            node: None,
-            pod_uid: None,
-        }
-    }
-}
-
 /// Spreads connections over a Service's endpoints.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -152,23 +139,9 @@ pub async fn serve(mut stream: Stream, cx: &Context) -> Result<(), StreamError> 
         Ok(route) => route,
         Err(refusal) => return refuse(stream, cx, refusal).await,
     };
-    if route.udp {
-        // Endpoints on edge devices have no UDP path yet: the cluster's only.
-        let cluster_side = Route {
-            endpoints: not_on_devices(&route.endpoints, cx).await,
-            ..route
-        };
-        return match dial_udp(&cluster_side).await {
-            Ok(socket) => {
-                answer(&mut stream, ConnectReply::default()).await?;
-                relay_udp(stream, socket).await
-            }
-            Err(refusal) => refuse(stream, cx, refusal).await,
-        };
-    }
     let mut last = String::new();
     for target in &route.endpoints {
-        match reach(cx, target).await {
+        match reach(cx, target, route.udp).await {
             Ok(Reached::Local) => {
                 debug!(service = %route.service, endpoint = %target.addr, "the endpoint is on the device itself");
                 answer(
@@ -188,10 +161,15 @@ pub async fn serve(mut stream: Stream, cx: &Context) -> Result<(), StreamError> 
                 answer(&mut stream, ConnectReply::default()).await?;
                 return connectivity::splice::join(stream, forwarded, LINGER).await;
             }
-            Ok(Reached::Cluster(conn)) => {
+            Ok(Reached::Tcp(conn)) => {
                 debug!(service = %route.service, endpoint = %target.addr, "relaying a device's connection");
                 answer(&mut stream, ConnectReply::default()).await?;
                 return connectivity::splice::splice(stream, conn, LINGER).await;
+            }
+            Ok(Reached::Udp(socket)) => {
+                debug!(service = %route.service, endpoint = %target.addr, "relaying a device's UDP flow");
+                answer(&mut stream, ConnectReply::default()).await?;
+                return connectivity::splice::datagrams(stream, socket, UDP_IDLE).await;
             }
             Err(e) => {
                 debug!(service = %route.service, endpoint = %target.addr, error = %e, "endpoint unreachable; trying the next");
@@ -199,6 +177,7 @@ pub async fn serve(mut stream: Stream, cx: &Context) -> Result<(), StreamError> 
             }
         }
     }
+    // (`route` gives at least one endpoint, or NoEndpoint.)
     let refusal = Refusal::Unreachable {
         service: route.service,
         last,
@@ -234,61 +213,75 @@ async fn refuse(mut stream: Stream, cx: &Context, refusal: Refusal) -> Result<()
 enum Reached {
     /// It is a pod of the asking device: the device dials it itself.
     Local,
-    /// A pod of another device: a port-forward through that device's session.
+    /// A pod of another device: a Connect stream through that device's session.
     Device(String, Stream),
     /// Dialled from here.
-    Cluster(TcpStream),
+    Tcp(TcpStream),
+    Udp(UdpSocket),
 }
 
-async fn reach(cx: &Context, target: &Target) -> Result<Reached, String> {
+/// The endpoint `target`, by the way its Node allows. A UDP endpoint in the
+/// cluster has no refusal to move on from: its socket is connected, and
+/// datagrams it refuses are lost.
+async fn reach(cx: &Context, target: &Target, udp: bool) -> Result<Reached, String> {
     if let Some(node) = &target.node {
         if *node == cx.node {
             return Ok(Reached::Local);
         }
-        if cx.hub.knows(node).await {
-            return through_device(cx, node, target)
-                .await
-                .map(|s| Reached::Device(node.clone(), s));
+        match cx.hub.presence(node).await {
+            Presence::NotADevice => {}
+            Presence::Offline => return Err(format!("edge device {node} is offline")),
+            Presence::Online(session) => {
+                return through_device(&session, node, target, udp)
+                    .await
+                    .map(|s| Reached::Device(node.clone(), s));
+            }
         }
+    }
+    if udp {
+        return dial_udp(target.addr).await.map(Reached::Udp);
     }
     match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target.addr)).await {
         Ok(Ok(conn)) => {
             let _ = conn.set_nodelay(true);
-            Ok(Reached::Cluster(conn))
+            Ok(Reached::Tcp(conn))
         }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {DIAL_TIMEOUT:?}")),
     }
 }
 
-/// A port-forward to the endpoint's pod on the device `node`: edge pods'
-/// addresses are reachable only on their device.
-async fn through_device(cx: &Context, node: &str, target: &Target) -> Result<Stream, String> {
-    let Some(session) = cx.hub.session(node).await else {
-        return Err(format!("edge device {node} is offline"));
-    };
+/// A Connect stream to the endpoint's pod on the device `node`, which dials
+/// it from inside the pod's network: edge pods' addresses are reachable only
+/// on their device.
+async fn through_device(
+    session: &SessionHandle,
+    node: &str,
+    target: &Target,
+    udp: bool,
+) -> Result<Stream, String> {
     let Some(pod_uid) = &target.pod_uid else {
         return Err(format!("the endpoint on edge device {node} names no pod"));
     };
     let header = Open {
-        kind: Some(Kind::PortForward(PortForward {})),
+        kind: Some(Kind::Connect(Connect {})),
+    };
+    let request = ConnectRequest {
+        protocol: if udp { "UDP" } else { "TCP" }.into(),
+        address: target.addr.ip().to_string(),
+        port: u32::from(target.addr.port()),
+        pod_uid: pod_uid.clone(),
     };
     let opened = async {
         let mut forwarded = session.open(&header).await?;
-        forwarded
-            .send_message(&PortForwardRequest {
-                pod_uid: pod_uid.clone(),
-                host: false,
-                port: u32::from(target.addr.port()),
-            })
-            .await?;
-        let reply = forwarded.recv_message::<StreamReply>().await?;
+        forwarded.send_message(&request).await?;
+        let reply = forwarded.recv_message::<ConnectReply>().await?;
         Ok::<_, StreamError>((forwarded, reply))
     };
     match tokio::time::timeout(DIAL_TIMEOUT, opened).await {
         Ok(Ok((forwarded, Some(reply)))) if reply.code() == Code::Ok => Ok(forwarded),
         Ok(Ok((_, Some(reply)))) => Err(reply.message),
-        Ok(Ok((_, None))) => Err(format!("edge device {node} ended the port-forward")),
+        Ok(Ok((_, None))) => Err(format!("edge device {node} ended the connection")),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(
             "edge device {node} did not answer within {DIAL_TIMEOUT:?}"
@@ -296,66 +289,16 @@ async fn through_device(cx: &Context, node: &str, target: &Target) -> Result<Str
     }
 }
 
-/// The targets not on an edge device.
-async fn not_on_devices(targets: &[Target], cx: &Context) -> Vec<Target> {
-    let mut kept = Vec::new();
-    for t in targets {
-        let on_device = match &t.node {
-            Some(n) => *n == cx.node || cx.hub.knows(n).await,
-            None => false,
-        };
-        if !on_device {
-            kept.push(t.clone());
-        }
-    }
-    kept
-}
-
-/// A UDP flow's socket, connected to the route's first endpoint: UDP has no
-/// refusal to try the next one on.
-async fn dial_udp(route: &Route) -> Result<UdpSocket, Refusal> {
-    let failed = |e: std::io::Error| Refusal::Unreachable {
-        service: route.service.clone(),
-        last: e.to_string(),
-    };
-    let Some(addr) = route.endpoints.first().map(|t| t.addr) else {
-        return Err(Refusal::NoEndpoint(route.service.clone()));
-    };
+/// A UDP socket connected to `addr`.
+async fn dial_udp(addr: SocketAddr) -> Result<UdpSocket, String> {
     let any: SocketAddr = if addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let socket = UdpSocket::bind(any).await.map_err(failed)?;
-    socket.connect(addr).await.map_err(failed)?;
-    debug!(service = %route.service, endpoint = %addr, "relaying a device's UDP flow");
+    let socket = UdpSocket::bind(any).await.map_err(|e| e.to_string())?;
+    socket.connect(addr).await.map_err(|e| e.to_string())?;
     Ok(socket)
-}
-
-/// Datagrams both ways until the device ends the flow (or it stays idle
-/// past [`UDP_IDLE`], should the device never end it).
-async fn relay_udp(stream: Stream, socket: UdpSocket) -> Result<(), StreamError> {
-    let (mut tx, mut rx) = stream.split();
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        tokio::select! {
-            datagram = rx.recv_message::<Datagram>() => match datagram? {
-                Some(d) => {
-                    // A datagram the endpoint refuses (ICMP) is lost, as UDP is.
-                    let _ = socket.send(&d.data).await;
-                }
-                None => break,
-            },
-            received = socket.recv(&mut buf) => {
-                if let Ok(n) = received {
-                    tx.send_message(&Datagram { data: bytes::Bytes::copy_from_slice(&buf[..n]) }).await?;
-                }
-            }
-            () = tokio::time::sleep(UDP_IDLE) => break,
-        }
-    }
-    tx.finish();
-    Ok(())
 }
 
 async fn record(cx: &Context, refusal: &Refusal) {
@@ -395,22 +338,16 @@ pub fn route(
     let port = u16::try_from(request.port).unwrap_or(0);
     let addr = SocketAddr::new(ip, port);
     let all = services.all();
-    // A ClusterIP first; else a headless Service's endpoint.
-    let by_cluster_ip = all.iter().find(|s| cluster_ips(s).contains(&ip));
-    let (service, headless) = match by_cluster_ip {
-        Some(s) => (s, false),
+    // A ClusterIP first; else a headless Service's endpoint, on a port its
+    // EndpointSlice says it serves (the device dialled it itself).
+    let (service, headless) = match all.iter().find(|s| cluster_ips(s).contains(&ip)) {
+        Some(s) => (s, None),
         None => all
             .iter()
             .filter(|s| is_headless(s))
-            .find(|s| {
-                services
-                    .slices_of(s)
-                    .iter()
-                    .flat_map(|slice| slice.endpoints.iter().flatten())
-                    .flat_map(|e| e.addresses.iter())
-                    .any(|a| a.parse::<IpAddr>() == Ok(ip))
+            .find_map(|s| {
+                headless_endpoint(&services.slices_of(s), addr, &protocol).map(|t| (s, Some(t)))
             })
-            .map(|s| (s, true))
             .ok_or(Refusal::NotFound(addr))?,
     };
     let name = format!(
@@ -424,6 +361,14 @@ pub fn route(
             addr,
         });
     }
+    if let Some(target) = headless {
+        // Only where the device dialled.
+        return Ok(Route {
+            service: name,
+            udp,
+            endpoints: vec![target],
+        });
+    }
     let ports = service
         .spec
         .as_ref()
@@ -435,14 +380,6 @@ pub fn route(
     else {
         return Err(Refusal::NotFound(addr));
     };
-    if headless {
-        // The device dialled the endpoint itself: only where it dialled.
-        return Ok(Route {
-            service: name,
-            udp,
-            endpoints: vec![Target::at(addr)],
-        });
-    }
     let slices = services.slices_of(service);
     let endpoints = choose(
         service,
@@ -460,6 +397,43 @@ pub fn route(
         udp,
         endpoints,
     })
+}
+
+/// The endpoint at `addr` in `slices`, if one of them lists it and serves
+/// that port.
+fn headless_endpoint(
+    slices: &[Arc<EndpointSlice>],
+    addr: SocketAddr,
+    protocol: &str,
+) -> Option<Target> {
+    slices
+        .iter()
+        .filter(|slice| {
+            slice.ports.iter().flatten().any(|p| {
+                p.port == Some(i32::from(addr.port()))
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
+            })
+        })
+        .flat_map(|slice| slice.endpoints.iter().flatten())
+        .find(|e| {
+            e.addresses
+                .iter()
+                .any(|a| a.parse::<IpAddr>() == Ok(addr.ip()))
+        })
+        .map(|e| target_of(e, addr))
+}
+
+/// An endpoint at `addr`, with its Node and pod.
+fn target_of(e: &Endpoint, addr: SocketAddr) -> Target {
+    Target {
+        addr,
+        node: e.node_name.clone(),
+        pod_uid: e
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| r.uid.clone()),
+    }
 }
 
 fn cluster_ips(service: &Service) -> Vec<IpAddr> {
@@ -558,19 +532,10 @@ fn choose(
         }
     }
     // The device's own pods first: a connection to them never leaves it.
-    let target = |(e, addr): (&Endpoint, SocketAddr)| Target {
-        addr,
-        node: e.node_name.clone(),
-        pod_uid: e
-            .target_ref
-            .as_ref()
-            .filter(|r| r.kind.as_deref() == Some("Pod"))
-            .and_then(|r| r.uid.clone()),
-    };
     let (own, others): (Vec<Target>, Vec<Target>) = near
         .into_iter()
         .chain(far)
-        .map(target)
+        .map(|(e, addr)| target_of(e, addr))
         .partition(|t| t.node.as_deref() == Some(node));
     own.into_iter().chain(others).collect()
 }
@@ -688,5 +653,27 @@ mod tests {
             );
             assert_eq!(same_node[0].addr.to_string(), "10.1.0.3:8080");
         }
+    }
+
+    #[test]
+    fn a_headless_endpoint_is_found_on_the_ports_it_serves() {
+        let slices = [slice(serde_json::json!([
+            { "addresses": ["10.1.0.1"], "nodeName": "edge-1",
+              "targetRef": { "kind": "Pod", "name": "db-0", "uid": "u-1" } },
+        ]))];
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}"));
+        let found = headless_endpoint(&slices, at("10.1.0.1:8080"), "TCP");
+        assert_eq!(
+            found,
+            Some(Target {
+                addr: at("10.1.0.1:8080"),
+                node: Some("edge-1".into()),
+                pod_uid: Some("u-1".into()),
+            })
+        );
+        // Not a port it serves, another protocol, another address: none.
+        assert_eq!(headless_endpoint(&slices, at("10.1.0.1:80"), "TCP"), None);
+        assert_eq!(headless_endpoint(&slices, at("10.1.0.1:8080"), "UDP"), None);
+        assert_eq!(headless_endpoint(&slices, at("10.1.0.2:8080"), "TCP"), None);
     }
 }

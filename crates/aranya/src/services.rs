@@ -115,19 +115,36 @@ impl Services {
             .as_ref()
             .and_then(|s| s.publish_not_ready_addresses)
             .unwrap_or(false);
-        let mut endpoints: Vec<ServiceEndpoint> = self
-            .slices_of(service)
-            .iter()
-            .flat_map(|s| s.endpoints.clone().unwrap_or_default())
-            .filter(|e| {
-                // Unset means ready.
-                everyone || e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
-            })
-            .map(|e| ServiceEndpoint {
-                addresses: e.addresses,
-                hostname: e.hostname.unwrap_or_default(),
-            })
-            .collect();
+        let mut endpoints: Vec<ServiceEndpoint> = Vec::new();
+        for slice in self.slices_of(service) {
+            let ports: Vec<ServicePort> = slice
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some(ServicePort {
+                        name: p.name.clone().unwrap_or_default(),
+                        protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        port: u32::try_from(p.port?).ok()?,
+                    })
+                })
+                .collect();
+            endpoints.extend(
+                slice
+                    .endpoints
+                    .iter()
+                    .flatten()
+                    // Unset means ready.
+                    .filter(|e| {
+                        everyone || e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+                    })
+                    .map(|e| ServiceEndpoint {
+                        addresses: e.addresses.clone(),
+                        hostname: e.hostname.clone().unwrap_or_default(),
+                        ports: ports.clone(),
+                    }),
+            );
+        }
         endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
         endpoints
     }

@@ -671,6 +671,9 @@ async fn serve(
                     Ok(Some(Kind::Exec(_))) => {
                         crate::pod::exec::serve(stream, pods.as_ref(), &sampler.config.host).await
                     }
+                    Ok(Some(Kind::Connect(_))) => {
+                        crate::pod::connect::serve(stream, pods.as_ref()).await
+                    }
                     Ok(Some(Kind::PortForward(_))) => {
                         crate::pod::portforward::serve(stream, pods.as_ref(), &sampler.config.host)
                             .await

@@ -2,7 +2,13 @@
 //! port-forward does: a socket made there stays there, whichever thread
 //! uses it after.
 
-use std::{io, net::TcpStream, os::fd::AsFd, path::PathBuf, time::Duration};
+use std::{
+    io,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::fd::AsFd,
+    path::PathBuf,
+    time::Duration,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -19,29 +25,57 @@ pub async fn dial_host(
     port: u16,
     timeout: Duration,
 ) -> io::Result<tokio::net::TcpStream> {
+    let stream = inside(namespace, move || {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
+            .next()
+            .ok_or_else(|| io::Error::other(format!("{host} has no address")))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    })
+    .await?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
+/// A UDP socket made inside the namespace at `namespace`, connected to `addr`.
+pub async fn udp(namespace: PathBuf, addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    let socket = inside(namespace, move || {
+        let any: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(any)?;
+        socket.connect(addr)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    })
+    .await?;
+    tokio::net::UdpSocket::from_std(socket)
+}
+
+/// Runs `make` on a thread moved into the namespace at `namespace`: the
+/// sockets it makes belong there.
+pub async fn inside<T: Send + 'static>(
+    namespace: PathBuf,
+    make: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     // A thread of its own: it changes namespace for good, so it must not be
     // one a pool would reuse.
     std::thread::Builder::new()
         .name("netns-dial".into())
         .spawn(move || {
-            let connected = (|| -> io::Result<TcpStream> {
+            let made = (|| {
                 let ns = std::fs::File::open(&namespace)?;
                 rustix::thread::move_into_link_name_space(
                     ns.as_fd(),
                     Some(rustix::thread::LinkNameSpaceType::Network),
                 )?;
-                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
-                    .next()
-                    .ok_or_else(|| io::Error::other(format!("{host} has no address")))?;
-                let stream = TcpStream::connect_timeout(&addr, timeout)?;
-                stream.set_nonblocking(true)?;
-                Ok(stream)
+                make()
             })();
-            let _ = tx.send(connected);
+            let _ = tx.send(made);
         })?;
-    let stream = rx
-        .await
-        .map_err(|_| io::Error::other("dialing thread lost"))??;
-    tokio::net::TcpStream::from_std(stream)
+    rx.await
+        .map_err(|_| io::Error::other("dialing thread lost"))?
 }

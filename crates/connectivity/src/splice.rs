@@ -2,15 +2,16 @@
 //! other, and finishing a side half-closes the connection. Port-forward on
 //! the device and both ends of the cluster-network relay use it; [`join`]
 //! carries one stream on another (a device's connection to an endpoint on
-//! another device).
+//! another device), and [`datagrams`] a UDP flow on a stream.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use proto::api::Datagram;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
-        TcpStream,
+        TcpStream, UdpSocket,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
 };
@@ -19,6 +20,8 @@ use tracing::debug;
 use crate::{Stream, StreamError, StreamReceiver, StreamSender};
 
 const READ_CHUNK: usize = 32 * 1024;
+/// The largest UDP payload.
+pub const MAX_DATAGRAM: usize = 65_536;
 
 /// Carries `conn` on `stream` until both directions end. Once the
 /// connection's side has ended, the stream is held up to `linger` for the
@@ -27,22 +30,7 @@ const READ_CHUNK: usize = 32 * 1024;
 pub async fn splice(stream: Stream, conn: TcpStream, linger: Duration) -> Result<(), StreamError> {
     let (tx, rx) = stream.split();
     let (read, write) = conn.into_split();
-    let mut inbound = tokio::spawn(to_socket(rx, write));
-    let outbound = from_socket(read, tx);
-    tokio::pin!(outbound);
-    tokio::select! {
-        result = &mut outbound => {
-            let _ = tokio::time::timeout(linger, inbound).await;
-            result
-        }
-        ended = &mut inbound => match ended {
-            // The peer half-closed: the socket's side may still answer.
-            Ok(Ok(())) => outbound.await,
-            // Reset (the peer's client went away) or the session ended:
-            // drop the connection now rather than when it next writes.
-            _ => Ok(()),
-        },
-    }
+    both_ways(from_socket(read, tx), to_socket(rx, write), linger).await
 }
 
 /// Carries each stream's bytes to the other until both directions end; a
@@ -50,19 +38,66 @@ pub async fn splice(stream: Stream, conn: TcpStream, linger: Duration) -> Result
 pub async fn join(a: Stream, b: Stream, linger: Duration) -> Result<(), StreamError> {
     let (a_tx, a_rx) = a.split();
     let (b_tx, b_rx) = b.split();
-    let mut forward = tokio::spawn(pipe(a_rx, b_tx));
-    let back = pipe(b_rx, a_tx);
+    both_ways(pipe(b_rx, a_tx), pipe(a_rx, b_tx), linger).await
+}
+
+/// Runs both directions: `back` (toward the peer) here, `forth` (from the
+/// peer) on a task of its own. Once `back` ends, `forth` gets up to `linger`
+/// to end too; once `forth` ends, `back` runs on if the peer only finished,
+/// and stops at once if the peer reset or the session ended.
+async fn both_ways<B, F>(back: B, forth: F, linger: Duration) -> Result<(), StreamError>
+where
+    B: Future<Output = Result<(), StreamError>>,
+    F: Future<Output = Result<(), StreamError>> + Send + 'static,
+{
+    let mut forth = tokio::spawn(forth);
     tokio::pin!(back);
     tokio::select! {
         result = &mut back => {
-            let _ = tokio::time::timeout(linger, forward).await;
+            let _ = tokio::time::timeout(linger, forth).await;
             result
         }
-        ended = &mut forward => match ended {
+        ended = &mut forth => match ended {
+            // The peer half-closed: the other side may still answer.
             Ok(Ok(())) => back.await,
+            // Reset (the peer's client went away) or the session ended:
+            // drop the other side now rather than when it next writes.
             _ => Ok(()),
         },
     }
+}
+
+/// A UDP flow carried on `stream`: each Datagram message the peer sends goes
+/// to `socket` (connected to the flow's other end), each datagram `socket`
+/// receives goes back as one, until the peer finishes or the flow is idle
+/// for `idle`; then this side finishes too.
+pub async fn datagrams(
+    stream: Stream,
+    socket: UdpSocket,
+    idle: Duration,
+) -> Result<(), StreamError> {
+    let (mut tx, mut rx) = stream.split();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        tokio::select! {
+            datagram = rx.recv_message::<Datagram>() => match datagram? {
+                Some(d) => {
+                    // A datagram the other end refuses (ICMP) is lost, as
+                    // UDP's are.
+                    let _ = socket.send(&d.data).await;
+                }
+                None => break,
+            },
+            received = socket.recv(&mut buf) => {
+                if let Ok(n) = received {
+                    tx.send_message(&Datagram { data: Bytes::copy_from_slice(&buf[..n]) }).await?;
+                }
+            }
+            () = tokio::time::sleep(idle) => break,
+        }
+    }
+    tx.finish();
+    Ok(())
 }
 
 async fn pipe(mut rx: StreamReceiver, mut tx: StreamSender) -> Result<(), StreamError> {

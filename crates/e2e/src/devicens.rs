@@ -126,21 +126,8 @@ impl DeviceHost {
 
     /// A UDP socket made inside the device host (it stays there, whichever
     /// thread uses it).
-    pub fn udp_socket(&self) -> anyhow::Result<tokio::net::UdpSocket> {
-        let path = self.path();
-        let socket = std::thread::spawn(move || -> std::io::Result<std::net::UdpSocket> {
-            let ns = std::fs::File::open(&path)?;
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&ns),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )?;
-            let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-            socket.set_nonblocking(true)?;
-            Ok(socket)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))??;
-        Ok(tokio::net::UdpSocket::from_std(socket)?)
+    pub async fn udp_socket(&self) -> anyhow::Result<tokio::net::UdpSocket> {
+        udp_socket_in(self.path(), (Ipv4Addr::UNSPECIFIED, 0).into()).await
     }
 
     /// Lets the device host reach `addr` directly through this machine (a
@@ -178,4 +165,18 @@ impl Drop for DeviceHost {
             .status();
         let _ = std::fs::remove_dir_all(etc_dir(&self.netns));
     }
+}
+
+/// A UDP socket bound to `addr` inside the network namespace at `namespace`.
+pub async fn udp_socket_in(
+    namespace: PathBuf,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::UdpSocket> {
+    let socket = arhat::netns::inside(namespace, move || {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    })
+    .await?;
+    Ok(tokio::net::UdpSocket::from_std(socket)?)
 }

@@ -88,6 +88,12 @@ pub fn container_started(id: &str) -> anyhow::Result<(bool, String)> {
     Ok((running == "true", started.to_string()))
 }
 
+/// The network namespace of a running container, for entering it.
+pub fn container_netns(id: &str) -> anyhow::Result<std::path::PathBuf> {
+    let pid = inspect(id, "{{.State.Pid}}")?;
+    Ok(Path::new("/proc").join(pid.trim()).join("ns/net"))
+}
+
 /// Where dockerd writes the container's (current) log file.
 pub fn log_path(id: &str) -> anyhow::Result<String> {
     Ok(inspect(id, "{{.LogPath}}")?.trim().to_string())

@@ -42,18 +42,7 @@ impl Server {
         let clients = Arc::new(Mutex::new(Vec::new()));
         let udp = tokio::net::UdpSocket::bind((addr.ip(), 0)).await?;
         let udp_port = udp.local_addr()?.port();
-        let seen = clients.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
-                if let Ok(mut c) = seen.lock() {
-                    c.push(from.ip());
-                }
-                let mut answer = format!("{name}:").into_bytes();
-                answer.extend_from_slice(&buf[..n]);
-                let _ = udp.send_to(&answer, from).await;
-            }
-        });
+        tokio::spawn(udp_echo_server(udp, name, clients.clone()));
         let seen = clients.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, from)) = listener.accept().await {
@@ -91,13 +80,35 @@ impl Server {
     }
 }
 
+/// Answers each datagram with `name:` and the datagram, recording who sent it.
+async fn udp_echo_server(
+    udp: tokio::net::UdpSocket,
+    name: &'static str,
+    clients: Arc<Mutex<Vec<IpAddr>>>,
+) {
+    let mut buf = [0u8; 2048];
+    while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+        if let Ok(mut c) = clients.lock() {
+            c.push(from.ip());
+        }
+        let mut answer = format!("{name}:").into_bytes();
+        answer.extend_from_slice(&buf[..n]);
+        let _ = udp.send_to(&answer, from).await;
+    }
+}
+
 /// A Service `name` labelled `app`, with a port named http on 80 (TCP)
-/// and one named echo on 5353 (UDP).
-async fn service(env: &TestEnv, name: &str, app: &str) -> anyhow::Result<String> {
+/// and one named echo on 5353 (UDP); headless when `cluster_ip` is "None".
+async fn service_with(
+    env: &TestEnv,
+    name: &str,
+    app: &str,
+    cluster_ip: Option<&str>,
+) -> anyhow::Result<String> {
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.name);
     let service = json!({
         "metadata": { "name": name, "labels": { "app": app } },
-        "spec": { "ports": [
+        "spec": { "clusterIP": cluster_ip, "ports": [
             { "name": "http", "port": 80, "targetPort": "web" },
             { "name": "echo", "port": 5353, "protocol": "UDP", "targetPort": "echo" },
         ] },
@@ -106,6 +117,10 @@ async fn service(env: &TestEnv, name: &str, app: &str) -> anyhow::Result<String>
         .create(&PostParams::default(), &serde_json::from_value(service)?)
         .await?;
     Ok(created.spec.and_then(|s| s.cluster_ip).unwrap_or_default())
+}
+
+async fn service(env: &TestEnv, name: &str, app: &str) -> anyhow::Result<String> {
+    service_with(env, name, app, None).await
 }
 
 /// An EndpointSlice `slice` of Service `service` with `server` as its one
@@ -298,6 +313,22 @@ async fn edge_clients_reach_services_through_the_relay(
     slices.delete("web-a", &DeleteParams::default()).await?;
     wait_body(&env, &web, "b\n").await?;
 
+    // A headless Service: its name gives its endpoint's address, and a
+    // connection to that address goes through the relay too.
+    service_with(&env, "direct", "web", Some("None")).await?;
+    endpoint(&env, "direct", "direct-1", &b).await?;
+    wait_body(
+        &env,
+        &format!("http://direct.{ns}:{}/", b.addr.port()),
+        "b\n",
+    )
+    .await?;
+    let clients = b.clients();
+    assert!(
+        !clients.is_empty() && clients.iter().all(|c| *c == aranya_addr),
+        "clients {clients:?}, aranya {aranya_addr}"
+    );
+
     // Outside the policy, the Service has no name on the device, and its
     // ClusterIP is not intercepted.
     match curl(&env, &format!("http://secret.{ns}.svc.cluster.local/"))? {
@@ -404,6 +435,7 @@ async fn crafted_connections_are_refused(
             protocol: "TCP".into(),
             address: secret_ip.into(),
             port: 80,
+            ..Default::default()
         })
         .await?;
     let reply = stream
@@ -436,14 +468,18 @@ async fn edge_clients_reach_services_through_the_relay_over_mqtt() -> anyhow::Re
     edge_clients_reach_services_through_the_relay(e2e::transport::MQTT, Backend::Iptables).await
 }
 
-/// A Service selecting the pod labelled `test: <pod>`, port 80 to 8080.
+/// A Service selecting the pod labelled `test: <pod>`: port 80 to 8080
+/// (TCP), and 5353 (UDP).
 async fn service_of_pod(env: &TestEnv, name: &str, pod: &str) -> anyhow::Result<()> {
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.name);
     let service = json!({
         "metadata": { "name": name },
         "spec": {
             "selector": { "test": pod },
-            "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
+            "ports": [
+                { "name": "http", "port": 80, "targetPort": 8080 },
+                { "name": "echo", "port": 5353, "targetPort": 5353, "protocol": "UDP" },
+            ],
         },
     });
     services
@@ -464,6 +500,33 @@ async fn web_pod(env: &TestEnv, node: &str, name: &str, body: &str) -> anyhow::R
     )
     .await?;
     Ok(())
+}
+
+/// A UDP echo server on port 5353 in the network of pod `name`, answering
+/// with `name:` (busybox has no UDP server: it is made in the pod's network
+/// from here).
+async fn udp_echo_in_pod(env: &TestEnv, name: &'static str) -> anyhow::Result<()> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.client.clone(), &env.name);
+    let uid = pods.get(name).await?.metadata.uid.unwrap_or_default();
+    let container = e2e::images::pod_containers(&uid)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("pod {name} has no container"))?;
+    let socket = e2e::devicens::udp_socket_in(
+        e2e::images::container_netns(&container)?,
+        (std::net::Ipv4Addr::UNSPECIFIED, 5353).into(),
+    )
+    .await?;
+    tokio::spawn(udp_echo_server(socket, name, Arc::default()));
+    Ok(())
+}
+
+/// A datagram's answer from the device host, once there is one.
+async fn wait_udp_echo(env: &TestEnv, host: &str, answer: &str) -> anyhow::Result<()> {
+    wait_for(&format!("{host}:5353 to answer {answer:?}"), T, || async {
+        (udp_echo(env, host).ok()? == answer).then_some(())
+    })
+    .await
 }
 
 /// Endpoints that are pods on edge devices: one on the asking device is
@@ -502,6 +565,18 @@ async fn endpoints_on_edge_devices(transport: Transport) -> anyhow::Result<()> {
     let arhat_log = up.logs(2000);
     assert!(
         arhat_log.contains("a pod of this device: dialled locally"),
+        "{arhat_log}"
+    );
+
+    // UDP: the other device's pod through its tunnel, this device's own
+    // pod directly.
+    udp_echo_in_pod(&env, "theirs").await?;
+    udp_echo_in_pod(&env, "mine").await?;
+    wait_udp_echo(&env, &format!("theirs.{ns}"), "theirs:ping").await?;
+    wait_udp_echo(&env, &format!("mine.{ns}"), "mine:ping").await?;
+    let arhat_log = up.logs(2000);
+    assert!(
+        arhat_log.contains("a pod of this device: its UDP flow goes there directly"),
         "{arhat_log}"
     );
     Ok(())

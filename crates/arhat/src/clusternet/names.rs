@@ -14,7 +14,7 @@ use hickory_proto::{
         rdata::{A, AAAA, CNAME, SOA, SRV},
     },
 };
-use proto::api::ServiceCatalogue;
+use proto::api::{ServiceCatalogue, ServicePort};
 
 /// Answers are cached this long, as CoreDNS's kubernetes plugin does.
 pub const TTL: u32 = 5;
@@ -30,6 +30,29 @@ pub enum Answer {
     NxDomain,
     /// Not in the cluster domain: the device's own resolvers answer.
     Forward,
+}
+
+/// `_<port>._<proto>.<service>` SRV records pointing at `target`, one per
+/// named port.
+fn srv(
+    records: &mut HashMap<Name, Vec<Record>>,
+    service: &Name,
+    ports: &[ServicePort],
+    target: &Name,
+) {
+    for port in ports.iter().filter(|p| !p.name.is_empty()) {
+        let protocol = port.protocol.to_lowercase();
+        let Ok(name) = Name::from_ascii(format!("_{}._{protocol}.{service}", port.name)) else {
+            continue;
+        };
+        let number = u16::try_from(port.port).unwrap_or(0);
+        let data = RData::SRV(SRV::new(0, 100, number, target.clone()));
+        let name = name.to_lowercase();
+        records
+            .entry(name.clone())
+            .or_default()
+            .push(Record::from_rdata(name, TTL, data));
+    }
 }
 
 /// A and AAAA records of `name` for each address that parses.
@@ -78,30 +101,29 @@ impl Names {
             }
             // A headless Service has a record per ready endpoint, and each
             // endpoint with a hostname its own name under the Service's.
+            // Its SRV records name each endpoint (by its own name where it
+            // has one) on the ports it serves; a ClusterIP Service's name
+            // the Service on its ports.
             let mut own = addresses(&name, &service.cluster_ips);
+            if !service.headless {
+                srv(&mut records, &name, &service.ports, &name);
+            }
             for endpoint in &service.endpoints {
                 own.extend(addresses(&name, &endpoint.addresses));
-                if endpoint.hostname.is_empty() {
-                    continue;
-                }
-                if let Ok(host) = Name::from_ascii(format!("{}.{name}", endpoint.hostname)) {
-                    let host = host.to_lowercase();
+                let ports = if endpoint.ports.is_empty() {
+                    &service.ports
+                } else {
+                    &endpoint.ports
+                };
+                let host = Name::from_ascii(format!("{}.{name}", endpoint.hostname))
+                    .ok()
+                    .filter(|_| !endpoint.hostname.is_empty())
+                    .map(|h| h.to_lowercase());
+                srv(&mut records, &name, ports, host.as_ref().unwrap_or(&name));
+                if let Some(host) = host {
                     let found = addresses(&host, &endpoint.addresses);
                     records.entry(host).or_default().extend(found);
                 }
-            }
-            for port in service.ports.iter().filter(|p| !p.name.is_empty()) {
-                let protocol = port.protocol.to_lowercase();
-                let Ok(srv) = Name::from_ascii(format!("_{}._{protocol}.{name}", port.name)) else {
-                    continue;
-                };
-                let port = u16::try_from(port.port).unwrap_or(0);
-                let data = RData::SRV(SRV::new(0, 100, port, name.clone()));
-                let srv = srv.to_lowercase();
-                records
-                    .entry(srv.clone())
-                    .or_default()
-                    .push(Record::from_rdata(srv, TTL, data));
             }
             records.entry(name).or_default().extend(own);
         }
@@ -147,7 +169,7 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::api::{ServiceEndpoint, ServiceEntry, ServicePort};
+    use proto::api::{ServiceEndpoint, ServiceEntry};
 
     fn names() -> Names {
         Names::new(&ServiceCatalogue {
@@ -178,10 +200,20 @@ mod tests {
                         ServiceEndpoint {
                             addresses: vec!["10.128.9.5".into()],
                             hostname: "db-0".into(),
+                            ports: vec![ServicePort {
+                                name: "pg".into(),
+                                protocol: "TCP".into(),
+                                port: 5432,
+                            }],
                         },
                         ServiceEndpoint {
                             addresses: vec!["10.128.9.6".into()],
                             hostname: String::new(),
+                            ports: vec![ServicePort {
+                                name: "pg".into(),
+                                protocol: "TCP".into(),
+                                port: 6432,
+                            }],
                         },
                     ],
                     ..Default::default()
@@ -235,6 +267,15 @@ mod tests {
         assert_eq!(
             data(ask("db-0.db.shop.svc.cluster.local.", RecordType::A)),
             ["10.128.9.5"]
+        );
+        // SRV: each endpoint on the port it serves, by its own name where
+        // it has one.
+        assert_eq!(
+            data(ask("_pg._tcp.db.shop.svc.cluster.local.", RecordType::SRV)),
+            [
+                "0 100 5432 db-0.db.shop.svc.cluster.local.",
+                "0 100 6432 db.shop.svc.cluster.local."
+            ]
         );
     }
 

@@ -137,6 +137,7 @@ pub async fn connect(
         protocol: protocol.into(),
         address: destination.ip().to_string(),
         port: u32::from(destination.port()),
+        ..Default::default()
     };
     let opened = async {
         let mut stream = session.open(&header).await?;

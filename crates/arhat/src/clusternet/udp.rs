@@ -88,7 +88,7 @@ async fn listen(
 ) {
     let mut flows: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<SocketAddr>();
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; connectivity::splice::MAX_DATAGRAM];
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
@@ -134,7 +134,9 @@ async fn listen(
     }
 }
 
-/// One flow: its datagrams to aranya, aranya's back to the client, until idle.
+/// One flow: its datagrams to aranya, aranya's back to the client, until
+/// idle; or, when aranya says the endpoint is a pod of this device, to and
+/// from that pod directly.
 async fn flow(
     session: SessionHandle,
     socket: Arc<UdpSocket>,
@@ -142,10 +144,31 @@ async fn flow(
     target: SocketAddrV4,
     mut datagrams: mpsc::Receiver<Bytes>,
 ) -> Result<(), String> {
-    let super::relay::Relayed::Stream(stream) =
-        super::relay::connect(&session, "UDP", SocketAddr::V4(target)).await?
-    else {
-        return Err(format!("{target}: aranya sent a UDP flow to a local pod"));
+    let stream = match super::relay::connect(&session, "UDP", SocketAddr::V4(target)).await? {
+        super::relay::Relayed::Stream(stream) => stream,
+        super::relay::Relayed::Local(endpoint) => {
+            let local = dial_local(endpoint)
+                .await
+                .map_err(|e| format!("{target}: {endpoint}: {e}"))?;
+            debug!(%target, %endpoint, "a pod of this device: its UDP flow goes there directly");
+            let mut buf = vec![0u8; connectivity::splice::MAX_DATAGRAM];
+            loop {
+                tokio::select! {
+                    outgoing = datagrams.recv() => match outgoing {
+                        Some(data) => { let _ = local.send(&data).await; }
+                        None => break,
+                    },
+                    incoming = local.recv(&mut buf) => {
+                        if let Ok(n) = incoming {
+                            let _ = socket.send_to(&buf[..n], client).await;
+                        }
+                    }
+                    () = tokio::time::sleep(FLOW_IDLE) => break,
+                }
+            }
+            datagrams.close();
+            return Ok(());
+        }
     };
     let (mut tx, mut rx) = stream.split();
     loop {
@@ -167,4 +190,16 @@ async fn flow(
     datagrams.close();
     tx.finish();
     Ok(())
+}
+
+/// A socket connected to a pod of this device, marked so the interception
+/// table leaves it alone (a headless Service's endpoint is intercepted too).
+async fn dial_local(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(endpoint);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+    socket.set_mark(super::intercept::OWN_MARK)?;
+    socket.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    socket.connect(endpoint).await?;
+    Ok(socket)
 }

@@ -5,6 +5,7 @@
 mod action;
 pub mod admit;
 mod adopt;
+pub mod connect;
 pub mod dns;
 mod etc;
 pub mod exec;

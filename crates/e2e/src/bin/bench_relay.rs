@@ -257,9 +257,10 @@ async fn bench(cli: &Cli, transport: Transport, name: &str) -> anyhow::Result<Re
         e2e::podnet::dns_address(&env.arhat_data_dir(&up.name))?.into(),
         53,
     );
-    let sockets = (0..cli.dns_concurrency)
-        .map(|_| host.udp_socket())
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut sockets = Vec::new();
+    for _ in 0..cli.dns_concurrency {
+        sockets.push(host.udp_socket().await?);
+    }
     let arhat_dns = dns_load(
         sockets,
         dns,

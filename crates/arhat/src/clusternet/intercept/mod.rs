@@ -23,7 +23,7 @@ use std::{
     process::Stdio,
 };
 
-use proto::api::ServiceCatalogue;
+use proto::api::{ServiceCatalogue, ServicePort};
 use tokio::{io::AsyncWriteExt, process::Command};
 
 pub mod iptables;
@@ -86,25 +86,36 @@ impl Targets {
     pub fn of(catalogue: &ServiceCatalogue) -> Self {
         let mut targets = Targets::default();
         for service in &catalogue.services {
-            let addresses: Vec<Ipv4Addr> = service
-                .cluster_ips
-                .iter()
-                .chain(service.endpoints.iter().flat_map(|e| e.addresses.iter()))
-                .filter_map(|a| a.parse().ok())
-                .collect();
-            for port in &service.ports {
-                let Some(number) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
-                    continue;
+            targets.add(&service.cluster_ips, &service.ports);
+            // A headless Service's endpoints, on the ports they serve (a
+            // catalogue kept from before endpoints had their own: the
+            // Service's).
+            for endpoint in &service.endpoints {
+                let ports = if endpoint.ports.is_empty() {
+                    &service.ports
+                } else {
+                    &endpoint.ports
                 };
-                let set = match port.protocol.to_ascii_uppercase().as_str() {
-                    "" | "TCP" => &mut targets.tcp,
-                    "UDP" => &mut targets.udp,
-                    _ => continue,
-                };
-                set.extend(addresses.iter().map(|a| SocketAddrV4::new(*a, number)));
+                targets.add(&endpoint.addresses, ports);
             }
         }
         targets
+    }
+
+    /// Every address in `addresses` on every port in `ports`.
+    fn add(&mut self, addresses: &[String], ports: &[ServicePort]) {
+        let addresses: Vec<Ipv4Addr> = addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        for port in ports {
+            let Some(number) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
+                continue;
+            };
+            let set = match port.protocol.to_ascii_uppercase().as_str() {
+                "" | "TCP" => &mut self.tcp,
+                "UDP" => &mut self.udp,
+                _ => continue,
+            };
+            set.extend(addresses.iter().map(|a| SocketAddrV4::new(*a, number)));
+        }
     }
 }
 
@@ -184,7 +195,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::api::{ServiceEndpoint, ServiceEntry, ServicePort};
+    use proto::api::{ServiceEndpoint, ServiceEntry};
 
     fn port(protocol: &str, port: u32) -> ServicePort {
         ServicePort {
@@ -195,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn targets_are_cluster_ips_and_headless_endpoints_by_tcp_port() {
+    fn targets_are_cluster_ips_and_headless_endpoints_on_their_ports() {
         let catalogue = ServiceCatalogue {
             cluster_domain: "cluster.local".into(),
             services: vec![
@@ -207,10 +218,20 @@ mod tests {
                 ServiceEntry {
                     headless: true,
                     ports: vec![port("TCP", 5432)],
-                    endpoints: vec![ServiceEndpoint {
-                        addresses: vec!["10.1.0.7".into()],
-                        hostname: "db-0".into(),
-                    }],
+                    endpoints: vec![
+                        // Kept from before endpoints had ports: the Service's.
+                        ServiceEndpoint {
+                            addresses: vec!["10.1.0.7".into()],
+                            hostname: "db-0".into(),
+                            ..Default::default()
+                        },
+                        // The port its EndpointSlice says it serves.
+                        ServiceEndpoint {
+                            addresses: vec!["10.1.0.8".into()],
+                            ports: vec![port("TCP", 6432)],
+                            ..Default::default()
+                        },
+                    ],
                     ..Default::default()
                 },
                 ServiceEntry {
@@ -222,7 +243,15 @@ mod tests {
         };
         let targets = Targets::of(&catalogue);
         let tcp: Vec<String> = targets.tcp.iter().map(ToString::to_string).collect();
-        assert_eq!(tcp, ["10.1.0.7:5432", "10.96.0.9:80", "10.96.0.9:8080"]);
+        assert_eq!(
+            tcp,
+            [
+                "10.1.0.7:5432",
+                "10.1.0.8:6432",
+                "10.96.0.9:80",
+                "10.96.0.9:8080"
+            ]
+        );
         let udp: Vec<String> = targets.udp.iter().map(ToString::to_string).collect();
         assert_eq!(udp, ["10.96.0.9:53"]);
     }
