@@ -337,16 +337,16 @@ pub fn route(
         .map_err(|_| Refusal::Address(request.address.clone()))?;
     let port = u16::try_from(request.port).unwrap_or(0);
     let addr = SocketAddr::new(ip, port);
-    let all = services.all();
     // A ClusterIP first; else a headless Service's endpoint, on a port its
     // EndpointSlice says it serves (the device dialled it itself).
-    let (service, headless) = match all.iter().find(|s| cluster_ips(s).contains(&ip)) {
+    let (service, headless) = match services.by_cluster_ip(ip) {
         Some(s) => (s, None),
-        None => all
-            .iter()
-            .filter(|s| is_headless(s))
+        None => services
+            .headless_with_endpoint(ip)
+            .into_iter()
             .find_map(|s| {
-                headless_endpoint(&services.slices_of(s), addr, &protocol).map(|t| (s, Some(t)))
+                let found = headless_endpoint(&services.slices_of(&s), addr, &protocol);
+                found.map(|t| (s, Some(t)))
             })
             .ok_or(Refusal::NotFound(addr))?,
     };
@@ -355,7 +355,7 @@ pub fn route(
         service.namespace().unwrap_or_default(),
         service.name_any()
     );
-    if !crate::services::allowed(network, service) {
+    if !crate::services::allowed(network, &service) {
         return Err(Refusal::Forbidden {
             service: name,
             addr,
@@ -380,9 +380,9 @@ pub fn route(
     else {
         return Err(Refusal::NotFound(addr));
     };
-    let slices = services.slices_of(service);
+    let slices = services.slices_of(&service);
     let endpoints = choose(
-        service,
+        &service,
         service_port.name.as_deref(),
         &protocol,
         &slices,
@@ -434,22 +434,6 @@ fn target_of(e: &Endpoint, addr: SocketAddr) -> Target {
             .filter(|r| r.kind.as_deref() == Some("Pod"))
             .and_then(|r| r.uid.clone()),
     }
-}
-
-fn cluster_ips(service: &Service) -> Vec<IpAddr> {
-    let Some(spec) = &service.spec else {
-        return Vec::new();
-    };
-    spec.cluster_ips
-        .iter()
-        .flatten()
-        .chain(spec.cluster_ip.iter())
-        .filter_map(|ip| ip.parse().ok())
-        .collect()
-}
-
-fn is_headless(service: &Service) -> bool {
-    service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
 }
 
 /// The endpoints of `service` serving its port named `port_name`, in the

@@ -4,7 +4,11 @@
 //! EdgeDevice's `spec.network.services` allows (nothing by default), after
 //! every handshake and whenever the Services or the rules change.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use connectivity::SessionHandle;
 use futures::StreamExt;
@@ -22,6 +26,8 @@ use tracing::{Instrument, debug, warn};
 
 use crate::crd::NetworkSettings;
 
+mod index;
+
 /// Changes closer together than this go out as one catalogue.
 const SETTLE: Duration = Duration::from_millis(200);
 /// A catalogue the device did not take is sent again this often.
@@ -38,6 +44,7 @@ pub struct Services {
     slices: reflector::Store<EndpointSlice>,
     changed: watch::Receiver<u64>,
     cluster_domain: String,
+    index: Mutex<Arc<index::Index>>,
 }
 
 /// Keeps `writer` up to date with every `K`, counting each change in `tx`.
@@ -82,6 +89,7 @@ impl Services {
             slices,
             changed,
             cluster_domain,
+            index: Mutex::default(),
         })
     }
 
@@ -149,22 +157,38 @@ impl Services {
         endpoints
     }
 
-    /// Every Service the watch knows now.
-    pub fn all(&self) -> Vec<Arc<Service>> {
-        self.store.state()
+    /// The Service with ClusterIP `ip`.
+    pub fn by_cluster_ip(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        self.index().by_cluster_ip(ip)
+    }
+
+    /// The headless Services with an endpoint at `ip`.
+    pub fn headless_with_endpoint(&self, ip: IpAddr) -> Vec<Arc<Service>> {
+        self.index().headless_with_endpoint(ip)
     }
 
     /// The EndpointSlices of `service`.
     pub fn slices_of(&self, service: &Service) -> Vec<Arc<EndpointSlice>> {
-        let namespace = service.namespace();
-        let name = service.name_any();
-        self.slices
-            .state()
-            .into_iter()
-            .filter(|s| {
-                s.namespace() == namespace && s.labels().get(LABEL_SERVICE_NAME) == Some(&name)
-            })
-            .collect()
+        self.index().slices_of(service)
+    }
+
+    /// The index, rebuilt first if the watches changed since it was built.
+    /// (The count is read before the stores: a change in between is seen
+    /// as newer next time.)
+    fn index(&self) -> Arc<index::Index> {
+        let version = *self.changed.borrow();
+        let mut index = self
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if index.version != version {
+            *index = Arc::new(index::Index::build(
+                version,
+                self.store.state(),
+                self.slices.state(),
+            ));
+        }
+        index.clone()
     }
 
     /// Keeps a device's catalogue up to date over its sessions until the

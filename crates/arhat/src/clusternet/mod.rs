@@ -54,6 +54,18 @@ pub async fn put_on_loopback(address: std::net::IpAddr) -> Result<(), String> {
     }
 }
 
+/// UDP listeners for exactly `targets`' UDP ones, then the table for all of
+/// them; the number of UDP targets with a listener.
+async fn write(
+    table: &intercept::Table,
+    udp: &mut udp::UdpRelay,
+    targets: &intercept::Targets,
+) -> Result<usize, intercept::InterceptError> {
+    let udp_ports = udp.sync(&targets.udp).await;
+    table.apply(&targets.tcp, &udp_ports).await?;
+    Ok(udp_ports.len())
+}
+
 /// Interception and relay running; [`Interception::stop`] removes the table.
 #[derive(Debug)]
 pub struct Interception {
@@ -95,9 +107,8 @@ impl Interception {
         };
         let mut udp = udp::UdpRelay::new(address, session.clone());
         let mut targets = intercept::Targets::of(&catalogue.borrow_and_update());
-        let udp_ports = udp.sync(&targets.udp).await;
-        table.apply(&targets.tcp, &udp_ports).await?;
-        info!(table = %table.name, backend = ?table.backend, %address, port, tcp = targets.tcp.len(), udp = udp_ports.len(), "intercepting traffic to cluster Services");
+        let udp_count = write(&table, &mut udp, &targets).await?;
+        info!(table = %table.name, backend = ?table.backend, %address, port, tcp = targets.tcp.len(), udp = udp_count, "intercepting traffic to cluster Services");
         let following = {
             let table = table.clone();
             tokio::spawn(async move {
@@ -106,12 +117,11 @@ impl Interception {
                     if next == targets {
                         continue;
                     }
-                    let udp_ports = udp.sync(&next.udp).await;
-                    match table.apply(&next.tcp, &udp_ports).await {
-                        Ok(()) => {
+                    match write(&table, &mut udp, &next).await {
+                        Ok(udp_count) => {
                             info!(
                                 tcp = next.tcp.len(),
-                                udp = udp_ports.len(),
+                                udp = udp_count,
                                 "interception follows the catalogue"
                             );
                             targets = next;
