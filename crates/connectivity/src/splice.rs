@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use proto::api::Datagram;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -130,11 +130,14 @@ async fn to_socket(mut rx: StreamReceiver, mut write: OwnedWriteHalf) -> Result<
 }
 
 async fn from_socket(mut read: OwnedReadHalf, mut tx: StreamSender) -> Result<(), StreamError> {
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Read straight into the chunk the stream takes: no copy. The buffer's
+    // memory comes back once the session has sent the chunk.
+    let mut buf = BytesMut::new();
     loop {
-        match read.read(&mut buf).await {
+        buf.reserve(READ_CHUNK);
+        match read.read_buf(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => tx.send(Bytes::copy_from_slice(&buf[..n])).await?,
+            Ok(_) => tx.send(buf.split().freeze()).await?,
             Err(e) => {
                 debug!(error = %e, "spliced connection failed");
                 break;
