@@ -12,7 +12,8 @@
 //! a link when a new id says Hello, ends it when that id goes offline or its
 //! session lets go of it, and answers data of an id it does not know with `Gone`, so a
 //! device whose aranya restarted dials again at once instead of waiting for a
-//! timeout. Loss, duplicates and reordering (QoS 1 redelivery, a broker restart
+//! timeout. The same goes for a link the broker replays as retained online
+//! when aranya subscribes: that link's Hello came before the subscription. Loss, duplicates and reordering (QoS 1 redelivery, a broker restart
 //! without persistence, a full broker queue) are the session layer's to repair:
 //! this transport only moves bounded messages.
 //!
@@ -627,6 +628,9 @@ impl CloudSide {
 
     async fn on_publish(&mut self, client: &AsyncClient, p: rumqttc::Publish) {
         let is_status = p.topic == self.topics.status;
+        // The broker marks retained only what it replays on a new
+        // subscription: a link that was up before aranya subscribed.
+        let replayed = p.retain;
         let Some((kind, id, body)) = parse(p.payload) else {
             debug!(topic = %p.topic, "malformed MQTT message");
             return;
@@ -653,6 +657,12 @@ impl CloudSide {
                 self.new_link(client, id, body).await;
             }
             (Kind::Data, None) if !is_status => self.gone(client, id),
+            // Its Hello reached the broker before this subscription and is
+            // lost: without this, the device would wait out its handshake
+            // timeout before dialling again.
+            (Kind::Online, None) if is_status && replayed && id != EVERY_LINK => {
+                self.gone(client, id);
+            }
             _ => {}
         }
     }
@@ -699,7 +709,7 @@ impl CloudSide {
         self.last_gone = Some(id);
         debug!(
             link = format_args!("{id:016x}"),
-            "data for an unknown link: telling the device"
+            "unknown link: telling the device to dial again"
         );
         let _ = client.try_publish(
             self.topics.cmd.clone(),

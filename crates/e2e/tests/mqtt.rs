@@ -46,6 +46,37 @@ async fn the_last_will_turns_the_node_not_ready_within_seconds() -> anyhow::Resu
     Ok(())
 }
 
+/// An agent whose Hello reached the broker before aranya subscribed (aranya
+/// started after it) is told to dial again as soon as aranya subscribes, by
+/// the link the broker replays as retained online, instead of waiting out
+/// its handshake timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hello_sent_before_aranya_subscribed_is_not_waited_out() -> anyhow::Result<()> {
+    let env = TestEnv::over("early", MQTT).await?;
+    let name = env.device("a");
+    env.create_device(&name, 10).await?;
+    let arhat = env.start_arhat(&name, "1", &[])?;
+    arhat
+        .wait_log("MQTT link up", Duration::from_secs(30))
+        .await?;
+    let aranya = env.start_aranya("a")?;
+    env.wait_ready(
+        &name,
+        "True",
+        Some("EdgeDeviceConnected"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let log = arhat.log();
+    assert!(
+        !log.contains("no handshake answer"),
+        "the agent waited out its handshake\narhat:\n{}\naranya:\n{}",
+        arhat.log_tail(30),
+        aranya.log_tail(30)
+    );
+    Ok(())
+}
+
 fn client(broker: &str, id: &str, user: &str, password: &str) -> (AsyncClient, rumqttc::EventLoop) {
     let (host, port) = broker.rsplit_once(':').unwrap_or((broker, "1883"));
     let mut opts = MqttOptions::new(id, host, port.parse().unwrap_or(1883));
