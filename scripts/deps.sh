@@ -31,3 +31,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: Rust (cargo, 1.95) is required; install it with rustup" >&2
   exit 1
 fi
+# `make test` lints while it builds, with clippy's driver as the compiler.
+if ! command -v clippy-driver >/dev/null 2>&1 || ! command -v rustfmt >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    rustup component add clippy rustfmt
+  else
+    echo "deps: clippy and rustfmt are required: rustup component add clippy rustfmt" >&2
+    exit 1
+  fi
+fi
