@@ -416,6 +416,10 @@ impl Driver {
                 info!(transport = link.transport, peer = %link.peer, epoch, "session resumed on a new link");
                 self.session.resume(epoch, now);
                 self.session.set_max_frame_size(frame_size(&link));
+                let chunk = proto::session::chunk_payload(self.session.config().max_frame_size);
+                for slot in self.streams.values() {
+                    slot.gate.set_chunk(chunk);
+                }
                 self.transport = link.transport;
                 self.link_tx = Some(link.tx);
                 self.link_rx = Some(link.rx);
@@ -432,7 +436,8 @@ impl Driver {
 
     fn new_stream(&mut self, id: StreamId, header: Bytes) -> Stream {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(SendGate::new());
+        let chunk = proto::session::chunk_payload(self.session.config().max_frame_size);
+        let gate = Arc::new(SendGate::new(chunk));
         self.streams.insert(
             id,
             Slot {

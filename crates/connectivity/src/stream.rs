@@ -6,6 +6,8 @@ use proto::{
     api::{DecodeError, MessageReader, encode_message},
     session::{ResetCode, StreamId},
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::session::Cmd;
@@ -62,14 +64,22 @@ impl From<SendFailure> for StreamError {
 pub(crate) struct SendGate {
     room: Semaphore,
     failure: std::sync::Mutex<Option<SendFailure>>,
+    /// [`proto::session::chunk_payload`] of the current link's frames.
+    chunk: AtomicUsize,
 }
 
 impl SendGate {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(chunk: usize) -> Self {
         Self {
             room: Semaphore::new(SEND_AHEAD),
             failure: std::sync::Mutex::new(None),
+            chunk: AtomicUsize::new(chunk),
         }
+    }
+
+    /// The session moved to a link with frames of another size.
+    pub(crate) fn set_chunk(&self, chunk: usize) {
+        self.chunk.store(chunk, Ordering::Relaxed);
     }
 
     /// Waits for room for `len` bytes (a write larger than the whole room
@@ -357,6 +367,14 @@ impl StreamSender {
 
     pub async fn send_message<M: Message>(&mut self, message: &M) -> Result<(), StreamError> {
         self.send(encode_message(message)).await
+    }
+
+    /// The largest write that goes out in one frame, so one transport
+    /// message, of the current link when the session has room (see
+    /// [`proto::session::chunk_payload`]); it changes when the session moves
+    /// to another transport.
+    pub fn chunk_size(&self) -> usize {
+        self.shared.gate.chunk.load(Ordering::Relaxed)
     }
 
     pub fn finish(&mut self) {

@@ -90,10 +90,17 @@ impl BenchBed {
             )?),
         };
         let (methods, mqtt) = transport.methods(broker.as_ref().map(|b| b.address()).as_deref());
+        // The agent's own subnet: each bed's fresh node IPAM would hand out
+        // the same first one, on another bridge than the last bed's, which
+        // the bench process keeps while it runs.
+        let cidr = crate::podnet::pod_cidr(&dir.join("arhat-data"))?;
         let manifest = json!({
             "apiVersion": "aranya.arhat.dev/v1alpha1", "kind": "EdgeDevice",
             "metadata": { "name": device },
-            "spec": { "connectivity": { "methods": methods }, "pod": { "allocatable": allocatable_pods } },
+            "spec": {
+                "connectivity": { "methods": methods },
+                "pod": { "allocatable": allocatable_pods, "ipv4CIDR": cidr },
+            },
         });
         let path = dir.join("device.json");
         std::fs::write(&path, manifest.to_string())?;

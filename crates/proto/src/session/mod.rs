@@ -106,6 +106,9 @@ const MAX_RTO_FACTOR: u32 = 16;
 const MIN_CHUNK_SPACE: usize = 96;
 /// A data chunk shorter than this is not cut off to fill a frame's tail.
 const MIN_CHUNK_DATA: usize = 32;
+/// Room [`chunk_payload`] leaves in a frame beside the data: the frame's and
+/// the chunk's own fields, and a few acknowledgements and a ping.
+const CHUNK_FRAME_RESERVE: usize = 256;
 /// Control items waiting for transmission beyond this are dropped (each is either
 /// regenerated or repaired by a retransmission).
 const MAX_CTRL_QUEUE: usize = 8192;
@@ -343,6 +346,16 @@ fn truncate_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_owned()
+}
+
+/// The most data a write should hold to go out as one chunk in one frame of
+/// `max_frame_size` when it has the frame to itself (beside a few control
+/// items): a larger write is cut into a full frame and a small one, and on
+/// a pub/sub link each frame is a message of its own.
+pub fn chunk_payload(max_frame_size: usize) -> usize {
+    max_frame_size
+        .saturating_sub(CHUNK_FRAME_RESERVE)
+        .max(MIN_CHUNK_DATA)
 }
 
 impl Session {

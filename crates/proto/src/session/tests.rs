@@ -181,6 +181,34 @@ fn open_send_finish_close() {
 }
 
 #[test]
+fn a_write_of_chunk_payload_goes_in_one_frame_beside_acks() {
+    let mut p = Pair::new(Config {
+        max_frame_size: 16 * 1024,
+        initial_window: 1 << 20,
+        ..cfg()
+    });
+    // Streams both ways, so the frame carrying the write also carries acks.
+    let ids: Vec<StreamId> = (0..4)
+        .map(|_| p.a.open(Bytes::from_static(b"h"), None, p.now).unwrap())
+        .collect();
+    p.pump();
+    for &id in &ids {
+        p.b.send(id, payload(100), p.now).unwrap();
+    }
+    while let Some(f) = p.b.poll_transmit(p.now) {
+        p.a.handle_frame(&f, p.now).unwrap();
+    }
+    let n = chunk_payload(16 * 1024);
+    p.a.send(ids[0], payload(n), p.now).unwrap();
+    let frame = p.a.poll_transmit(p.now).unwrap();
+    p.b.handle_frame(&frame, p.now).unwrap();
+    while let Some(e) = p.b.poll_event() {
+        p.ev_b.push(e);
+    }
+    assert_eq!(p.take_b(ids[0]), payload(n).to_vec());
+}
+
+#[test]
 fn ids_follow_role_parity() {
     let mut p = Pair::new(cfg());
     let a1 = p.a.open(Bytes::new(), None, p.now).unwrap();
